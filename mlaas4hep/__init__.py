@@ -1,0 +1,66 @@
+"""mlaas4hep: train Keras models on ROOT files, streamed chunk by chunk.
+
+>>> from mlaas4hep import RootSequence
+>>> train = RootSequence(["sig.root", "bkg.root"], labels=[1, 0])  # doctest: +SKIP
+>>> model.fit(train, epochs=5)  # doctest: +SKIP
+
+Importing the package is light: Keras (and TensorFlow) load only when
+:class:`RootSequence` is first used.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .errors import (
+    BranchError,
+    FileAccessError,
+    MLaaS4HEPError,
+    ParameterError,
+    SkippedBranchWarning,
+    SpecsError,
+    SpecsMismatchWarning,
+    TreeError,
+)
+from .flatten import JaggedFlattener
+from .reader import ChunkPlan, ChunkReader
+from .sources import FileSource
+from .specs import BranchSpec, SpecBuilder, Specs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BranchError",
+    "BranchSpec",
+    "ChunkPlan",
+    "ChunkReader",
+    "FileAccessError",
+    "FileSource",
+    "JaggedFlattener",
+    "MLaaS4HEPError",
+    "ParameterError",
+    "RootSequence",
+    "SkippedBranchWarning",
+    "SpecBuilder",
+    "Specs",
+    "SpecsError",
+    "SpecsMismatchWarning",
+    "TreeError",
+    "__version__",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RootSequence":  # imports Keras, so only on first use
+        from .sequence import RootSequence
+
+        return RootSequence
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

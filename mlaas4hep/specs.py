@@ -1,0 +1,584 @@
+"""Specs: what the first pass over the files learns about every branch.
+
+:class:`SpecBuilder` reads the selected branches of all files once, in steps of
+bounded size, and returns :class:`Specs`: per branch its kind, dtype, range,
+mean and standard deviation, and for jagged branches the distribution of list
+lengths; per file its entries and a fingerprint. Specs round-trip through JSON
+and are reused while the fingerprints still match the files.
+
+Statistics are kept in a form that merges associatively (count, mean, sum of
+squared deviations, min, max, length histogram), so specs of parts of a dataset
+combine into the specs of the whole.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._arrays import flat_values, jagged_parts
+from .errors import BranchError, ParameterError, SkippedBranchWarning, SpecsError, SpecsMismatchWarning, TreeError
+from .sources import DEFAULT_TREE, BranchInfo, FileSource, describe_branches, file_uuid, open_tree, parse_sources
+
+__all__ = ["DEFAULT_EXCLUDE", "BranchSpec", "FileSpec", "SpecBuilder", "Specs"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXCLUDE: tuple[str, ...] = ("run", "event", "luminosityBlock")
+"""Branches left out unless asked for: the event identifier of CMS NanoAOD."""
+
+QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
+"""Length quantiles reported for jagged branches."""
+
+_FORMAT = "mlaas4hep-specs"
+_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BranchSpec:
+    """Statistics of one branch over all files.
+
+    Values that are not finite (NaN, inf) are left out of every statistic and
+    counted in ``nonfinite``. For jagged branches the statistics are over all
+    elements of all lists, and ``length_hist[n]`` counts the events whose list
+    has length ``n``.
+    """
+
+    name: str
+    kind: str
+    dtype: str
+    count: int = 0
+    nonfinite: int = 0
+    min: float = math.inf
+    max: float = -math.inf
+    mean: float = 0.0
+    m2: float = 0.0
+    length_hist: tuple[int, ...] = ()
+    declared_max_length: int | None = None
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation of the finite values."""
+        return math.sqrt(self.m2 / self.count) if self.count else 0.0
+
+    @property
+    def is_jagged(self) -> bool:
+        """Whether each event holds a variable-length list."""
+        return self.kind == "jagged"
+
+    @property
+    def max_length(self) -> int:
+        """Longest list seen (0 for flat branches)."""
+        if not self.is_jagged:
+            return 0
+        if self.declared_max_length is not None:
+            return self.declared_max_length
+        return max(len(self.length_hist) - 1, 0)
+
+    def length_quantile(self, q: float) -> int:
+        """Smallest length ``n`` such that a fraction ``q`` of events have at most ``n`` entries."""
+        if not 0 < q <= 1:
+            msg = f"length quantile must be in (0, 1], got {q!r}"
+            raise ParameterError(msg)
+        hist = np.asarray(self.length_hist, dtype=np.float64)
+        if not self.is_jagged or hist.sum() == 0:
+            return self.max_length
+        cdf = np.cumsum(hist) / hist.sum()
+        return int(np.searchsorted(cdf, q - 1e-12))
+
+    @property
+    def length_quantiles(self) -> dict[float, int]:
+        """Length at the quantiles 0.5, 0.9, 0.99 and 0.999."""
+        return {q: self.length_quantile(q) for q in QUANTILES}
+
+    def merge(self, other: BranchSpec) -> BranchSpec:
+        """Combine the statistics of two disjoint sets of events."""
+        if other.kind != self.kind:
+            msg = f"branch {self.name!r} is {self.kind} in some files and {other.kind} in others"
+            raise BranchError(msg)
+        n = self.count + other.count
+        if n:
+            delta = other.mean - self.mean
+            mean = self.mean + delta * other.count / n
+            m2 = self.m2 + other.m2 + delta * delta * self.count * other.count / n
+        else:
+            mean, m2 = 0.0, 0.0
+        size = max(len(self.length_hist), len(other.length_hist))
+        hist = np.zeros(size, dtype=np.int64)
+        hist[: len(self.length_hist)] += np.asarray(self.length_hist, dtype=np.int64)
+        hist[: len(other.length_hist)] += np.asarray(other.length_hist, dtype=np.int64)
+        declared = [d for d in (self.declared_max_length, other.declared_max_length) if d is not None]
+        return replace(
+            self,
+            dtype=self.dtype if self.dtype == other.dtype else str(np.result_type(self.dtype, other.dtype)),
+            count=n,
+            nonfinite=self.nonfinite + other.nonfinite,
+            min=min(self.min, other.min),
+            max=max(self.max, other.max),
+            mean=mean,
+            m2=m2,
+            length_hist=tuple(int(x) for x in hist),
+            declared_max_length=max(declared) if declared else None,
+        )
+
+    @classmethod
+    def from_values(cls, name: str, kind: str, dtype: str, values: np.ndarray, counts: np.ndarray | None = None) -> BranchSpec:
+        """Statistics of one step of data: ``values`` (all elements) and list ``counts`` if jagged."""
+        v = np.asarray(values, dtype=np.float64)
+        finite = np.isfinite(v)
+        nonfinite = int(v.size - np.count_nonzero(finite))
+        if nonfinite:
+            v = v[finite]
+        hist: tuple[int, ...] = ()
+        if counts is not None:
+            hist = tuple(int(x) for x in np.bincount(np.asarray(counts, dtype=np.int64)))
+        if v.size == 0:
+            return cls(name, kind, dtype, nonfinite=nonfinite, length_hist=hist)
+        mean = float(v.mean())
+        return cls(
+            name,
+            kind,
+            dtype,
+            count=int(v.size),
+            nonfinite=nonfinite,
+            min=float(v.min()),
+            max=float(v.max()),
+            mean=mean,
+            m2=float(np.square(v - mean).sum()),
+            length_hist=hist,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (derived values included for people reading the file)."""
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "dtype": self.dtype,
+            "count": self.count,
+            "nonfinite": self.nonfinite,
+            "min": self.min if self.count else None,
+            "max": self.max if self.count else None,
+            "mean": self.mean,
+            "std": self.std,
+            "m2": self.m2,
+        }
+        if self.is_jagged:
+            out["max_length"] = self.max_length
+            out["length_quantiles"] = {str(q): n for q, n in self.length_quantiles.items()}
+            out["length_hist"] = list(self.length_hist)
+        return out
+
+    @classmethod
+    def from_dict(cls, name: str, data: Mapping[str, Any]) -> BranchSpec:
+        """Inverse of :meth:`to_dict`."""
+        count = int(data.get("count", 0))
+        hist = tuple(int(x) for x in data.get("length_hist", ()))
+        declared = data.get("max_length") if not hist and data.get("kind") == "jagged" else None
+        return cls(
+            name=name,
+            kind=str(data["kind"]),
+            dtype=str(data.get("dtype", "float64")),
+            count=count,
+            nonfinite=int(data.get("nonfinite", 0)),
+            min=float(data["min"]) if data.get("min") is not None else math.inf,
+            max=float(data["max"]) if data.get("max") is not None else -math.inf,
+            mean=float(data.get("mean", 0.0)),
+            m2=float(data.get("m2", 0.0)),
+            length_hist=hist,
+            declared_max_length=int(declared) if declared is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One input file as the specs saw it: entries and a fingerprint."""
+
+    path: str
+    tree: str
+    entries: int
+    size: int | None = None
+    mtime: float | None = None
+    uuid: str | None = None
+
+    def mismatch(self, other: FileSpec) -> str | None:
+        """Why ``other`` (the file as it is now) is not the file these specs describe, or None."""
+        if (self.path, self.tree) != (other.path, other.tree):
+            return f"{other.path}:{other.tree} is not {self.path}:{self.tree}"
+        if self.entries != other.entries:
+            return f"{other.path} has {other.entries} entries, specs say {self.entries}"
+        if self.size is not None and other.size is not None and self.size != other.size:
+            return f"{other.path} is {other.size} bytes, specs say {self.size}"
+        if self.uuid is not None and other.uuid is not None:
+            if self.uuid != other.uuid:
+                return f"{other.path} has ROOT UUID {other.uuid}, specs say {self.uuid}"
+        elif self.mtime is not None and other.mtime is not None and self.mtime != other.mtime:
+            return f"{other.path} was modified after the specs were made"
+        return None
+
+
+def fingerprint(source: FileSource, file: Any, entries: int) -> FileSpec:
+    """Describe a file well enough to notice when it changes."""
+    size = mtime = None
+    path = source.location
+    if not source.is_remote:
+        stat = os.stat(path)
+        size, mtime = stat.st_size, stat.st_mtime
+    return FileSpec(path, source.tree, int(entries), size, mtime, file_uuid(file))
+
+
+@dataclass(frozen=True)
+class Specs:
+    """Result of the first pass: branch statistics and the files they came from.
+
+    Feature columns follow the original MLaaS4HEP: flat branches sorted by name,
+    then jagged branches sorted by name, each jagged branch taking as many
+    columns as its (possibly capped) length.
+    """
+
+    branches: Mapping[str, BranchSpec]
+    files: tuple[FileSpec, ...] = ()
+    skipped: Mapping[str, str] = field(default_factory=dict)
+    selection: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def flat(self) -> list[str]:
+        """Names of the flat branches, sorted."""
+        return sorted(n for n, b in self.branches.items() if not b.is_jagged)
+
+    @property
+    def jagged(self) -> list[str]:
+        """Names of the jagged branches, sorted."""
+        return sorted(n for n, b in self.branches.items() if b.is_jagged)
+
+    @property
+    def names(self) -> list[str]:
+        """All branch names in column order (flat, then jagged)."""
+        return self.flat + self.jagged
+
+    @property
+    def n_events(self) -> int:
+        """Total entries over all files."""
+        return sum(f.entries for f in self.files)
+
+    @property
+    def num_features(self) -> int:
+        """Columns when every jagged branch is padded to its maximum length."""
+        return len(self.flat) + sum(self.branches[n].max_length for n in self.jagged)
+
+    def __getitem__(self, name: str) -> BranchSpec:
+        try:
+            return self.branches[name]
+        except KeyError:
+            msg = f"no branch {name!r} in specs; branches: {self.names}"
+            raise BranchError(msg) from None
+
+    def summary(self) -> str:
+        """One line as the original printed after its first pass."""
+        return (
+            f"{self.n_events} events, ({len(self.flat)}-flat, {len(self.jagged)}-jagged) branches, "
+            f"{self.num_features} attrs"
+        )
+
+    def mismatch(self, files: Sequence[FileSpec]) -> str | None:
+        """Why these specs do not describe ``files``, or None when they do."""
+        if not self.files:
+            return None
+        if len(files) != len(self.files):
+            return f"specs describe {len(self.files)} files, {len(files)} given"
+        for mine, theirs in zip(self.files, files):
+            reason = mine.mismatch(theirs)
+            if reason:
+                return reason
+        return None
+
+    def select(self, names: Iterable[str]) -> Specs:
+        """Specs restricted to ``names``."""
+        names = list(names)
+        missing = [n for n in names if n not in self.branches]
+        if missing:
+            msg = f"specs lack the branches {missing}"
+            raise SpecsError(msg)
+        return replace(self, branches={n: self.branches[n] for n in names})
+
+    def merge(self, other: Specs) -> Specs:
+        """Combine specs of two disjoint sets of files."""
+        branches = dict(self.branches)
+        for name, spec in other.branches.items():
+            branches[name] = branches[name].merge(spec) if name in branches else spec
+        return Specs(branches, self.files + other.files, {**self.skipped, **other.skipped}, self.selection)
+
+    # -- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "summary": self.summary(),
+            "files": [f.__dict__ for f in self.files],
+            "branches": {n: self.branches[n].to_dict() for n in self.names},
+            "skipped": dict(self.skipped),
+            "selection": dict(self.selection),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the specs as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False, default=_json_default))
+        log.info("wrote specs to %s", path)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Specs:
+        """Inverse of :meth:`to_dict`; also reads the original MLaaS4HEP's ``global-specs.json``."""
+        if "jdim" in data and "minv" in data:
+            return _from_original(data)
+        if data.get("format") != _FORMAT:
+            msg = "not a specs file: it has neither mlaas4hep's 'format' key nor the original's 'jdim'/'minv'"
+            raise SpecsError(msg)
+        branches = {n: BranchSpec.from_dict(n, d) for n, d in data["branches"].items()}
+        files = tuple(FileSpec(**f) for f in data.get("files", ()))
+        return cls(branches, files, dict(data.get("skipped", {})), dict(data.get("selection", {})))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Specs:
+        """Read specs written by :meth:`save` or by the original MLaaS4HEP."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError as err:
+            msg = f"specs file {os.fspath(path)!r} does not exist"
+            raise SpecsError(msg) from err
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            msg = f"specs file {os.fspath(path)!r} is not valid JSON: {err}"
+            raise SpecsError(msg) from err
+        if not isinstance(data, dict):
+            msg = f"specs file {os.fspath(path)!r} holds a {type(data).__name__}, not a JSON object"
+            raise SpecsError(msg)
+        try:
+            return cls.from_dict(data)
+        except SpecsError as err:
+            msg = f"specs file {os.fspath(path)!r}: {err}"
+            raise SpecsError(msg) from err
+        except (KeyError, TypeError, ValueError) as err:
+            msg = f"specs file {os.fspath(path)!r} is malformed: {type(err).__name__}: {err}"
+            raise SpecsError(msg) from err
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    msg = f"cannot write {type(obj).__name__} to JSON"
+    raise TypeError(msg)
+
+
+def _from_original(data: Mapping[str, Any]) -> Specs:
+    """Specs from the original's global-specs.json (jdim, minv, maxv, fkeys, jkeys, nans)."""
+    branches = {}
+    for name in data.get("fkeys", []):
+        branches[name] = BranchSpec(name, "flat", "float64", min=float(data["minv"][name]), max=float(data["maxv"][name]))
+    for name in data.get("jkeys", []):
+        branches[name] = BranchSpec(
+            name,
+            "jagged",
+            "float64",
+            min=float(data["minv"][name]),
+            max=float(data["maxv"][name]),
+            declared_max_length=int(data["jdim"][name]),
+        )
+    return Specs(branches)
+
+
+def _match(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def select_branches(
+    infos: Sequence[BranchInfo],
+    include: Sequence[str] | None,
+    exclude: Sequence[str],
+    where: str,
+) -> tuple[list[BranchInfo], dict[str, str]]:
+    """Apply include/exclude patterns; return usable branches and skipped ones with reasons.
+
+    A branch named explicitly in ``include`` (not through a glob pattern) that
+    cannot become a feature is an error rather than a warning.
+    """
+    by_name = {i.name: i for i in infos}
+    if include:
+        exact = [p for p in include if not any(c in p for c in "*?[")]
+        missing = [p for p in exact if p not in by_name]
+        if missing:
+            msg = f"branches {missing} not found in {where}"
+            raise BranchError(msg)
+        for p in include:
+            if p not in exact and not any(fnmatch.fnmatchcase(n, p) for n in by_name):
+                msg = f"pattern {p!r} matches no branch in {where}"
+                raise BranchError(msg)
+        chosen = [i for i in infos if _match(i.name, include)]
+        bad_exact = [by_name[p] for p in exact if by_name[p].kind not in ("flat", "jagged")]
+        if bad_exact:
+            what = ", ".join(f"{i.name!r} ({i.kind})" for i in bad_exact)
+            msg = f"selected branches cannot become numeric features: {what} in {where}"
+            raise BranchError(msg)
+    else:
+        chosen = list(infos)
+    chosen = [i for i in chosen if not _match(i.name, exclude)]
+    usable = [i for i in chosen if i.kind in ("flat", "jagged")]
+    skipped = {i.name: i.kind for i in chosen if i.kind not in ("flat", "jagged")}
+    return usable, skipped
+
+
+class SpecBuilder:
+    """First pass over the input files: learn every selected branch's specs.
+
+    Parameters
+    ----------
+    files : path, URL, or sequence of them
+        Input files; ``"file.root:tree"`` names the tree per file.
+    tree : str
+        Tree name for files that do not name one (default ``"Events"``).
+    branches : sequence of str, optional
+        Branches to use: names or glob patterns, as uproot's ``filter_name``.
+        Default: every numeric flat or jagged branch.
+    exclude : sequence of str
+        Names or patterns to leave out; default ``("run", "event", "luminosityBlock")``.
+    redirector : str
+        Prefix for bare file names (the original's ``redirector``).
+    step_size : int or str
+        Events per read, or a size such as ``"100 MB"`` as in :func:`uproot.iterate`;
+        memory stays bounded by one step whatever the file size.
+
+    Examples
+    --------
+    >>> specs = SpecBuilder(["sig.root", "bkg.root"], exclude=["run", "event"]).build()  # doctest: +SKIP
+    >>> specs.summary()  # doctest: +SKIP
+    '20000 events, (18-flat, 48-jagged) branches, 1801 attrs'
+    """
+
+    def __init__(
+        self,
+        files: str | os.PathLike[str] | Iterable[str | os.PathLike[str] | FileSource],
+        *,
+        tree: str = DEFAULT_TREE,
+        branches: Sequence[str] | None = None,
+        exclude: Sequence[str] = DEFAULT_EXCLUDE,
+        redirector: str = "",
+        step_size: int | str = "100 MB",
+    ) -> None:
+        self.sources = parse_sources(files, tree, redirector)
+        if not self.sources:
+            msg = "no input files given"
+            raise ParameterError(msg)
+        if isinstance(branches, str):
+            branches = [branches]
+        if isinstance(exclude, str):
+            exclude = [exclude]
+        self.include = list(branches) if branches else None
+        self.exclude = list(exclude or ())
+        self.step_size = step_size
+
+    def fingerprints(self) -> list[FileSpec]:
+        """Open each file (without reading data) and describe it."""
+        prints = []
+        for source in self.sources:
+            file, obj = open_tree(source)
+            try:
+                prints.append(fingerprint(source, file, obj.num_entries))
+            finally:
+                file.close()
+        return prints
+
+    def build(self, cache: str | os.PathLike[str] | None = None) -> Specs:
+        """Return specs of the files, from ``cache`` when it still matches them.
+
+        Parameters
+        ----------
+        cache : path, optional
+            JSON file to reuse and (re)write. A cache made from other files, or
+            from files that changed since, is rebuilt with a
+            :class:`~mlaas4hep.errors.SpecsMismatchWarning`.
+        """
+        if cache is not None and Path(cache).exists():
+            cached = Specs.load(cache)
+            reason = self._reuse_problem(cached)
+            if reason is None:
+                log.info("reusing specs from %s", cache)
+                return cached
+            warnings.warn(f"rebuilding specs: {os.fspath(cache)!r} {reason}", SpecsMismatchWarning, stacklevel=2)
+        specs = self._scan()
+        if cache is not None:
+            specs.save(cache)
+        return specs
+
+    def _reuse_problem(self, cached: Specs) -> str | None:
+        if not cached.files:
+            return "has no file fingerprints"
+        reason = cached.mismatch(self.fingerprints())
+        if reason:
+            return f"does not match the input files: {reason}"
+        if cached.selection != self.selection:
+            return f"was made with another branch selection ({dict(cached.selection)} instead of {self.selection})"
+        return None
+
+    @property
+    def selection(self) -> dict[str, list[str] | None]:
+        """The include and exclude patterns, as recorded in the specs."""
+        return {"branches": self.include, "exclude": self.exclude}
+
+    def _scan(self) -> Specs:
+        t0 = time.perf_counter()
+        total: Specs | None = None
+        for source in self.sources:
+            part = self._scan_file(source)
+            if total is not None and set(part.branches) != set(total.branches):
+                mine, theirs = set(total.branches), set(part.branches)
+                msg = (
+                    f"branch sets differ: {source.path} lacks {sorted(mine - theirs)} "
+                    f"and has {sorted(theirs - mine)} that earlier files lack"
+                )
+                raise BranchError(msg)
+            total = part if total is None else total.merge(part)
+        assert total is not None
+        if total.skipped:
+            warnings.warn(
+                "skipping branches that cannot become numeric features: "
+                + ", ".join(f"{n} ({k})" for n, k in sorted(total.skipped.items())),
+                SkippedBranchWarning,
+                stacklevel=3,
+            )
+        log.info("first pass: %s in %.2f s", total.summary(), time.perf_counter() - t0)
+        return total
+
+    def _scan_file(self, source: FileSource) -> Specs:
+        file, obj = open_tree(source)
+        try:
+            entries = int(obj.num_entries)
+            if entries == 0:
+                msg = f"tree {source.tree!r} in {source.path!r} has 0 entries"
+                raise TreeError(msg)
+            usable, skipped = select_branches(describe_branches(obj), self.include, self.exclude, str(source))
+            if not usable:
+                msg = f"no numeric branch left to use in {source} after include={self.include} exclude={self.exclude}"
+                raise BranchError(msg)
+            kinds = {i.name: i for i in usable}
+            parts: dict[str, BranchSpec] = {}
+            t0 = time.perf_counter()
+            for arrays in obj.iterate(filter_name=list(kinds), step_size=self.step_size, library="ak"):
+                for name, info in kinds.items():
+                    if info.kind == "jagged":
+                        counts, values = jagged_parts(arrays[name])
+                        step = BranchSpec.from_values(name, "jagged", info.dtype, values, counts)
+                    else:
+                        step = BranchSpec.from_values(name, "flat", info.dtype, flat_values(arrays[name]))
+                    parts[name] = parts[name].merge(step) if name in parts else step
+            log.info("scanned %s: %d entries, %d branches in %.2f s", source, entries, len(kinds), time.perf_counter() - t0)
+            return Specs(parts, (fingerprint(source, file, entries),), skipped, self.selection)
+        finally:
+            file.close()
