@@ -1,0 +1,258 @@
+"""Turning a chunk of events into a fixed-width float32 matrix and its mask.
+
+:class:`JaggedFlattener` never opens a file: it takes awkward arrays (a chunk as
+read by uproot) and returns ``X`` of shape ``(n_events, n_features)`` and a
+boolean mask ``M`` of the same shape, with numpy operations on whole branches
+and no Python loop over events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import awkward as ak
+import numpy as np
+
+from ._arrays import flat_values, jagged_parts
+from .errors import BranchError, ParameterError
+from .specs import Specs
+
+__all__ = ["NORMALIZATIONS", "JaggedFlattener"]
+
+NORMALIZATIONS = ("minmax", "standard", None)
+"""Accepted values of ``normalization``."""
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    start: int
+    width: int
+    jagged: bool
+    offset: float
+    scale: float
+
+
+class JaggedFlattener:
+    """Flatten branches into columns: one per flat branch, ``L`` per jagged branch.
+
+    Parameters
+    ----------
+    specs : Specs
+        Branch statistics from the first pass; they fix the columns and the
+        normalization.
+    branches : sequence of str, optional
+        Branches to use, default all of ``specs`` (columns are always flat
+        branches sorted by name, then jagged branches sorted by name).
+    normalization : {"minmax", "standard", None}
+        ``"minmax"`` maps ``[min, max]`` to ``[0, 1]`` as the original did;
+        ``"standard"`` subtracts the mean and divides by the standard
+        deviation; ``None`` keeps raw values. A constant branch becomes 0.
+    pad_value : float
+        Value of padded slots and of non-finite inputs (NaN, inf); their mask is 0.
+    max_lengths : int or mapping of str to int, optional
+        Cap on the columns of jagged branches: one int for all, or per branch;
+        longer lists are clipped. Default: each branch's maximum length in the specs.
+    length_quantile : float, optional
+        Alternative cap: each jagged branch's length at this quantile of its
+        length distribution (e.g. 0.999), instead of a rare maximum.
+
+    Examples
+    --------
+    >>> flattener = JaggedFlattener(specs, max_lengths={"Jet_pt": 10})  # doctest: +SKIP
+    >>> X, M = flattener.transform(arrays)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        specs: Specs,
+        branches: Sequence[str] | None = None,
+        *,
+        normalization: str | None = "minmax",
+        pad_value: float = 0.0,
+        max_lengths: int | Mapping[str, int] | None = None,
+        length_quantile: float | None = None,
+    ) -> None:
+        if normalization not in NORMALIZATIONS:
+            msg = f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
+            raise ParameterError(msg)
+        if max_lengths is not None and length_quantile is not None:
+            msg = "give either max_lengths or length_quantile, not both"
+            raise ParameterError(msg)
+        self.specs = specs if branches is None else specs.select(branches)
+        if not self.specs.branches:
+            msg = "no branches to flatten"
+            raise BranchError(msg)
+        self.normalization = normalization
+        self.pad_value = float(pad_value)
+        self._columns: list[_Column] = []
+        start = 0
+        for name in self.specs.names:
+            spec = self.specs[name]
+            width = self._width(name, max_lengths, length_quantile) if spec.is_jagged else 1
+            offset, scale = self._scaling(name)
+            self._columns.append(_Column(name, start, width, spec.is_jagged, offset, scale))
+            start += width
+        self.num_features = start
+        nflat = len(self.specs.flat)
+        self._flat_offset = np.array([c.offset for c in self._columns[:nflat]], dtype=np.float32)
+        self._flat_scale = np.array([c.scale for c in self._columns[:nflat]], dtype=np.float32)
+
+    def _width(self, name: str, max_lengths: int | Mapping[str, int] | None, quantile: float | None) -> int:
+        spec = self.specs[name]
+        if quantile is not None:
+            return spec.length_quantile(quantile)
+        if max_lengths is None:
+            return spec.max_length
+        if isinstance(max_lengths, Mapping):
+            unknown = set(max_lengths) - set(self.specs.jagged)
+            if unknown:
+                msg = f"max_lengths names {sorted(unknown)}, which are not jagged branches: {self.specs.jagged}"
+                raise ParameterError(msg)
+            cap = max_lengths.get(name, spec.max_length)
+        else:
+            cap = max_lengths
+        if int(cap) < 0:
+            msg = f"max_lengths for {name!r} must be >= 0, got {cap!r}"
+            raise ParameterError(msg)
+        return int(cap)
+
+    def _scaling(self, name: str) -> tuple[float, float]:
+        """Return (offset, scale) so that normalized = (x - offset) * scale."""
+        spec = self.specs[name]
+        if self.normalization is None or spec.count == 0:
+            return 0.0, 1.0
+        if self.normalization == "minmax":
+            span = spec.max - spec.min
+            return spec.min, (1.0 / span if span > 0 else 0.0)
+        if spec.std > 0:
+            return spec.mean, 1.0 / spec.std
+        return spec.mean, 0.0
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Column names: ``name`` for flat branches, ``name_0``, ``name_1``, ... for jagged ones."""
+        names: list[str] = []
+        for c in self._columns:
+            names.extend([f"{c.name}_{j}" for j in range(c.width)] if c.jagged else [c.name])
+        return names
+
+    @property
+    def branches(self) -> list[str]:
+        """Branches read, in column order."""
+        return [c.name for c in self._columns]
+
+    def columns(self, name: str) -> slice:
+        """The columns of branch ``name`` in ``X``."""
+        for c in self._columns:
+            if c.name == name:
+                return slice(c.start, c.start + c.width)
+        msg = f"no branch {name!r}; branches: {self.branches}"
+        raise BranchError(msg)
+
+    def transform(self, arrays: ak.Array | Mapping[str, ak.Array] | Sequence[ak.Array]) -> tuple[np.ndarray, np.ndarray]:
+        """Flatten events into ``(X, M)``.
+
+        Parameters
+        ----------
+        arrays : awkward record array, mapping of branch name to array, or a list of them
+            Events with (at least) the flattener's branches; a list (a chunk read
+            from several files) is stacked in order.
+
+        Returns
+        -------
+        X : numpy.ndarray of float32, shape (n_events, num_features)
+        M : numpy.ndarray of bool, same shape; True where ``X`` holds a real, finite value
+        """
+        pieces = list(arrays) if isinstance(arrays, (list, tuple)) else [arrays]
+        n = sum(len(p[self._columns[0].name]) for p in pieces) if pieces else 0
+        X = np.full((n, self.num_features), self.pad_value, dtype=np.float32)
+        M = np.zeros((n, self.num_features), dtype=np.bool_)
+        row = 0
+        for piece in pieces:
+            size = len(piece[self._columns[0].name])
+            self._fill(piece, X[row : row + size], M[row : row + size])
+            row += size
+        return X, M
+
+    def _fill(self, arrays: ak.Array | Mapping[str, ak.Array], X: np.ndarray, M: np.ndarray) -> None:
+        n = X.shape[0]
+        nflat = len(self._flat_offset)
+        if nflat:
+            block = X[:, :nflat]
+            for j, c in enumerate(self._columns[:nflat]):
+                block[:, j] = self._get(arrays, c.name, n, jagged=False)
+            block -= self._flat_offset
+            block *= self._flat_scale
+            finite = np.isfinite(block)
+            M[:, :nflat] = finite
+            if not finite.all():
+                block[~finite] = self.pad_value
+        Xf = X.reshape(-1)
+        Mf = M.reshape(-1)
+        previous_counts: np.ndarray | None = None
+        previous_width = -1
+        for c in self._columns[nflat:]:
+            if c.width == 0:
+                continue
+            counts, values = jagged_parts(self._get(arrays, c.name, n, jagged=True))
+            if previous_counts is None or c.width != previous_width or not np.array_equal(counts, previous_counts):
+                source, target = _scatter_indices(counts, c.width, self.num_features)
+                previous_counts, previous_width = counts, c.width
+            vals = values[source].astype(np.float32)
+            if c.offset:
+                vals -= np.float32(c.offset)
+            if c.scale != 1.0:
+                vals *= np.float32(c.scale)
+            finite = np.isfinite(vals)
+            if not finite.all():
+                vals[~finite] = self.pad_value
+            Xf[target + c.start] = vals
+            Mf[target + c.start] = finite
+
+    @staticmethod
+    def _get(arrays: ak.Array | Mapping[str, ak.Array], name: str, n: int, *, jagged: bool) -> np.ndarray | ak.Array:
+        try:
+            array = arrays[name]
+        except (KeyError, ValueError, ak.errors.FieldNotFoundError) as err:
+            msg = f"branch {name!r} is missing from the arrays to flatten"
+            raise BranchError(msg) from err
+        if len(array) != n:
+            msg = f"branch {name!r} has {len(array)} events, expected {n}"
+            raise BranchError(msg)
+        return array if jagged else flat_values(array)
+
+    def inverse_transform(self, X: np.ndarray, M: np.ndarray | None = None) -> np.ndarray:
+        """Undo the normalization of ``X`` (float64 result); where ``M`` is False, NaN."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.num_features:
+            msg = f"X must have shape (n, {self.num_features}), got {X.shape}"
+            raise ParameterError(msg)
+        offset = np.empty(self.num_features)
+        scale = np.empty(self.num_features)
+        for c in self._columns:
+            offset[c.start : c.start + c.width] = c.offset
+            scale[c.start : c.start + c.width] = c.scale
+        with np.errstate(divide="ignore"):
+            inverse = np.where(scale != 0, 1.0 / scale, 0.0)
+        out = X * inverse + offset
+        if M is not None:
+            out[~np.asarray(M, dtype=bool)] = np.nan
+        return out
+
+
+def _scatter_indices(counts: np.ndarray, width: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each kept list element comes from (in the content) and goes to (in ``X.ravel()``)."""
+    counts = counts.astype(np.int64, copy=False)
+    total = int(counts.sum())
+    rows = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+    starts = np.cumsum(counts) - counts
+    local = np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
+    keep = local < width
+    if keep.all():
+        source = np.arange(total, dtype=np.int64)
+    else:
+        source = np.flatnonzero(keep)
+        rows, local = rows[keep], local[keep]
+    return source, rows * stride + local

@@ -1,0 +1,75 @@
+"""Shared fixtures: small ROOT files written with uproot for each test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def write_tree(path: Path, n: int, *, seed: int, file_id: int = 0, tree: str = "Events", basket: int = 0) -> Path:
+    """Write a TTree with an event id ``uid``, flat branches and a NanoAOD-like jet collection (``nJet``, ``Jet_pt``, ``Jet_eta``)."""
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(2.0, n)
+    counts[rng.random(n) < 0.01] += 7  # a rare tail
+    total = int(counts.sum())
+    data = {
+        "uid": (file_id * 1_000_000 + np.arange(n)).astype(np.int64),
+        "run": np.full(n, 1, np.int32),
+        "MET_pt": rng.exponential(30.0, n).astype(np.float32) + 5 * file_id,
+        "nPV": rng.poisson(20, n).astype(np.int32),
+        "flag": rng.random(n) < 0.5 + 0.2 * file_id,
+        "Jet": ak.zip(
+            {
+                "pt": ak.unflatten(rng.exponential(40.0, total).astype(np.float32) + 10 * file_id, counts),
+                "eta": ak.unflatten(rng.normal(0, 2.0, total).astype(np.float32), counts),
+            }
+        ),
+    }
+    with uproot.recreate(path) as f:
+        t = f.mktree(tree, {k: (v.type if isinstance(v, ak.Array) else v.dtype) for k, v in data.items()})
+        step = basket or n
+        for start in range(0, n, step):
+            t.extend({k: v[start : start + step] for k, v in data.items()})
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_tree():
+    """The :func:`write_tree` helper, for tests that need their own files."""
+    return write_tree
+
+
+@pytest.fixture(scope="session")
+def two_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two files of different sizes (1200 and 1800 entries), labels 1 and 0."""
+    d = tmp_path_factory.mktemp("two")
+    return [
+        write_tree(d / "sig.root", 1200, seed=1, file_id=0, basket=500),
+        write_tree(d / "bkg.root", 1800, seed=2, file_id=1, basket=500),
+    ]
+
+
+@pytest.fixture(scope="session")
+def hzz() -> Path:
+    path = SHARED_DATA / "uproot-HZZ.root"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def zmumu() -> Path:
+    path = SHARED_DATA / "uproot-Zmumu.root"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    return path
