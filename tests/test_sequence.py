@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from mlaas4hep import ParameterError, RootSequence, SpecBuilder  # noqa: E402
+
+
+def _ids(seq: RootSequence, order=None) -> tuple[np.ndarray, np.ndarray]:
+    """Event ids (the raw ``uid`` column) and labels of one pass over ``seq``."""
+    col = seq.feature_names.index("uid")
+    order = range(len(seq)) if order is None else order
+    xs, ys = [], []
+    for i in order:
+        x, y = seq[i]
+        xs.append(x[:, col])
+        ys.append(y)
+    return np.concatenate(xs).astype(np.int64), np.concatenate(ys)
+
+
+def _make(files, **kw) -> RootSequence:
+    kw = {"labels": [1, 0], "branches": ["uid", "MET_pt", "Jet_pt"], "normalization": None, **kw}
+    return RootSequence(files, **kw)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_every_event_once_per_epoch_with_its_label(two_files, shuffle):
+    seq = _make(two_files, batch_size=64, chunk_size=500, shuffle=shuffle, seed=7)
+    assert len(seq) == int(np.ceil(3000 / 64))
+    rng = np.random.default_rng(0)
+    epochs = []
+    for _ in range(2):
+        ids, labels = _ids(seq, rng.permutation(len(seq)))  # any order, as Keras asks
+        assert len(ids) == 3000 and len(np.unique(ids)) == 3000
+        np.testing.assert_array_equal(labels, np.where(ids < 1_000_000, 1.0, 0.0))
+        epochs.append(ids)
+        seq.on_epoch_end()
+    if shuffle:
+        assert not np.array_equal(epochs[0], epochs[1])
+    else:
+        np.testing.assert_array_equal(epochs[0], epochs[1])
+    # chunks are mixed in proportion: each 500-event chunk holds 200 + 300 events
+    first = epochs[0][:500]
+    assert (first < 1_000_000).sum() == 200
+
+
+def test_same_seed_same_batches_and_repeated_index(two_files):
+    a = _make(two_files, batch_size=50, chunk_size=400, seed=3)
+    b = _make(two_files, batch_size=50, chunk_size=400, seed=3)
+    np.testing.assert_array_equal(_ids(a)[0], _ids(b)[0])
+    c = _make(two_files, batch_size=50, chunk_size=400, seed=4)
+    assert not np.array_equal(_ids(a)[0], _ids(c)[0])
+
+
+
+def test_requests_outside_an_epoch_are_previews(two_files):
+    seq = _make(two_files, batch_size=50, chunk_size=400, seed=3)
+    reference = _ids(_make(two_files, batch_size=50, chunk_size=400, seed=3))[0]
+    seq[0], seq[1]  # a look before training, or Keras' probe
+    seq.on_epoch_end()
+    seq.on_epoch_begin()
+    np.testing.assert_array_equal(_ids(seq)[0], reference)
+    assert seq.epoch == 1
+    # the next epoch may start before on_epoch_end (TensorFlow prefetches)
+    early = seq[0]
+    seq.on_epoch_end()
+    assert seq.epoch == 1
+    rest = _ids(seq, range(len(seq) - 1))[0]
+    col = seq.feature_names.index("uid")
+    both = np.concatenate([early[0][:, col].astype(np.int64), rest])
+    assert len(np.unique(both)) == 3000
+
+
+def test_training_and_validation_are_disjoint_and_complete(two_files):
+    kw = {"batch_size": 32, "chunk_size": 300, "validation_split": 0.25, "seed": 1}
+    train = _make(two_files, subset="training", **kw)
+    val = _make(two_files, subset="validation", specs=train.specs, **kw)
+    t, v = _ids(train)[0], _ids(val)[0]
+    assert len(t) == 2250 and len(v) == 750
+    assert not set(t) & set(v)
+    assert len(np.unique(np.concatenate([t, v]))) == 3000
+    # the split is per file: a quarter of each file, its last entries
+    assert (v < 1_000_000).sum() == 300 and (v % 1_000_000).min() == 900
+
+
+def test_nevts_is_split_in_proportion(two_files):
+    seq = _make(two_files, nevts=1000, batch_size=100, chunk_size=500)
+    ids = _ids(seq)[0]
+    assert len(ids) == 1000 and (ids < 1_000_000).sum() == 400
+
+
+def test_labels_from_a_branch(two_files):
+    seq = RootSequence(two_files, labels="flag", batch_size=100, chunk_size=1000, branches=["MET_pt", "uid"])
+    assert "flag" not in seq.feature_names
+    _, y = seq[0]
+    assert set(np.unique(y)) <= {0.0, 1.0}
+
+
+def test_metadata_and_specs_reuse(two_files, tmp_path):
+    cache = tmp_path / "specs.json"
+    seq = RootSequence(two_files, labels=[1, 0], specs=cache, batch_size=100, chunk_size=1000)
+    assert cache.exists()
+    assert seq.num_features == len(seq.feature_names) == seq.specs.num_features
+    assert seq.feature_names[: len(seq.specs.flat)] == seq.specs.flat
+    again = RootSequence(two_files, labels=[1, 0], specs=cache, batch_size=100, chunk_size=1000)
+    assert again.feature_names == seq.feature_names
+    x, y = seq[0]
+    assert x.dtype == np.float32 and x.shape == (100, seq.num_features) and y.shape == (100,)
+    assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"labels": [1]}, "labels"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2000, "chunk_size": 1000}, "batch_size"),
+        ({"chunk_size": -5}, "chunk_size"),
+        ({"validation_split": 1.0, "subset": "training"}, "validation_split"),
+        ({"validation_split": 0.2, "subset": "test"}, "subset"),
+        ({"validation_split": 0.2}, "subset"),
+        ({"nevts": 0}, "nevts"),
+    ],
+)
+def test_bad_parameters(two_files, kwargs, match):
+    with pytest.raises(ParameterError, match=match):
+        RootSequence(two_files, **{"labels": [1, 0], **kwargs})
+
+
+def _model(idim: int) -> keras.Model:
+    model = keras.Sequential([keras.Input((idim,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    return model
+
+
+def test_fit_reads_each_chunk_once_per_epoch_under_keras_shuffling(two_files):
+    seq = RootSequence(two_files, labels=[1, 0], batch_size=50, chunk_size=300, cache_chunks=2, seed=5)
+    n_chunks = len(seq.reader)
+    assert n_chunks == 10
+    _model(seq.num_features).fit(seq, epochs=2, verbose=0)  # default: shuffle=True, workers=1
+    # once per chunk and epoch at most, plus one prefetch of the next epoch's first chunk
+    assert seq.chunk_reads <= 2 * n_chunks + 1
+    assert seq.epoch == 2
+
+
+def test_fit_with_two_worker_threads_serves_each_event_once(two_files):
+    seq = _make(two_files, batch_size=50, chunk_size=300, workers=2, seed=5)
+    model = _model(seq.num_features)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        pass
+
+    col = seq.feature_names.index("uid")
+    original = seq.__class__.__getitem__
+
+    def spy(self, index):
+        batch = original(self, index)
+        seen.append(batch[0][:, col].astype(np.int64))
+        return batch
+
+    seq.__class__ = type("Spied", (seq.__class__,), {"__getitem__": spy})
+    model.fit(seq, epochs=1, verbose=0, callbacks=[Record()])
+    ids = np.concatenate(seen)
+    # Keras probes batches 0 and 1 before the epoch; they are served again within it
+    values, counts = np.unique(ids, return_counts=True)
+    assert set(values) == set(range(1200)) | set(range(1_000_000, 1_001_800))
+    assert counts.sum() - 3000 <= 2 * 50
+    assert seq.chunk_reads <= len(seq.reader) + 1
