@@ -25,7 +25,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from .errors import ParameterError
+from .errors import FileAccessError, MLaaS4HEPError, ParameterError
 from .sources import FileSource, open_tree
 
 __all__ = ["Chunk", "ChunkPlan", "ChunkReader", "apportion"]
@@ -226,6 +226,12 @@ class ChunkReader:
             file.close()
         return self._open[i][1]
 
+    def _forget(self, i: int) -> None:
+        """Close file ``i`` after a failed read, so that the next read opens it anew."""
+        opened = self._open.pop(i, None)
+        if opened is not None:
+            opened[0].close()
+
     def close(self) -> None:
         """Close every open file."""
         while self._open:
@@ -244,7 +250,14 @@ class ChunkReader:
         for i in np.flatnonzero(self.plan.counts[k]):
             start = int(self.plan.starts[k, i])
             stop = start + int(self.plan.counts[k, i])
-            arrays = self._tree(int(i)).arrays(filter_name=names, entry_start=start, entry_stop=stop, library="ak")
+            try:
+                arrays = self._tree(int(i)).arrays(filter_name=names, entry_start=start, entry_stop=stop, library="ak")
+            except MLaaS4HEPError:
+                raise
+            except Exception as err:  # uproot raises OSError, ValueError, DeserializationError...
+                self._forget(int(i))
+                msg = f"cannot read entries {start}-{stop} of {self.sources[i]}: {type(err).__name__}: {err}"
+                raise FileAccessError(msg) from err
             nbytes += arrays.layout.nbytes
             pieces.append(arrays)
             files.append(np.full(stop - start, i, dtype=np.int32))

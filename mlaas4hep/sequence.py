@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from .errors import BranchError, ParameterError
+from .errors import BranchError, ParameterError, SpecsError, TreeError
 from .flatten import JaggedFlattener
 from .reader import ChunkReader, apportion
 from .sources import DEFAULT_TREE, FileSource, describe_branches, open_tree, parse_sources
@@ -120,6 +120,9 @@ class RootSequence(keras.utils.PyDataset):
         numeric flat or jagged branch.
     exclude : sequence of str
         Branches or patterns left out; default ``("run", "event", "luminosityBlock")``.
+    common_branches : bool
+        When the files' branches differ, train on those common to all files
+        instead of raising :class:`~mlaas4hep.errors.BranchError` (default False).
     batch_size : int
         Events per batch (default 100, as the original).
     chunk_size : int
@@ -199,6 +202,7 @@ class RootSequence(keras.utils.PyDataset):
         tree: str = DEFAULT_TREE,
         branches: Sequence[str] | None = None,
         exclude: Sequence[str] = DEFAULT_EXCLUDE,
+        common_branches: bool = False,
         batch_size: int = 100,
         chunk_size: int = 10_000,
         nevts: int = -1,
@@ -239,9 +243,10 @@ class RootSequence(keras.utils.PyDataset):
         if isinstance(exclude, str):
             exclude = [exclude]
         exclude = list(exclude) + ([label_branch] if label_branch else [])
-        self.specs = self._specs(specs, branches, exclude)
-        if label_branch:
-            self._check_label_branch(label_branch)
+        self.specs = self._specs(specs, branches, exclude, common_branches, label_branch)
+        entries = self._known_entries()
+        if entries is None or label_branch:
+            entries = self._check_files(label_branch)
         self.label_branch = label_branch
         self.flattener = JaggedFlattener(
             self.specs,
@@ -250,7 +255,6 @@ class RootSequence(keras.utils.PyDataset):
             max_lengths=max_lengths,
             length_quantile=length_quantile,
         )
-        entries = self._known_entries()
         self.reader = ChunkReader(
             self.sources,
             self.flattener.branches,
@@ -270,12 +274,24 @@ class RootSequence(keras.utils.PyDataset):
         self._start_runtime()
 
     # -- construction helpers ---------------------------------------------------------------
-    def _specs(self, specs: Specs | str | os.PathLike[str] | None, branches: Sequence[str] | None, exclude: list[str]) -> Specs:
+    def _specs(
+        self,
+        specs: Specs | str | os.PathLike[str] | None,
+        branches: Sequence[str] | None,
+        exclude: list[str],
+        common_branches: bool,
+        label_branch: str | None,
+    ) -> Specs:
         if isinstance(specs, Specs):
             if branches is not None:
-                return specs.select(_expand(specs, branches))
+                specs = specs.select(_expand(specs, branches))
+            if label_branch in specs.branches:  # a label is never a feature
+                specs = specs.select([n for n in specs.names if n != label_branch])
+            if not specs.branches:
+                msg = f"the specs hold no branch to use besides the label branch {label_branch!r}"
+                raise SpecsError(msg)
             return specs
-        builder = SpecBuilder(self.sources, branches=branches, exclude=exclude)
+        builder = SpecBuilder(self.sources, branches=branches, exclude=exclude, common_branches=common_branches)
         return builder.build(cache=specs)
 
     def _known_entries(self) -> list[int] | None:
@@ -286,22 +302,37 @@ class RootSequence(keras.utils.PyDataset):
             return None
         return [f.entries for f in self.specs.files]
 
-    def _check_label_branch(self, name: str) -> None:
-        file, obj = open_tree(self.sources[0])
-        try:
-            kinds = {b.name: b.kind for b in describe_branches(obj)}
-        finally:
-            file.close()
-        if name not in kinds:
-            msg = f"label branch {name!r} not found in {self.sources[0]}"
-            raise BranchError(msg)
-        if kinds[name] != "flat":
-            msg = f"label branch {name!r} in {self.sources[0]} is {kinds[name]}, not one number per event"
-            raise BranchError(msg)
+    def _check_files(self, label_branch: str | None) -> list[int]:
+        """Open every file (reading no data): its entries, and the branches the specs and labels need."""
+        entries = []
+        for source in self.sources:
+            file, obj = open_tree(source)
+            try:
+                n = int(obj.num_entries)
+                kinds = {b.name: b.kind for b in describe_branches(obj)}
+            finally:
+                file.close()
+            if n == 0:
+                msg = f"tree {source.tree!r} in {source.path!r} has 0 entries"
+                raise TreeError(msg)
+            missing = [name for name in self.specs.names if name not in kinds]
+            if missing:
+                msg = f"{source} lacks the branches {missing} that the specs use"
+                raise BranchError(msg)
+            other = [f"{name!r} is {kinds[name]}" for name in self.specs.names if kinds[name] != self.specs[name].kind]
+            if other:
+                msg = f"in {source}, {', '.join(other)}, unlike in the specs"
+                raise BranchError(msg)
+            if label_branch is not None and label_branch not in kinds:
+                msg = f"label branch {label_branch!r} not found in {source}"
+                raise BranchError(msg)
+            if label_branch is not None and kinds[label_branch] != "flat":
+                msg = f"label branch {label_branch!r} in {source} is {kinds[label_branch]}, not one number per event"
+                raise BranchError(msg)
+            entries.append(n)
+        return entries
 
-    def _ranges(self, entries: list[int] | None, nevts: int) -> list[tuple[int, int]]:
-        if entries is None:
-            entries = [ChunkReader._entries(s) for s in self.sources]
+    def _ranges(self, entries: list[int], nevts: int) -> list[tuple[int, int]]:
         total = sum(entries)
         if nevts == -1 or nevts >= total:
             if nevts > total:
@@ -503,6 +534,11 @@ class RootSequence(keras.utils.PyDataset):
 def _expand(specs: Specs, patterns: Sequence[str]) -> list[str]:
     import fnmatch
 
+    exact = [p for p in patterns if not any(c in p for c in "*?[")]
+    missing = [p for p in exact if p not in specs.branches]
+    if missing:
+        msg = f"the specs lack the selected branches {missing}; they hold {specs.names}"
+        raise SpecsError(msg)
     names = [n for n in specs.names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     if not names:
         msg = f"branches {list(patterns)} match nothing in the specs ({specs.names})"

@@ -134,7 +134,7 @@ def open_file(source: FileSource) -> Any:
     """Open ``source``'s file with uproot, raising :class:`FileAccessError` with its name."""
     _check_local(source)
     try:
-        return uproot.open(source.path)
+        file = uproot.open(source.path)
     except FileNotFoundError as err:
         msg = f"ROOT file {source.path!r} does not exist ({err})"
         raise FileAccessError(msg) from err
@@ -144,6 +144,14 @@ def open_file(source: FileSource) -> Any:
     except Exception as err:  # uproot raises ValueError and others for non-ROOT bytes
         msg = f"{source.path!r} is not a readable ROOT file: {type(err).__name__}: {err}"
         raise FileAccessError(msg) from err
+    if not source.is_remote:  # a cut file still opens: its header says where it should end
+        size = os.path.getsize(source.path.removeprefix("file://"))
+        end = int(getattr(file.file, "fEND", 0) or 0)
+        if end > size:
+            file.close()
+            msg = f"ROOT file {source.path!r} is truncated: {size} bytes, its header says {end}"
+            raise FileAccessError(msg)
+    return file
 
 
 def open_tree(source: FileSource) -> tuple[Any, Any]:

@@ -20,6 +20,7 @@ import math
 import os
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,6 +43,10 @@ QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
 """Length quantiles reported for jagged branches."""
 
 _FORMAT = "mlaas4hep-specs"
+
+# Specs made in this process, by file fingerprints and branch selection: building a
+# training and a validation sequence over the same files makes one first pass, not two.
+_RECENT: OrderedDict[tuple[tuple[Any, ...], str], Specs] = OrderedDict()
 _VERSION = 1
 
 
@@ -454,6 +459,9 @@ class SpecBuilder:
     step_size : int or str
         Events per read, or a size such as ``"100 MB"`` as in :func:`uproot.iterate`;
         memory stays bounded by one step whatever the file size.
+    common_branches : bool
+        When the files' selected branches differ, use those common to all files
+        instead of raising :class:`~mlaas4hep.errors.BranchError` (default False).
 
     Examples
     --------
@@ -471,6 +479,7 @@ class SpecBuilder:
         exclude: Sequence[str] = DEFAULT_EXCLUDE,
         redirector: str = "",
         step_size: int | str = "100 MB",
+        common_branches: bool = False,
     ) -> None:
         self.sources = parse_sources(files, tree, redirector)
         if not self.sources:
@@ -483,6 +492,7 @@ class SpecBuilder:
         self.include = list(branches) if branches else None
         self.exclude = list(exclude or ())
         self.step_size = step_size
+        self.common_branches = bool(common_branches)
 
     def fingerprints(self) -> list[FileSpec]:
         """Open each file (without reading data) and describe it."""
@@ -512,7 +522,22 @@ class SpecBuilder:
                 log.info("reusing specs from %s", cache)
                 return cached
             warnings.warn(f"rebuilding specs: {os.fspath(cache)!r} {reason}", SpecsMismatchWarning, stacklevel=2)
-        specs = self._scan()
+        key = (tuple(self.fingerprints()), json.dumps(self.selection, sort_keys=True))
+        specs = _RECENT.get(key)
+        if specs is None:
+            specs = self._scan()
+            _RECENT[key] = specs
+            while len(_RECENT) > 8:
+                _RECENT.popitem(last=False)
+        else:
+            log.info("reusing specs made in this session for the same files and selection")
+        if specs.skipped:
+            warnings.warn(
+                "skipping branches that cannot become numeric features: "
+                + ", ".join(f"{n} ({k})" for n, k in sorted(specs.skipped.items())),
+                SkippedBranchWarning,
+                stacklevel=2,
+            )
         if cache is not None:
             specs.save(cache)
         return specs
@@ -530,43 +555,69 @@ class SpecBuilder:
     @property
     def selection(self) -> dict[str, list[str] | None]:
         """The include and exclude patterns, as recorded in the specs."""
-        return {"branches": self.include, "exclude": self.exclude}
+        selection: dict[str, Any] = {"branches": self.include, "exclude": self.exclude}
+        if self.common_branches:
+            selection["common_branches"] = True
+        return selection
 
     def _scan(self) -> Specs:
         t0 = time.perf_counter()
+        include = self._common_include()
         total: Specs | None = None
         for source in self.sources:
-            part = self._scan_file(source)
-            if total is not None and set(part.branches) != set(total.branches):
-                mine, theirs = set(total.branches), set(part.branches)
-                msg = (
-                    f"branch sets differ: {source.path} lacks {sorted(mine - theirs)} "
-                    f"and has {sorted(theirs - mine)} that earlier files lack"
-                )
-                raise BranchError(msg)
+            part = self._scan_file(source, include)
             total = part if total is None else total.merge(part)
         assert total is not None
-        if total.skipped:
-            warnings.warn(
-                "skipping branches that cannot become numeric features: "
-                + ", ".join(f"{n} ({k})" for n, k in sorted(total.skipped.items())),
-                SkippedBranchWarning,
-                stacklevel=3,
-            )
         log.info("first pass: %s in %.2f s", total.summary(), time.perf_counter() - t0)
         return total
 
-    def _scan_file(self, source: FileSource) -> Specs:
+    def _usable(self, source: FileSource, obj: Any, include: Sequence[str] | None) -> tuple[list[BranchInfo], dict[str, str]]:
+        if int(obj.num_entries) == 0:
+            msg = f"tree {source.tree!r} in {source.path!r} has 0 entries"
+            raise TreeError(msg)
+        usable, skipped = select_branches(describe_branches(obj), include, self.exclude, str(source))
+        if not usable:
+            msg = f"no numeric branch left to use in {source} after include={include} exclude={self.exclude}"
+            raise BranchError(msg)
+        return usable, skipped
+
+    def _common_include(self) -> list[str] | None:
+        """Check, before reading data, that every file has the same selected branches.
+
+        Returns the include list to scan with: the user's, or with
+        ``common_branches`` the names common to all files when they differ.
+        """
+        names: list[list[str]] = []
+        for source in self.sources:
+            file, obj = open_tree(source)
+            try:
+                names.append([i.name for i in self._usable(source, obj, self.include)[0]])
+            finally:
+                file.close()
+        union = sorted(set().union(*names))
+        if all(len(n) == len(union) for n in names):
+            return self.include
+        common = [n for n in names[0] if all(n in other for other in names)]
+        if not self.common_branches:
+            lacks = "; ".join(
+                f"{s.path} lacks {sorted(set(union) - set(n))}" for s, n in zip(self.sources, names) if len(n) < len(union)
+            )
+            msg = (
+                f"branch sets differ: {lacks}; select branches present in every file, "
+                f"or pass common_branches=True to use the {len(common)} common to all"
+            )
+            raise BranchError(msg)
+        if not common:
+            msg = f"no branch common to all of {[s.path for s in self.sources]}"
+            raise BranchError(msg)
+        log.info("using the %d branches common to all files; leaving out %s", len(common), sorted(set(union) - set(common)))
+        return common
+
+    def _scan_file(self, source: FileSource, include: Sequence[str] | None) -> Specs:
         file, obj = open_tree(source)
         try:
             entries = int(obj.num_entries)
-            if entries == 0:
-                msg = f"tree {source.tree!r} in {source.path!r} has 0 entries"
-                raise TreeError(msg)
-            usable, skipped = select_branches(describe_branches(obj), self.include, self.exclude, str(source))
-            if not usable:
-                msg = f"no numeric branch left to use in {source} after include={self.include} exclude={self.exclude}"
-                raise BranchError(msg)
+            usable, skipped = self._usable(source, obj, include)
             kinds = {i.name: i for i in usable}
             parts: dict[str, BranchSpec] = {}
             t0 = time.perf_counter()

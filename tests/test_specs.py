@@ -136,3 +136,14 @@ def test_doubly_jagged_and_string_in_rntuple_are_skipped(tmp_path):
         specs = SpecBuilder(tmp_path / "rn.root").build()
     assert specs.names == ["x"]
     assert specs["x"].nonfinite == 1 and specs["x"].count == 2 and specs["x"].max == 2.0
+
+
+def test_second_build_in_a_session_reuses_the_first_pass(tmp_path, make_tree, monkeypatch):
+    files = [make_tree(tmp_path / "m1.root", 80, seed=11), make_tree(tmp_path / "m2.root", 90, seed=12)]
+    first = SpecBuilder(files).build()
+    scans = []
+    monkeypatch.setattr(SpecBuilder, "_scan", lambda self: scans.append(self) or first)
+    again = SpecBuilder(files).build()
+    assert again is first and scans == []
+    SpecBuilder(files, branches=["MET_pt"]).build()  # another selection: a new first pass
+    assert len(scans) == 1
