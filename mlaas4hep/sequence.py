@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -487,6 +488,8 @@ class RootSequence(keras.utils.PyDataset):
         if future is None:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="mlaas4hep-reader")
+                # a sequence that is dropped stops reading ahead
+                weakref.finalize(self, self._executor.shutdown, wait=False, cancel_futures=True)
             future = self._executor.submit(self._load, k)
             self._futures[k] = future
         return future
