@@ -195,6 +195,9 @@ class ChunkReader:
         self.reads = 0
         self.bytes_read = 0
         self._open: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+        self._cluster_cache: dict[int, np.ndarray | None] = {}
+        self._segments: OrderedDict[tuple[int, int], tuple[ak.Array, int]] = OrderedDict()
+        self.max_kept_clusters = 4 * len(self.sources) + 8
         self._pid = os.getpid()
 
     @staticmethod
@@ -211,6 +214,7 @@ class ChunkReader:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_open"] = OrderedDict()
+        state["_segments"] = OrderedDict()
         return state
 
     def _tree(self, i: int) -> Any:
@@ -232,6 +236,66 @@ class ChunkReader:
         if opened is not None:
             opened[0].close()
 
+    def _clusters(self, i: int) -> np.ndarray | None:
+        """Entry numbers where all branches of file ``i`` start new baskets (None if unknown)."""
+        if i not in self._cluster_cache:
+            tree = self._tree(i)
+            try:
+                offsets = np.asarray(tree.common_entry_offsets(filter_name=self.branches), dtype=np.int64)
+            except Exception:  # noqa: BLE001 - RNTuple or an odd tree: read ranges as asked
+                offsets = None
+            self._cluster_cache[i] = offsets
+        return self._cluster_cache[i]
+
+    def _read_range(self, i: int, start: int, stop: int, names: list[str]) -> ak.Array:
+        """Entries ``[start, stop)`` of file ``i``, decompressing each basket once per epoch.
+
+        A file's share of a chunk rarely ends on a basket boundary. Reading
+        ``[start, stop)`` directly would decompress the boundary baskets once for
+        each of the two chunks that share them; instead whole clusters are read,
+        and the clusters at the edges are kept until every chunk that needs them
+        has taken its part.
+        """
+        tree = self._tree(i)
+        offsets = self._clusters(i)
+        if offsets is None or len(offsets) < 2:
+            return tree.arrays(filter_name=names, entry_start=start, entry_stop=stop, library="ak")
+        first = int(np.searchsorted(offsets, start, side="right")) - 1
+        last = int(np.searchsorted(offsets, stop, side="left"))
+        parts, j = [], first
+        while j < last:
+            cached = self._segments.pop((i, j), None)
+            if cached is not None:
+                arrays, users = cached
+                parts.append(arrays)
+                if users > 1:
+                    self._segments[(i, j)] = (arrays, users - 1)
+                j += 1
+                continue
+            run_end = j + 1  # read consecutive missing clusters in one call
+            while run_end < last and (i, run_end) not in self._segments:
+                run_end += 1
+            block = tree.arrays(
+                filter_name=names, entry_start=int(offsets[j]), entry_stop=int(offsets[run_end]), library="ak"
+            )
+            for m in (j, run_end - 1):  # edge clusters may be shared with other chunks
+                users = self._cluster_users(i, m, offsets) - 1
+                if users > 0 and (m == first or m == last - 1):
+                    lo = int(offsets[m] - offsets[j])
+                    self._segments[(i, m)] = (block[lo : lo + int(offsets[m + 1] - offsets[m])], users)
+            parts.append(block)
+            j = run_end
+        while len(self._segments) > self.max_kept_clusters:
+            self._segments.popitem(last=False)
+        whole = parts[0] if len(parts) == 1 else ak.concatenate(parts)
+        return whole[start - int(offsets[first]) : stop - int(offsets[first])]
+
+    def _cluster_users(self, i: int, m: int, offsets: np.ndarray) -> int:
+        """How many chunks of the plan read part of cluster ``m`` of file ``i``."""
+        lo, hi = int(offsets[m]), int(offsets[m + 1])
+        starts, stops = self.plan.starts[:, i], self.plan.starts[:, i] + self.plan.counts[:, i]
+        return int(np.count_nonzero((self.plan.counts[:, i] > 0) & (starts < hi) & (stops > lo)))
+
     def close(self) -> None:
         """Close every open file."""
         while self._open:
@@ -251,7 +315,7 @@ class ChunkReader:
             start = int(self.plan.starts[k, i])
             stop = start + int(self.plan.counts[k, i])
             try:
-                arrays = self._tree(int(i)).arrays(filter_name=names, entry_start=start, entry_stop=stop, library="ak")
+                arrays = self._read_range(int(i), start, stop, names)
             except MLaaS4HEPError:
                 raise
             except Exception as err:  # uproot raises OSError, ValueError, DeserializationError...

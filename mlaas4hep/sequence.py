@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import BranchError, ParameterError, SpecsError, TreeError
 from .flatten import JaggedFlattener
-from .reader import ChunkReader, apportion
+from .reader import Chunk, ChunkReader, apportion
 from .sources import DEFAULT_TREE, FileSource, describe_branches, open_tree, parse_sources
 from .specs import DEFAULT_EXCLUDE, SpecBuilder, Specs
 
@@ -158,7 +158,9 @@ class RootSequence(keras.utils.PyDataset):
     workers, use_multiprocessing, max_queue_size
         Forwarded to :class:`keras.utils.PyDataset`.
     cache_chunks : int
-        Flattened chunks kept in memory (default 3: the current one, the next, and one spare).
+        Flattened chunks kept in memory once served (default 2: the current one and the one before).
+    prefetch : int
+        Chunks read and flattened ahead, in background threads (default 2).
 
     Notes
     -----
@@ -220,7 +222,8 @@ class RootSequence(keras.utils.PyDataset):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
-        cache_chunks: int = 3,
+        cache_chunks: int = 2,
+        prefetch: int = 2,
     ) -> None:
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         _check_sizes(batch_size, chunk_size, nevts, cache_chunks)
@@ -270,6 +273,10 @@ class RootSequence(keras.utils.PyDataset):
             raise ParameterError(msg)
         self._len = math.ceil(self.n_events / self.batch_size)
         self.cache_chunks = int(cache_chunks)
+        if not isinstance(prefetch, int) or prefetch < 0:
+            msg = f"prefetch must be a non-negative integer, got {prefetch!r}"
+            raise ParameterError(msg)
+        self.prefetch = prefetch
         self._requests = _Counter(shared=bool(use_multiprocessing))
         self._in_epoch = False
         self._start_runtime()
@@ -460,10 +467,11 @@ class RootSequence(keras.utils.PyDataset):
             k = int(order[position])
             a, b = start - chunk_start, min(stop, int(ends[position])) - chunk_start
             decoded = self._chunk(k)
-            if position + 1 < len(order):
-                self._prefetch(int(order[position + 1]))
-            elif stop == self.n_events:
-                self._prefetch(int(self._order(epoch + 1)[0][0]))
+            for ahead in range(position + 1, position + 1 + self.prefetch):
+                if ahead < len(order):
+                    self._prefetch(int(order[ahead]))
+                elif stop == self.n_events and ahead == len(order):
+                    self._prefetch(int(self._order(epoch + 1)[0][0]))
             rows = self._perm(epoch, k, len(decoded.file_index))[a:b] if self.shuffle else np.arange(a, b)
             pieces.append((decoded, rows))
             start = chunk_start + b
@@ -483,16 +491,29 @@ class RootSequence(keras.utils.PyDataset):
         return perm
 
     def _submit(self, k: int) -> Future[_Decoded]:
-        """Start loading chunk ``k`` (caller holds the lock)."""
+        """Start loading chunk ``k`` (caller holds the lock).
+
+        Two background threads form a pipeline: one reads (uproot decompresses
+        with the GIL released), the other flattens the chunk read before, so on
+        two cores reading the next chunk overlaps flattening this one.
+        """
         future = self._futures.get(k)
         if future is None:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="mlaas4hep-reader")
+                self._flatten_executor = ThreadPoolExecutor(1, thread_name_prefix="mlaas4hep-flattener")
                 # a sequence that is dropped stops reading ahead
                 weakref.finalize(self, self._executor.shutdown, wait=False, cancel_futures=True)
-            future = self._executor.submit(self._load, k)
+                weakref.finalize(self, self._flatten_executor.shutdown, wait=False, cancel_futures=True)
+            read = self._executor.submit(self.reader.read, k)
+            future = self._flatten_executor.submit(self._flatten, read)
             self._futures[k] = future
         return future
+
+    def _flatten(self, read: Future[Chunk]) -> _Decoded:
+        chunk = read.result()
+        X, M = self.flattener.transform(chunk.pieces)
+        return _Decoded(X, M, chunk.labels, chunk.file_index, chunk.entry)
 
     def _prefetch(self, k: int) -> None:
         with self._lock:
@@ -515,15 +536,11 @@ class RootSequence(keras.utils.PyDataset):
                     self._cache.popitem(last=False)
         return decoded
 
-    def _load(self, k: int) -> _Decoded:
-        chunk = self.reader.read(k)
-        X, M = self.flattener.transform(chunk.pieces)
-        return _Decoded(X, M, chunk.labels, chunk.file_index, chunk.entry)
-
     def close(self) -> None:
         """Stop the background reader and close the files."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+            self._flatten_executor.shutdown(wait=True)
             self._executor = None
         self.reader.close()
 
