@@ -21,6 +21,9 @@ demo: setup
 test: setup
 	cd tests && ../$(BIN)/python -m pytest -c ../pyproject.toml --rootdir .. $(PYTEST_ARGS) .
 
+docs: setup
+	$(BIN)/python -m mkdocs build --strict -f docs/mkdocs.yml
+
 bench: setup
 	$(BIN)/python benchmarks/run.py
 

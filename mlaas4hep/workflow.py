@@ -1,0 +1,695 @@
+"""The original MLaaS4HEP workflow (files, labels, a model file, params.json) as library calls.
+
+:func:`run_workflow` does what the original ``workflow.py`` did: a first pass
+over the files (the specs), training of the user's Keras model on chunks of
+events, and the test-set loss, accuracy and AUC at the end, with optional
+plots. The command line (:mod:`mlaas4hep.cli`) only parses arguments and calls
+these functions.
+
+Keras (and TensorFlow) are imported only when a model is loaded or trained,
+after :func:`quiet_tensorflow` has silenced TensorFlow's C++ and absl logs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import FileAccessError, ParameterError
+from .reader import apportion
+from .specs import DEFAULT_EXCLUDE, Specs
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "WorkflowParams",
+    "WorkflowResult",
+    "fit_model",
+    "import_keras",
+    "load_model_function",
+    "load_params",
+    "parse_labels",
+    "quiet_tensorflow",
+    "read_list",
+    "run_workflow",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "nevts": -1,
+    "shuffle": True,
+    "chunk_size": 10_000,
+    "epochs": 5,
+    "batch_size": 100,
+    "identifier": "",
+    "branch": "Events",
+    "selected_branches": "",
+    "exclude_branches": list(DEFAULT_EXCLUDE),
+    "hist": "",
+    "redirector": "",
+    "verbose": 1,
+    "validation_split": 0.2,
+    "test_split": 0.2,
+    "seed": None,
+    "normalization": "minmax",
+}
+"""Every key params.json may hold, with its default (the first twelve are the original's)."""
+
+
+def quiet_tensorflow(verbose: int = 0) -> None:
+    """Silence TensorFlow's C++ and absl logging before Keras is imported.
+
+    Parameters
+    ----------
+    verbose : int
+        Below 2, TensorFlow's C++ log level is set to 3 (errors only) unless
+        ``TF_CPP_MIN_LOG_LEVEL`` is already set; at 2 and above it is left alone.
+    """
+    if verbose < 2:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        import absl.logging
+    except ImportError:  # absl comes with TensorFlow; without it there is nothing to silence
+        return
+    absl.logging.set_verbosity(absl.logging.ERROR if verbose < 2 else absl.logging.INFO)
+
+
+def import_keras(verbose: int = 0) -> Any:
+    """Import Keras (and TensorFlow) with :func:`quiet_tensorflow`, hiding TensorFlow's start-up lines.
+
+    TensorFlow's C++ start-up messages (oneDNN, CUDA drivers, absl's
+    ``InitializeLog`` warning) ignore ``TF_CPP_MIN_LOG_LEVEL`` in recent
+    releases; below ``verbose`` 2 the process's stderr is sent to /dev/null
+    while Keras is first imported. Python exceptions still propagate.
+
+    Returns
+    -------
+    module
+        :mod:`keras`.
+    """
+    quiet_tensorflow(verbose)
+    if verbose >= 2 or "tensorflow" in sys.modules:
+        import keras
+
+        return keras
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 to silence
+        import keras
+
+        return keras
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import keras
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+    return keras
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+
+def read_list(value: str | Sequence[str], what: str = "--files") -> list[str]:
+    """Entries of a list file (one a line, ``#`` comments, blank lines ignored) or a comma-separated list.
+
+    A path ending in ``.root`` is one entry, never a list file.
+
+    Parameters
+    ----------
+    value : str or sequence of str
+        Path of a text file, a comma-separated string, or already a list.
+    what : str
+        Name of the option or key, for error messages.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    ParameterError
+        If the list is empty, or ``value`` names a ``.txt`` file that does not exist.
+    """
+    if not isinstance(value, str):
+        entries = [str(v).strip() for v in value]
+    elif Path(value).is_file() and Path(value).suffix != ".root":
+        try:
+            text = Path(value).read_text()
+        except UnicodeDecodeError as err:
+            msg = f"{what}: {value!r} is not a text file with one entry a line"
+            raise ParameterError(msg) from err
+        entries = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    elif value.endswith(".txt") and "," not in value:
+        msg = f"{what}: list file {value!r} not found"
+        raise ParameterError(msg)
+    else:
+        entries = [v.strip() for v in value.split(",")]
+    entries = [e for e in entries if e]
+    if not entries:
+        msg = f"{what}: {value!r} holds no entry"
+        raise ParameterError(msg)
+    return entries
+
+
+def parse_labels(value: str | Sequence[str | float]) -> list[float] | str:
+    """Labels as the original's labels.txt: one number per file, or the name of a label branch.
+
+    Parameters
+    ----------
+    value : str or sequence
+        A list file, a comma-separated list (``"1,0"``), a list of numbers, or
+        one branch name (``"is_signal"``).
+
+    Returns
+    -------
+    list of float, or str
+        Per-file labels, or the branch name.
+    """
+    entries = read_list([str(v) for v in value] if not isinstance(value, str) else value, "--labels")
+    numbers = []
+    for entry in entries:
+        try:
+            numbers.append(float(entry))
+        except ValueError:
+            if len(entries) == 1:
+                return entry
+            msg = f"--labels: {entry!r} is not a number; give one number per file, or a single branch name"
+            raise ParameterError(msg) from None
+    return numbers
+
+
+def load_model_function(path: str | os.PathLike[str]) -> Callable[[int], Any]:
+    """Load ``model(idim)`` from a Python file, as the original's ``--model=keras_model.py``.
+
+    Parameters
+    ----------
+    path : path
+        Python file defining ``model(idim)`` that returns a compiled Keras model.
+
+    Returns
+    -------
+    callable
+        The file's ``model`` function.
+
+    Raises
+    ------
+    FileAccessError
+        If the file does not exist.
+    ParameterError
+        If it defines no callable ``model``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"--model: model file {os.fspath(path)!r} not found"
+        raise FileAccessError(msg)
+    name = f"mlaas4hep_user_model_{abs(hash(path.resolve()))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        msg = f"--model: cannot load {os.fspath(path)!r} as a Python module"
+        raise ParameterError(msg)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # pickling and Keras serialization look classes up here
+    spec.loader.exec_module(module)
+    function = getattr(module, "model", None)
+    if not callable(function):
+        msg = f"--model: {os.fspath(path)!r} defines no function model(idim)"
+        raise ParameterError(msg)
+    doc = (function.__doc__ or "").strip().splitlines()
+    log.info("load %s %s %s", path, function, doc[0] if doc else "")
+    return function
+
+
+# -- params.json ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkflowParams:
+    """Contents of params.json, checked; see :data:`DEFAULT_PARAMS` and the user guide."""
+
+    nevts: int = -1
+    shuffle: bool = True
+    chunk_size: int = 10_000
+    epochs: int = 5
+    batch_size: int = 100
+    identifier: tuple[str, ...] = ()
+    branch: str = "Events"
+    selected_branches: tuple[str, ...] = ()
+    exclude_branches: tuple[str, ...] = DEFAULT_EXCLUDE
+    hist: str = ""
+    redirector: str = ""
+    verbose: int = 1
+    validation_split: float = 0.2
+    test_split: float = 0.2
+    seed: int | None = None
+    normalization: str | None = "minmax"
+
+    @property
+    def exclude(self) -> list[str]:
+        """Branches left out of the features: ``exclude_branches`` and ``identifier``."""
+        return list(dict.fromkeys([*self.exclude_branches, *self.identifier]))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "params") -> WorkflowParams:
+        """Check ``data`` (a parsed params.json) and fill in defaults.
+
+        Raises
+        ------
+        ParameterError
+            For an unknown key (naming the closest valid one) or a value of the wrong type.
+        """
+        unknown = [k for k in data if k not in DEFAULT_PARAMS]
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, list(DEFAULT_PARAMS), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {sorted(DEFAULT_PARAMS)}"
+            msg = f"{where}: unknown key {key!r}{hint}"
+            raise ParameterError(msg)
+        merged = {**DEFAULT_PARAMS, **data}
+
+        def integer(key: str, minimum: int, allow_minus_one: bool = False) -> int:
+            value = merged[key]
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            if not ok or (value < minimum and not (allow_minus_one and value == -1)):
+                extra = " or -1" if allow_minus_one else ""
+                msg = f"{where}: {key!r} must be an integer >= {minimum}{extra}, got {value!r}"
+                raise ParameterError(msg)
+            return int(value)
+
+        def fraction(key: str) -> float:
+            value = merged[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                msg = f"{where}: {key!r} must be a number in [0, 1), got {value!r}"
+                raise ParameterError(msg)
+            return float(value)
+
+        def names(key: str) -> tuple[str, ...]:
+            value = merged[key]
+            if value is None:
+                return ()
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return tuple(v.strip() for v in value if v.strip())
+            msg = f"{where}: {key!r} must be a comma-separated string or a list of strings, got {value!r}"
+            raise ParameterError(msg)
+
+        def text(key: str) -> str:
+            value = merged[key]
+            if value is None:
+                return ""
+            if not isinstance(value, str):
+                msg = f"{where}: {key!r} must be a string, got {value!r}"
+                raise ParameterError(msg)
+            return value
+
+        if not isinstance(merged["shuffle"], bool):
+            msg = f"{where}: 'shuffle' must be true or false, got {merged['shuffle']!r}"
+            raise ParameterError(msg)
+        seed = merged["seed"]
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            msg = f"{where}: 'seed' must be an integer or null, got {seed!r}"
+            raise ParameterError(msg)
+        normalization = merged["normalization"]
+        if normalization not in ("minmax", "standard", None):
+            msg = f"{where}: 'normalization' must be \"minmax\", \"standard\" or null, got {normalization!r}"
+            raise ParameterError(msg)
+        params = cls(
+            nevts=integer("nevts", 1, allow_minus_one=True),
+            shuffle=merged["shuffle"],
+            chunk_size=integer("chunk_size", 1, allow_minus_one=True),
+            epochs=integer("epochs", 1),
+            batch_size=integer("batch_size", 1),
+            identifier=names("identifier"),
+            branch=text("branch") or "Events",
+            selected_branches=names("selected_branches"),
+            exclude_branches=names("exclude_branches"),
+            hist=text("hist"),
+            redirector=text("redirector"),
+            verbose=integer("verbose", 0),
+            validation_split=fraction("validation_split"),
+            test_split=fraction("test_split"),
+            seed=seed,
+            normalization=normalization,
+        )
+        if params.validation_split + params.test_split >= 1:
+            msg = (
+                f"{where}: validation_split + test_split must be below 1, got "
+                f"{params.validation_split} + {params.test_split}"
+            )
+            raise ParameterError(msg)
+        return params
+
+
+def load_params(path: str | os.PathLike[str]) -> WorkflowParams:
+    """Read and check a params.json file.
+
+    Parameters
+    ----------
+    path : path
+        JSON object with the keys of :data:`DEFAULT_PARAMS` (any subset).
+
+    Returns
+    -------
+    WorkflowParams
+
+    Raises
+    ------
+    FileAccessError
+        If the file does not exist.
+    ParameterError
+        If it is not a JSON object, or a key is unknown or has a wrong value.
+    """
+    where = os.fspath(path)
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        msg = f"--params: params file {where!r} not found"
+        raise FileAccessError(msg) from err
+    except json.JSONDecodeError as err:
+        msg = f"--params: {where!r} is not valid JSON: {err}"
+        raise ParameterError(msg) from err
+    if not isinstance(data, dict):
+        msg = f"--params: {where!r} holds a {type(data).__name__}, not a JSON object"
+        raise ParameterError(msg)
+    return WorkflowParams.from_dict(data, where)
+
+
+# -- the three-way split ----------------------------------------------------------------------
+
+
+def split_ranges(
+    entries: Sequence[int], nevts: int, validation_split: float, test_split: float
+) -> dict[str, list[tuple[int, int]]]:
+    """Entry ranges of each file for the training, validation and test parts.
+
+    Each file's used entries (all, or its share of ``nevts``) are cut in order:
+    the first ones train, then ``validation_split`` of them validate, and the
+    last ``test_split`` of them test, so the parts never overlap.
+    """
+    total = int(sum(entries))
+    used = np.asarray(entries, dtype=np.int64) if nevts == -1 or nevts >= total else apportion(nevts, entries)
+    parts: dict[str, list[tuple[int, int]]] = {"training": [], "validation": [], "test": []}
+    for n in used.tolist():
+        n_test = int(n * test_split)
+        n_val = int(n * validation_split)
+        parts["training"].append((0, n - n_val - n_test))
+        parts["validation"].append((n - n_val - n_test, n - n_test))
+        parts["test"].append((n - n_test, n))
+    return parts
+
+
+def _make_sequence(part: str, fractions: tuple[float, float], **kwargs: Any) -> Any:
+    """A RootSequence serving one part of :func:`split_ranges`."""
+    from .sequence import RootSequence
+
+    class _PartSequence(RootSequence):  # type: ignore[misc]
+        def _ranges(self, entries: list[int] | None, nevts: int) -> list[tuple[int, int]]:
+            if entries is None:
+                from .reader import ChunkReader
+
+                entries = [ChunkReader._entries(s) for s in self.sources]
+            if nevts > sum(entries):
+                log.warning("nevts=%d is more than the %d events in the files; using all", nevts, sum(entries))
+            return split_ranges(entries, nevts, *fractions)[part]
+
+    seq = _PartSequence(**kwargs)
+    seq.subset = part
+    return seq
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+def fit_model(model: Any, train: Any, validation: Any | None, **kwargs: Any) -> Any:
+    """Call ``model.fit`` with the sequences, whatever the model's own ``fit`` looks like.
+
+    A Keras model gets ``fit(train, None, validation_data=validation, **kwargs)``.
+    A ``keras.Model`` subclass that defines ``fit(self, x_train, y_train, **kwds)``
+    as in the original's ``models.py`` gets the same call: ``x_train`` is the
+    training sequence (which yields ``(x, y)`` batches), ``y_train`` is None.
+    A ``fit`` with a single data argument gets only the sequence; keyword
+    arguments it does not accept (and that no ``**kwds`` would take) are left out.
+
+    Returns
+    -------
+    whatever ``fit`` returns (a ``keras.callbacks.History`` for Keras models)
+    """
+    fit = model.fit
+    kwargs = dict(kwargs)
+    if validation is not None:
+        kwargs["validation_data"] = validation
+    signature = inspect.signature(fit)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    if not takes_any:
+        dropped = [k for k in kwargs if k not in signature.parameters]
+        if dropped:
+            log.warning("%s.fit takes no %s; not passing them", type(model).__name__, dropped)
+        kwargs = {k: v for k, v in kwargs.items() if k in signature.parameters}
+    for args in ((train, None), (train,)):
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError:
+            continue
+        return fit(*args, **kwargs)
+    msg = f"cannot call {type(model).__name__}.fit{signature} with the training sequence"
+    raise ParameterError(msg)
+
+
+def _history_callback() -> Any:
+    """A Keras callback that logs one line per epoch and keeps every epoch's metrics."""
+    import keras
+
+    class EpochLog(keras.callbacks.Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.history: dict[str, list[float]] = {}
+            self.epochs = 0
+            self._t0 = 0.0
+
+        def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+            self.epochs = int(self.params.get("epochs") or 0)
+
+        def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+            logs = dict(logs or {})
+            for key, value in logs.items():
+                self.history.setdefault(key, []).append(float(value))
+            metrics = " - ".join(f"{k}: {float(v):.4f}" for k, v in logs.items())
+            log.info("Epoch %d/%d - %.1fs - %s", epoch + 1, self.epochs, time.perf_counter() - self._t0, metrics)
+
+    return EpochLog()
+
+
+@dataclass
+class WorkflowResult:
+    """What :func:`run_workflow` returns."""
+
+    model: Any
+    specs: Specs
+    history: dict[str, list[float]]
+    metrics: dict[str, float]
+    roc_auc: float | None = None
+    plots: list[Path] = field(default_factory=list)
+    model_path: Path | None = None
+
+
+def _predict(model: Any, seq: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and model outputs over one full pass of ``seq``."""
+    ys, ps = [], []
+    for i in range(len(seq)):
+        X, y = seq[i]
+        ys.append(np.asarray(y).ravel())
+        ps.append(np.asarray(model.predict_on_batch(X)).reshape(len(X), -1)[:, -1])
+    seq.on_epoch_end()
+    return np.concatenate(ys), np.concatenate(ps)
+
+
+def run_workflow(
+    files: Sequence[str | os.PathLike[str]],
+    labels: Sequence[float] | str,
+    model: Callable[[int], Any] | str | os.PathLike[str],
+    params: WorkflowParams | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    specs: str | os.PathLike[str] | Specs | None = None,
+    fout: str | os.PathLike[str] | None = None,
+) -> WorkflowResult:
+    """Run the original MLaaS4HEP workflow: specs, training on chunks, test-set metrics, plots.
+
+    Parameters
+    ----------
+    files : sequence of path or URL
+        ROOT files (the original's files.txt).
+    labels : sequence of float, or str
+        One label per file (labels.txt), or the name of a branch holding each event's label.
+    model : callable, or path of a Python file
+        ``model(idim)`` returning a compiled Keras model, or a file that defines it
+        (the original's keras_model.py).
+    params : WorkflowParams, mapping, path, or None
+        The params.json contents (see :data:`DEFAULT_PARAMS`); None uses the defaults.
+    specs : path or Specs, optional
+        Specs to reuse (``--specs``): a JSON file is read when it matches the
+        files, and (re)written otherwise.
+    fout : path, optional
+        Where to save the trained model (``--fout``); must end in ``.keras`` or ``.h5``.
+
+    Returns
+    -------
+    WorkflowResult
+        The trained model, the specs, the per-epoch history, the test-set
+        metrics (those the model was compiled with, plus ``roc_auc``), and the
+        plots written.
+
+    Notes
+    -----
+    The events of every file are split in order: the first
+    ``1 - validation_split - test_split`` train, the next ``validation_split``
+    validate (Keras' ``val_*`` metrics), the last ``test_split`` make the test
+    set evaluated at the end. With ``test_split`` 0 the test metrics are those
+    of the validation set.
+    """
+    if params is None:
+        params = WorkflowParams()
+    elif isinstance(params, (str, os.PathLike)):
+        params = load_params(params)
+    elif isinstance(params, Mapping):
+        params = WorkflowParams.from_dict(params)
+    if fout is not None and Path(fout).suffix not in (".keras", ".h5"):
+        msg = f"--fout: {os.fspath(fout)!r} must end in .keras (or .h5), as keras.Model.save requires"
+        raise ParameterError(msg)
+    keras = import_keras(params.verbose)
+    model_function = model if callable(model) else load_model_function(model)
+    log.info("model parameters: %s", json.dumps({k: getattr(params, k) for k in DEFAULT_PARAMS}, default=list))
+
+    if params.seed is not None:
+        keras.utils.set_random_seed(params.seed)
+    t0 = time.perf_counter()
+    common: dict[str, Any] = {
+        "files": list(files),
+        "labels": labels,
+        "tree": params.branch,
+        "batch_size": params.batch_size,
+        "chunk_size": params.chunk_size,
+        "nevts": params.nevts,
+        "seed": params.seed,
+        "redirector": params.redirector,
+        "normalization": params.normalization,
+    }
+    fractions = (params.validation_split, params.test_split)
+    train = _make_sequence(
+        "training",
+        fractions,
+        branches=list(params.selected_branches) or None,
+        exclude=params.exclude,
+        specs=specs,
+        shuffle=params.shuffle,
+        **common,
+    )
+    log.info("--- first pass: %s", train.specs.summary())
+    sequences = [train]
+    try:
+        val = test = None
+        if params.validation_split:
+            val = _make_sequence("validation", fractions, specs=train.specs, shuffle=False, **common)
+            sequences.append(val)
+        if params.test_split:
+            test = _make_sequence("test", fractions, specs=train.specs, shuffle=False, **common)
+            sequences.append(test)
+        log.info(
+            "init sequences in %.2f s: training on %d events (%d batches), validating on %d, testing on %d",
+            time.perf_counter() - t0,
+            train.n_events,
+            len(train),
+            val.n_events if val is not None else 0,
+            test.n_events if test is not None else 0,
+        )
+        plots: list[Path] = []
+        hist_dir = Path(params.hist) if params.hist else None
+        if hist_dir is not None:
+            from .plotting import plot_sequence_features
+
+            hist_dir.mkdir(parents=True, exist_ok=True)
+            plots.append(plot_sequence_features(train, hist_dir / "features.pdf"))
+
+        ml_model = model_function(train.num_features)
+        if params.verbose >= 1 and hasattr(ml_model, "summary"):
+            try:
+                ml_model.summary(print_fn=lambda line, *a, **k: log.info("%s", line))
+            except ValueError:  # a subclassed model that is not built yet has no summary
+                log.info("model %s", type(ml_model).__name__)
+        callback = _history_callback()
+        t1 = time.perf_counter()
+        returned = fit_model(
+            ml_model,
+            train,
+            val,
+            epochs=params.epochs,
+            verbose=1 if params.verbose >= 2 else 0,
+            callbacks=[callback],
+        )
+        log.info("####Time for training: %.2f s", time.perf_counter() - t1)
+        history = callback.history or dict(getattr(returned, "history", None) or {})
+
+        evaluation = test if test is not None else val
+        metrics: dict[str, float] = {}
+        roc_auc = None
+        if evaluation is not None:
+            name = "test" if test is not None else "validation"
+            if hasattr(ml_model, "evaluate"):
+                results = ml_model.evaluate(evaluation, verbose=0, return_dict=True)
+                metrics = {k: float(v) for k, v in results.items()}
+            y_true, scores = _predict(ml_model, evaluation)
+            from .plotting import auc_score, roc_curve
+
+            fpr, tpr, _ = roc_curve(y_true, scores)
+            roc_auc = auc_score(fpr, tpr)
+            metrics["roc_auc"] = roc_auc
+            log.info("%s set (%d events):", name, evaluation.n_events)
+            for key, value in metrics.items():
+                log.info("%s : %s", key, value)
+            if hist_dir is not None:
+                from .plotting import plot_roc
+
+                plot_roc(y_true, scores, hist_dir / "roc.pdf", title=f"ROC on the {name} set")
+                plots.append(hist_dir / "roc.pdf")
+        if hist_dir is not None:
+            if history:
+                from .plotting import plot_history
+
+                plot_history(history, hist_dir / "history.pdf")
+                plots.append(hist_dir / "history.pdf")
+            else:
+                log.warning("no training history to plot: %s.fit passed no callbacks", type(ml_model).__name__)
+            log.info("wrote plots %s", ", ".join(map(str, plots)))
+        model_path = None
+        if fout is not None:
+            model_path = Path(fout)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # Keras' notes on saving subclassed models
+                ml_model.save(model_path)
+            log.info("saved model to %s", model_path)
+        return WorkflowResult(ml_model, train.specs, history, metrics, roc_auc, plots, model_path)
+    finally:
+        for seq in sequences:
+            seq.close()
+

@@ -1,0 +1,314 @@
+"""The command line: ``mlaas4hep specs|workflow|demo`` and the original ``workflow`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlaas4hep.cli import main, workflow_main
+from mlaas4hep.datasets import make_demo_files
+from mlaas4hep.errors import FileAccessError, ParameterError
+from mlaas4hep.specs import Specs
+from mlaas4hep.workflow import DEFAULT_PARAMS, WorkflowParams, load_params, parse_labels, read_list, split_ranges
+
+# The original's keras_model.py, in Keras 3 spelling (learning_rate instead of lr) and nothing else.
+SEED_KERAS_MODEL = '''\
+#!/usr/bin/env python
+#-*- coding: utf-8 -*-
+"""
+File       : keras_model.py
+Description: Keras model for the MLaaS4HEP workflow
+"""
+import keras
+
+
+def model(idim):
+    "Simple Keras model for testing purposes"
+    ml_model = keras.models.Sequential([
+        keras.layers.Dense(128, activation='relu', input_shape=(idim,)),
+        keras.layers.Dropout(0.5),
+        keras.layers.Dense(64, activation='relu'),
+        keras.layers.Dropout(0.5),
+        keras.layers.Dense(1, activation='sigmoid')
+    ])
+    ml_model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3),
+                     loss=keras.losses.BinaryCrossentropy(),
+                     metrics=[keras.metrics.BinaryAccuracy(name='accuracy'), keras.metrics.AUC(name='auc')])
+    return ml_model
+'''
+
+# The seed's params.json, with fewer events and epochs so that the test is quick.
+SEED_PARAMS = {
+    "nevts": 3000,
+    "shuffle": True,
+    "chunk_size": 1000,
+    "epochs": 1,
+    "batch_size": 100,
+    "identifier": "",
+    "branch": "Events",
+    "selected_branches": "",
+    "exclude_branches": ["run", "event", "luminosityBlock"],
+    "hist": "pdfs",
+    "redirector": "",
+    "verbose": 1,
+}
+
+# A keras.Model subclass with its own fit(x_train, y_train, **kwds), as the original's models.py.
+SUBCLASS_MODEL = '''\
+import keras
+
+CALLS = []
+
+
+class MyModel(keras.Model):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def call(self, x, training=False):
+        return self.inner(x, training=training)
+
+    def fit(self, x_train, y_train, **kwds):
+        CALLS.append((type(x_train).__name__, y_train, sorted(kwds)))
+        return super().fit(x_train, y_train, **kwds)
+
+
+def model(idim):
+    inner = keras.Sequential([keras.Input(shape=(idim,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    my_model = MyModel(inner)
+    my_model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy", keras.metrics.AUC(name="auc")])
+    return my_model
+'''
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The CLI sets up the mlaas4hep logger; leave it as it was for the other tests."""
+    logger = logging.getLogger("mlaas4hep")
+    handlers, level = list(logger.handlers), logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def demo_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return make_demo_files(tmp_path_factory.mktemp("demo"), n_events=2000)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+
+
+def _script(name: str) -> list[str]:
+    """The console script ``name`` of this venv, or the same entry point through the interpreter."""
+    path = Path(sys.executable).parent / name
+    if path.exists():
+        return [str(path)]
+    function = {"workflow": "workflow_main", "mlaas4hep": "main"}[name]
+    return [sys.executable, "-c", f"import sys; from mlaas4hep.cli import {function}; sys.exit({function}())"]
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+
+def test_read_list_file_and_commas(tmp_path):
+    listing = tmp_path / "files.txt"
+    listing.write_text("# signal first\na.root\n\n  b.root  # background\n")
+    assert read_list(str(listing)) == ["a.root", "b.root"]
+    assert read_list("a.root, b.root,") == ["a.root", "b.root"]
+    assert read_list(["x.root"]) == ["x.root"]
+    with pytest.raises(ParameterError, match="missing.txt"):
+        read_list("missing.txt")
+    with pytest.raises(ParameterError, match="no entry"):
+        read_list(" , ")
+
+
+def test_parse_labels(tmp_path):
+    listing = tmp_path / "labels.txt"
+    listing.write_text("1\n0\n")
+    assert parse_labels(str(listing)) == [1.0, 0.0]
+    assert parse_labels("1,0") == [1.0, 0.0]
+    assert parse_labels("is_signal") == "is_signal"
+    with pytest.raises(ParameterError, match="not a number"):
+        parse_labels("1,signal")
+
+
+def test_params_defaults_and_seed_example(tmp_path):
+    path = tmp_path / "params.json"
+    path.write_text(json.dumps({**SEED_PARAMS, "identifier": "run,event"}))
+    params = load_params(path)
+    assert params.nevts == 3000 and params.hist == "pdfs" and params.branch == "Events"
+    assert params.identifier == ("run", "event")
+    assert params.exclude == ["run", "event", "luminosityBlock"]
+    assert params.validation_split == 0.2 and params.test_split == 0.2
+    assert WorkflowParams.from_dict({"chunk_size": -1}).chunk_size == -1
+    assert set(DEFAULT_PARAMS) >= set(SEED_PARAMS)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"nevt": 10}, "unknown key 'nevt'; did you mean 'nevts'"),
+        ({"exclude_branch": []}, "did you mean 'exclude_branches'"),
+        ({"bogus_thing": 1}, "unknown key 'bogus_thing'; valid keys"),
+        ({"epochs": 0}, "'epochs' must be an integer >= 1"),
+        ({"shuffle": "yes"}, "'shuffle' must be true or false"),
+        ({"chunk_size": -2}, "'chunk_size'"),
+        ({"validation_split": 0.6, "test_split": 0.5}, "must be below 1"),
+        ({"exclude_branches": [1, 2]}, "'exclude_branches'"),
+    ],
+)
+def test_params_errors_name_the_key(tmp_path, data, match):
+    path = tmp_path / "params.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ParameterError, match=match) as info:
+        load_params(path)
+    assert str(path) in str(info.value)
+
+
+def test_params_file_errors(tmp_path):
+    with pytest.raises(FileAccessError, match="nope.json"):
+        load_params(tmp_path / "nope.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ParameterError, match="not a JSON object"):
+        load_params(tmp_path / "list.json")
+
+
+def test_split_ranges_do_not_overlap():
+    parts = split_ranges([1000, 1030], -1, 0.2, 0.2)
+    for i, n in enumerate((1000, 1030)):
+        train, val, test = (parts[p][i] for p in ("training", "validation", "test"))
+        assert train[0] == 0 and train[1] == val[0] and val[1] == test[0] and test[1] == n
+    parts = split_ranges([1000, 1030], 500, 0.2, 0.0)
+    assert sum(b for _, b in parts["validation"]) == 500 and all(a == b for a, b in parts["test"])
+
+
+# -- specs ----------------------------------------------------------------------------------------
+
+
+def test_specs_table_and_json(demo_files, tmp_path, capsys):
+    out = tmp_path / "specs.json"
+    assert main(["-v", "0", "specs", *map(str, demo_files), "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "events, (15-flat, 48-jagged) branches" in text
+    header = text.splitlines()[1]
+    for column in ("branch", "kind", "dtype", "min", "max", "mean", "std", "max_len", "len_99.9%"):
+        assert column in header
+    jet = next(line for line in text.splitlines() if line.startswith("Jet_pt "))
+    assert "jagged" in jet and "float32" in jet
+    assert "run " not in text  # excluded by default, as in the workflow
+    specs = Specs.load(out)
+    assert "Jet_pt" in specs.jagged and specs.n_events == 4060
+
+
+def test_specs_does_not_import_tensorflow(demo_files):
+    code = (
+        "import sys; from mlaas4hep.cli import main; "
+        f"main(['-v', '0', 'specs', {str(demo_files[0])!r}, '--exclude', '']); "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "luminosityBlock" in run.stdout  # --exclude "" shows every branch
+
+
+def test_cli_errors_exit_2_with_message(demo_files, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["specs", str(tmp_path / "missing.root")])
+    assert info.value.code == 2
+    assert "missing.root" in capsys.readouterr().err
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"epoch": 1}))
+    args = ["--files", ",".join(map(str, demo_files)), "--labels", "1,0", "--model", "m.py", "--params", str(params)]
+    with pytest.raises(SystemExit) as info:
+        workflow_main(args)
+    assert info.value.code == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err
+    params.write_text("{}")
+    with pytest.raises(SystemExit):
+        workflow_main([*args, "--preproc", "preproc.py"])
+    assert "not supported yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        workflow_main([*args, "--dtype", "csv"])
+    assert "only ROOT files" in capsys.readouterr().err
+
+
+# -- workflow -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_seed_recipe_runs_as_the_original(demo_files, tmp_path):
+    """The recipe: workflow --files=files.txt --labels=labels.txt --model=keras_model.py --params=params.json."""
+    (tmp_path / "files.txt").write_text("\n".join(map(str, demo_files)) + "\n")
+    (tmp_path / "labels.txt").write_text("1\n0\n")
+    (tmp_path / "keras_model.py").write_text(SEED_KERAS_MODEL)
+    (tmp_path / "params.json").write_text(json.dumps(SEED_PARAMS, indent=4))
+    command = [
+        *_script("workflow"),
+        "--files=files.txt",
+        "--labels=labels.txt",
+        "--model=keras_model.py",
+        "--params=params.json",
+        "--specs=specs.json",
+        "--fout=model.keras",
+    ]
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = run.stdout
+    assert "load keras_model.py" in out and "Simple Keras model for testing purposes" in out
+    assert "first pass: 4060 events, (15-flat, 48-jagged) branches" in out
+    assert "MB/sec" in out and "kHz" in out
+    assert "Epoch 1/1" in out and "val_auc" in out
+    for metric in ("loss :", "accuracy :", "auc :"):
+        assert metric in out
+    assert "I0000" not in run.stderr and "oneDNN" not in run.stderr  # no TensorFlow start-up noise
+    assert (tmp_path / "model.keras").stat().st_size > 0
+    assert Specs.load(tmp_path / "specs.json").n_events == 4060
+    for name in ("features.pdf", "history.pdf", "roc.pdf"):
+        data = (tmp_path / "pdfs" / name).read_bytes()
+        assert data.startswith(b"%PDF-") and len(data) > 1000
+
+
+def test_subclass_fit_receives_the_sequences(tmp_path, make_tree, caplog):
+    from mlaas4hep.workflow import run_workflow
+
+    files = [make_tree(tmp_path / f"f{i}.root", 1500, seed=i, file_id=i) for i in range(2)]
+    (tmp_path / "my_model.py").write_text(SUBCLASS_MODEL)
+    params = {"epochs": 2, "chunk_size": 500, "batch_size": 50, "verbose": 1, "seed": 1, "exclude_branches": "run,uid"}
+    result = run_workflow(files, [1, 0], tmp_path / "my_model.py", params)
+    module = sys.modules[type(result.model).__module__]
+    assert module.CALLS == [("_PartSequence", None, ["callbacks", "epochs", "validation_data", "verbose"])]
+    assert len(result.history["loss"]) == 2 and "val_auc" in result.history
+    assert set(result.metrics) >= {"loss", "accuracy", "auc", "roc_auc"}
+    assert 0.5 < result.metrics["roc_auc"] <= 1
+    assert "--- first pass:" in caplog.text and "Epoch 2/2" in caplog.text
+
+
+def test_label_branch_and_one_chunk(tmp_path, make_tree):
+    from mlaas4hep.models import seed_model
+    from mlaas4hep.workflow import run_workflow
+
+    files = [make_tree(tmp_path / f"f{i}.root", 1000, seed=i, file_id=i) for i in range(2)]
+    params = {"epochs": 1, "chunk_size": -1, "verbose": 0, "test_split": 0, "identifier": ["uid", "run"]}
+    result = run_workflow(files, parse_labels("flag"), seed_model, params)
+    assert "flag" not in result.specs.names and "uid" not in result.specs.names
+    assert set(result.metrics) >= {"loss", "roc_auc"}  # test_split 0: metrics of the validation set
+
+
+@pytest.mark.slow
+def test_demo_command(tmp_path, capsys):
+    argv = ["demo", "--directory", str(tmp_path / "demo"), "--events", "2000", "--epochs", "1"]
+    argv += ["--chunk-size", "1000", "--hist", str(tmp_path / "plots")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "test set: " in out and "roc_auc" in out
+    assert (tmp_path / "demo" / "specs.json").exists()
+    assert (tmp_path / "plots" / "roc.pdf").read_bytes().startswith(b"%PDF-")
