@@ -151,7 +151,14 @@ class JaggedFlattener:
         msg = f"no branch {name!r}; branches: {self.branches}"
         raise BranchError(msg)
 
-    def transform(self, arrays: ak.Array | Mapping[str, ak.Array] | Sequence[ak.Array]) -> tuple[np.ndarray, np.ndarray]:
+    def transform(
+        self,
+        arrays: ak.Array | Mapping[str, ak.Array] | Sequence[ak.Array],
+        order: np.ndarray | None = None,
+        *,
+        mask: bool = True,
+        out: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Flatten events into ``(X, M)``.
 
         Parameters
@@ -159,38 +166,69 @@ class JaggedFlattener:
         arrays : awkward record array, mapping of branch name to array, or a list of them
             Events with (at least) the flattener's branches; a list (a chunk read
             from several files) is stacked in order.
+        order : numpy.ndarray of int, optional
+            A permutation of the events: row ``r`` of the result holds event
+            ``order[r]``. Shuffling while flattening costs nothing extra, and
+            batches are then contiguous slices of ``X``.
+        mask : bool
+            Also build the mask (default True); without it ``M`` is None, which
+            saves a quarter of the memory and time.
+        out : numpy.ndarray of float32, optional
+            Buffer of shape ``(n_events, num_features)`` to write ``X`` into
+            (reusing memory is faster than allocating it anew).
 
         Returns
         -------
         X : numpy.ndarray of float32, shape (n_events, num_features)
-        M : numpy.ndarray of bool, same shape; True where ``X`` holds a real, finite value
+        M : numpy.ndarray of bool, same shape; True where ``X`` holds a real, finite value (None if ``mask=False``)
         """
         pieces = list(arrays) if isinstance(arrays, (list, tuple)) else [arrays]
-        n = sum(len(p[self._columns[0].name]) for p in pieces) if pieces else 0
-        X = np.full((n, self.num_features), self.pad_value, dtype=np.float32)
-        M = np.zeros((n, self.num_features), dtype=np.bool_)
+        sizes = [len(p[self._columns[0].name]) for p in pieces]
+        n = sum(sizes)
+        destination = None
+        if order is not None:
+            order = np.asarray(order, dtype=np.int64)
+            if order.shape != (n,):
+                msg = f"order must be a permutation of {n} events, got shape {order.shape}"
+                raise ParameterError(msg)
+            destination = np.empty(n, dtype=np.int64)
+            destination[order] = np.arange(n, dtype=np.int64)
+        if out is None:
+            X = np.full((n, self.num_features), self.pad_value, dtype=np.float32)
+        else:
+            if out.shape != (n, self.num_features) or out.dtype != np.float32:
+                msg = f"out must be a float32 array of shape {(n, self.num_features)}, got {out.dtype} {out.shape}"
+                raise ParameterError(msg)
+            X = out
+            X.fill(self.pad_value)
+        M = np.zeros((n, self.num_features), dtype=np.bool_) if mask else None
         row = 0
-        for piece in pieces:
-            size = len(piece[self._columns[0].name])
-            self._fill(piece, X[row : row + size], M[row : row + size])
+        for piece, size in zip(pieces, sizes, strict=True):
+            rows = np.arange(row, row + size) if destination is None else destination[row : row + size]
+            self._fill(piece, X, M, rows)
             row += size
         return X, M
 
-    def _fill(self, arrays: ak.Array | Mapping[str, ak.Array], X: np.ndarray, M: np.ndarray) -> None:
-        n = X.shape[0]
+    def _fill(
+        self, arrays: ak.Array | Mapping[str, ak.Array], X: np.ndarray, M: np.ndarray | None, rows: np.ndarray
+    ) -> None:
+        """Write the events of ``arrays`` into rows ``rows`` of ``X`` and ``M``."""
+        n = rows.size
         nflat = len(self._flat_offset)
         if nflat:
-            block = X[:, :nflat]
+            block = np.empty((n, nflat), dtype=np.float32)
             for j, c in enumerate(self._columns[:nflat]):
                 block[:, j] = self._get(arrays, c.name, n, jagged=False)
             block -= self._flat_offset
             block *= self._flat_scale
             finite = np.isfinite(block)
-            M[:, :nflat] = finite
             if not finite.all():
                 block[~finite] = self.pad_value
+            X[rows, :nflat] = block
+            if M is not None:
+                M[rows, :nflat] = finite
         Xf = X.reshape(-1)
-        Mf = M.reshape(-1)
+        Mf = None if M is None else M.reshape(-1)
         previous_counts: np.ndarray | None = None
         previous_width = -1
         for c in self._columns[nflat:]:
@@ -198,7 +236,7 @@ class JaggedFlattener:
                 continue
             counts, values = jagged_parts(self._get(arrays, c.name, n, jagged=True))
             if previous_counts is None or c.width != previous_width or not np.array_equal(counts, previous_counts):
-                source, target = _scatter_indices(counts, c.width, self.num_features)
+                source, target = _scatter_indices(counts, c.width, self.num_features, rows)
                 previous_counts, previous_width = counts, c.width
             vals = values[source].astype(np.float32)
             if c.offset:
@@ -208,8 +246,10 @@ class JaggedFlattener:
             finite = np.isfinite(vals)
             if not finite.all():
                 vals[~finite] = self.pad_value
-            Xf[target + c.start] = vals
-            Mf[target + c.start] = finite
+            where = target + c.start
+            Xf[where] = vals
+            if Mf is not None:
+                Mf[where] = finite
 
     @staticmethod
     def _get(arrays: ak.Array | Mapping[str, ak.Array], name: str, n: int, *, jagged: bool) -> np.ndarray | ak.Array:
@@ -242,17 +282,22 @@ class JaggedFlattener:
         return out
 
 
-def _scatter_indices(counts: np.ndarray, width: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Where each kept list element comes from (in the content) and goes to (in ``X.ravel()``)."""
+def _scatter_indices(
+    counts: np.ndarray, width: int, stride: int, rows_out: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each kept list element comes from (in the content) and goes to (in ``X.ravel()``).
+
+    Event ``i``'s list goes to row ``rows_out[i]``; elements past ``width`` are dropped.
+    """
     counts = counts.astype(np.int64, copy=False)
     total = int(counts.sum())
-    rows = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+    event = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
     starts = np.cumsum(counts) - counts
-    local = np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
+    local = np.arange(total, dtype=np.int64) - starts[event]
     keep = local < width
     if keep.all():
         source = np.arange(total, dtype=np.int64)
     else:
         source = np.flatnonzero(keep)
-        rows, local = rows[keep], local[keep]
-    return source, rows * stride + local
+        event, local = event[keep], local[keep]
+    return source, rows_out[event] * stride + local

@@ -114,3 +114,14 @@ def test_matches_a_per_event_reference(hzz):
             else:
                 row.append(norm(arrays[name][i]))
         np.testing.assert_allclose(X[i], row, rtol=1e-5, atol=1e-6)
+
+
+def test_order_shuffles_rows_while_flattening(events):
+    flattener = JaggedFlattener(_specs(met=events["met"], jet=events["jet"]), max_lengths=2)
+    X, M = flattener.transform(events)
+    order = np.array([2, 0, 3, 1])
+    Xs, Ms = flattener.transform([events[:3], events[3:]], order=order)
+    np.testing.assert_array_equal(Xs, X[order])
+    np.testing.assert_array_equal(Ms, M[order])
+    with pytest.raises(ParameterError, match="permutation"):
+        flattener.transform(events, order=np.arange(3))
