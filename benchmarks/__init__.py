@@ -1,0 +1,1 @@
+"""Benchmarks of mlaas4hep against raw uproot, the original per-event algorithm and in-memory arrays (``make bench``)."""
