@@ -52,6 +52,11 @@ __all__ = [
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+# XRootD.client imported after TensorFlow crashes the process; before it, it is safe (mlaas4hep._remote)
+from ._remote import preload_xrootd  # noqa: E402
+
+preload_xrootd()
+
 
 def __getattr__(name: str) -> Any:
     if name == "RootSequence":  # imports Keras, so only on first use

@@ -160,9 +160,6 @@ def _specs(args: argparse.Namespace) -> int:
 def _workflow(args: argparse.Namespace) -> int:
     from .workflow import WorkflowParams, load_params, parse_labels, read_list
 
-    if args.preproc:
-        msg = f"--preproc={args.preproc!r}: preprocessing functions are not supported yet"
-        raise MLaaS4HEPError(msg)
     if args.dtype not in (None, "root"):
         msg = f"--dtype={args.dtype!r}: only ROOT files are supported (--dtype=root)"
         raise MLaaS4HEPError(msg)
@@ -177,9 +174,11 @@ def _workflow(args: argparse.Namespace) -> int:
     files = read_list(args.files, "--files")
     labels = parse_labels(args.labels)
 
+    from .preproc import load_preproc
     from .workflow import run_workflow
 
-    result = run_workflow(files, labels, args.model, params, specs=args.specs, fout=args.fout)
+    preproc = load_preproc(args.preproc) if args.preproc else None  # its errors before Keras loads
+    result = run_workflow(files, labels, args.model, params, specs=args.specs, fout=args.fout, preproc=preproc)
     if verbose <= 0:  # at level 0 the log says nothing: still tell the result
         print("test set: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
     return 0
@@ -196,7 +195,7 @@ def _add_workflow_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--specs", default=None, help="specs JSON to reuse (written if missing or outdated)")
     parser.add_argument("--fout", default=None, help="save the trained model here (.keras)")
-    parser.add_argument("--preproc", default=None, help="preprocessing function file (not supported yet)")
+    parser.add_argument("--preproc", default=None, help="preproc.json: new branches (aliases), cuts, branches to drop")
     parser.add_argument("--dtype", default=None, help="input data type; only root is supported")
     parser.add_argument(
         "-v",

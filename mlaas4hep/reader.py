@@ -24,6 +24,7 @@ from typing import Any
 
 import awkward as ak
 import numpy as np
+import uproot
 
 from .errors import FileAccessError, MLaaS4HEPError, ParameterError
 from .sources import FileSource, open_tree
@@ -75,11 +76,30 @@ class ChunkPlan:
     counts: np.ndarray
 
     @classmethod
-    def build(cls, ranges: Sequence[tuple[int, int]], chunk_size: int) -> ChunkPlan:
+    def build(
+        cls, ranges: Sequence[tuple[int, int]], chunk_size: int, *, files_per_chunk: int | None = None
+    ) -> ChunkPlan:
         """Plan chunks of ``chunk_size`` over the entry ``ranges`` ``[(start, stop), ...]`` of each file.
 
         ``chunk_size=-1`` puts every event in one chunk.
+
+        ``files_per_chunk`` (default: all files) bounds the files a chunk reads,
+        for datasets of many files: the files are dealt round-robin into
+        ``ceil(n_files / files_per_chunk)`` groups (file ``i`` into group
+        ``i % n_groups``, so that each group takes files from all over the list,
+        e.g. from both the signal and the background files when the list holds
+        them in blocks). Chunks mix the files of one group in proportion to their
+        entries, group after group; a chunk that finishes a group continues with
+        the next one, so it reads at most two groups. Every chunk but the last
+        still holds exactly ``chunk_size`` events and every entry is in one chunk.
         """
+        if files_per_chunk is not None and (
+            not isinstance(files_per_chunk, (int, np.integer))
+            or isinstance(files_per_chunk, bool)
+            or files_per_chunk <= 0
+        ):
+            msg = f"files_per_chunk must be a positive integer or None (all files), got {files_per_chunk!r}"
+            raise ParameterError(msg)
         lo = np.array([r[0] for r in ranges], dtype=np.int64)
         hi = np.array([r[1] for r in ranges], dtype=np.int64)
         left = hi - lo
@@ -96,9 +116,19 @@ class ChunkPlan:
         starts = np.zeros((n_chunks, len(ranges)), dtype=np.int64)
         counts = np.zeros((n_chunks, len(ranges)), dtype=np.int64)
         position = lo.copy()
+        n_groups = 1 if files_per_chunk is None else -(-len(ranges) // int(files_per_chunk))
+        groups = [np.arange(g, len(ranges), n_groups) for g in range(n_groups)]
+        group = 0
         for k in range(n_chunks):
-            size = min(chunk_size, int(left.sum()))
-            part = apportion(size, left)
+            need = min(chunk_size, int(left.sum()))
+            part = np.zeros(len(ranges), dtype=np.int64)
+            while need:  # the current group, then the next ones while the chunk is not full
+                members = groups[group]
+                take = min(need, int(left[members].sum()))
+                part[members] += apportion(take, left[members])
+                need -= take
+                if take == int(left[members].sum()):
+                    group += 1
             starts[k] = position
             counts[k] = part
             position += part
@@ -158,8 +188,28 @@ class ChunkReader:
         One label per file, repeated for its events.
     label_branch : str, optional
         Branch holding each event's label (read with the others).
+    selected : sequence of (numpy.ndarray or None), optional
+        Per file, the sorted entry numbers of the events that pass a cut (None:
+        every entry). ``ranges`` and the plan then count these events, not
+        entries: chunk ``k`` takes events ``[starts[k, i], starts[k, i] + counts[k, i])``
+        of file ``i``'s selected events, reads the entries that span them and
+        keeps exactly those, so that every chunk but the last still holds
+        ``chunk_size`` events.
     max_open_files : int
-        Files kept open between chunks; older ones are closed.
+        Files kept open between chunks; older ones are closed (the least
+        recently read first). Every other file is closed as soon as it has been
+        read. At least ``2 * files_per_chunk`` avoids reopening files between
+        the chunks of a group.
+    files_per_chunk : int, optional
+        Files one chunk mixes, for datasets of many files (see :meth:`ChunkPlan.build`);
+        default all files.
+    retries : int
+        Times a failed read of a remote file (``root://``, ``http(s)://``) is
+        tried again, closing and reopening the file each time (default 3; local
+        files are not retried).
+    retry_backoff : float
+        Seconds to wait before the first retry; the wait doubles after each
+        (default 0.5: waits of 0.5, 1 and 2 seconds).
 
     Notes
     -----
@@ -178,6 +228,10 @@ class ChunkReader:
         labels: Sequence[float] | None = None,
         label_branch: str | None = None,
         max_open_files: int = 8,
+        selected: Sequence[np.ndarray | None] | None = None,
+        files_per_chunk: int | None = None,
+        retries: int = 3,
+        retry_backoff: float = 0.5,
     ) -> None:
         self.sources = list(sources)
         self.branches = list(branches)
@@ -190,13 +244,29 @@ class ChunkReader:
             if entries is None:
                 entries = [self._entries(s) for s in self.sources]
             ranges = [(0, int(n)) for n in entries]
-        self.plan = ChunkPlan.build(ranges, chunk_size)
-        self.max_open_files = max_open_files
+        if selected is not None and len(selected) != len(self.sources):
+            msg = f"got selected entries for {len(selected)} files, not {len(self.sources)}"
+            raise ParameterError(msg)
+        self.selected = None if selected is None else [None if s is None else np.asarray(s, np.int64) for s in selected]
+        self.plan = ChunkPlan.build(ranges, chunk_size, files_per_chunk=files_per_chunk)
+        if not isinstance(max_open_files, (int, np.integer)) or isinstance(max_open_files, bool) or max_open_files <= 0:
+            msg = f"max_open_files must be a positive integer, got {max_open_files!r}"
+            raise ParameterError(msg)
+        self.max_open_files = int(max_open_files)
+        if not isinstance(retries, (int, np.integer)) or isinstance(retries, bool) or retries < 0:
+            msg = f"retries must be a non-negative integer, got {retries!r}"
+            raise ParameterError(msg)
+        if not isinstance(retry_backoff, (int, float)) or not retry_backoff >= 0:
+            msg = f"retry_backoff must be a non-negative number of seconds, got {retry_backoff!r}"
+            raise ParameterError(msg)
+        self.retries = int(retries)
+        self.retry_backoff = float(retry_backoff)
         self.reads = 0
         self.bytes_read = 0
         self._open: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
         self._cluster_cache: dict[int, np.ndarray | None] = {}
         self._segments: OrderedDict[tuple[int, int], tuple[ak.Array, int]] = OrderedDict()
+        self._executor: Any = None
         self.max_kept_clusters = 4 * len(self.sources) + 8
         self._pid = os.getpid()
 
@@ -215,11 +285,13 @@ class ChunkReader:
         state = self.__dict__.copy()
         state["_open"] = OrderedDict()
         state["_segments"] = OrderedDict()
+        state["_executor"] = None
         return state
 
     def _tree(self, i: int) -> Any:
-        if self._pid != os.getpid():  # forked: the parent's handles are not ours
+        if self._pid != os.getpid():  # forked: the parent's handles and threads are not ours
             self._open = OrderedDict()
+            self._executor = None
             self._pid = os.getpid()
         if i in self._open:
             self._open.move_to_end(i)
@@ -247,8 +319,8 @@ class ChunkReader:
             self._cluster_cache[i] = offsets
         return self._cluster_cache[i]
 
-    def _read_range(self, i: int, start: int, stop: int, names: list[str]) -> ak.Array:
-        """Entries ``[start, stop)`` of file ``i``, decompressing each basket once per epoch.
+    def _read_range(self, i: int, start: int, stop: int, names: list[str]) -> list[ak.Array]:
+        """Entries ``[start, stop)`` of file ``i`` as consecutive pieces, each basket decompressed once.
 
         A file's share of a chunk rarely ends on a basket boundary. Reading
         ``[start, stop)`` directly would decompress the boundary baskets once for
@@ -259,7 +331,7 @@ class ChunkReader:
         tree = self._tree(i)
         offsets = self._clusters(i)
         if offsets is None or len(offsets) < 2:
-            return tree.arrays(filter_name=names, entry_start=start, entry_stop=stop, library="ak")
+            return [self._arrays(tree, names, start, stop)]
         first = int(np.searchsorted(offsets, start, side="right")) - 1
         last = int(np.searchsorted(offsets, stop, side="left"))
         parts, j = [], first
@@ -267,7 +339,7 @@ class ChunkReader:
             cached = self._segments.pop((i, j), None)
             if cached is not None:
                 arrays, users = cached
-                parts.append(arrays)
+                parts.append((int(offsets[j]), arrays))
                 if users > 1:
                     self._segments[(i, j)] = (arrays, users - 1)
                 j += 1
@@ -275,25 +347,72 @@ class ChunkReader:
             run_end = j + 1  # read consecutive missing clusters in one call
             while run_end < last and (i, run_end) not in self._segments:
                 run_end += 1
-            block = tree.arrays(
-                filter_name=names, entry_start=int(offsets[j]), entry_stop=int(offsets[run_end]), library="ak"
-            )
+            block = self._arrays(tree, names, int(offsets[j]), int(offsets[run_end]))
             for m in (j, run_end - 1):  # edge clusters may be shared with other chunks
                 users = self._cluster_users(i, m, offsets) - 1
                 if users > 0 and (m == first or m == last - 1):
                     lo = int(offsets[m] - offsets[j])
                     self._segments[(i, m)] = (block[lo : lo + int(offsets[m + 1] - offsets[m])], users)
-            parts.append(block)
+            parts.append((int(offsets[j]), block))
             j = run_end
         while len(self._segments) > self.max_kept_clusters:
             self._segments.popitem(last=False)
-        whole = parts[0] if len(parts) == 1 else ak.concatenate(parts)
-        return whole[start - int(offsets[first]) : stop - int(offsets[first])]
+        # no ak.concatenate (it copies every field): the flattener takes the pieces as they are
+        pieces = []
+        for lo, arrays in parts:
+            a, b = max(start - lo, 0), min(stop - lo, len(arrays))
+            if b > a:
+                pieces.append(arrays[a:b] if (a, b) != (0, len(arrays)) else arrays)
+        return pieces
+
+    def _read_retrying(self, i: int, start: int, stop: int, names: list[str]) -> list[ak.Array]:
+        """:meth:`_read_range`, tried again with backoff when a remote file fails (the server went away)."""
+        source = self.sources[i]
+        attempts = 1 + (self.retries if source.is_remote else 0)
+        for attempt in range(attempts):
+            try:
+                return self._read_range(i, start, stop, names)
+            except MLaaS4HEPError as err:
+                # reopening a remote file that is still unreachable raises FileAccessError: retried too
+                if not (isinstance(err, FileAccessError) and attempts > 1):
+                    raise
+                error: Exception = err
+            except Exception as err:  # uproot raises OSError, ValueError, DeserializationError...
+                self._forget(i)
+                error = err
+            if attempt + 1 == attempts:
+                tries = f" (tried {attempts} times)" if attempts > 1 else ""
+                msg = f"cannot read entries {start}-{stop} of {source}{tries}: {type(error).__name__}: {error}"
+                raise FileAccessError(msg) from error
+            wait = self.retry_backoff * 2**attempt
+            log.warning(
+                "reading entries %d-%d of %s failed (%s: %s); retry %d of %d in %.2g s",
+                start, stop, source, type(error).__name__, error, attempt + 1, self.retries, wait,
+            )  # fmt: skip
+            time.sleep(wait)
+        raise AssertionError  # unreachable: the last attempt returns or raises
+
+    def _arrays(self, tree: Any, names: list[str], start: int, stop: int) -> ak.Array:
+        """Read ``names`` for entries ``[start, stop)``, decompressing baskets on two threads."""
+        wanted = frozenset(names)
+        if self._executor is None:
+            self._executor = uproot.source.futures.ThreadPoolExecutor(max_workers=2)
+        return tree.arrays(
+            filter_name=wanted.__contains__,  # a set look-up: a list of names is matched like globs
+            entry_start=start,
+            entry_stop=stop,
+            library="ak",
+            decompression_executor=self._executor,
+        )
 
     def _cluster_users(self, i: int, m: int, offsets: np.ndarray) -> int:
         """How many chunks of the plan read part of cluster ``m`` of file ``i``."""
         lo, hi = int(offsets[m]), int(offsets[m + 1])
         starts, stops = self.plan.starts[:, i], self.plan.starts[:, i] + self.plan.counts[:, i]
+        chosen = self.selected[i] if self.selected is not None else None
+        if chosen is not None and len(chosen):  # the plan counts selected events: their entries
+            starts = chosen[np.minimum(starts, len(chosen) - 1)]
+            stops = chosen[np.clip(stops - 1, 0, len(chosen) - 1)] + 1
         return int(np.count_nonzero((self.plan.counts[:, i] > 0) & (starts < hi) & (stops > lo)))
 
     def close(self) -> None:
@@ -308,28 +427,30 @@ class ChunkReader:
             msg = f"chunk index {k} out of range for {len(self)} chunks"
             raise IndexError(msg)
         t0 = time.perf_counter()
-        names = self.branches + ([self.label_branch] if self.label_branch and self.label_branch not in self.branches else [])
+        names = self.branches + (
+            [self.label_branch] if self.label_branch and self.label_branch not in self.branches else []
+        )
         pieces, labels, files, entries = [], [], [], []
         nbytes = 0
         for i in np.flatnonzero(self.plan.counts[k]):
             start = int(self.plan.starts[k, i])
             stop = start + int(self.plan.counts[k, i])
-            try:
-                arrays = self._read_range(int(i), start, stop, names)
-            except MLaaS4HEPError:
-                raise
-            except Exception as err:  # uproot raises OSError, ValueError, DeserializationError...
-                self._forget(int(i))
-                msg = f"cannot read entries {start}-{stop} of {self.sources[i]}: {type(err).__name__}: {err}"
-                raise FileAccessError(msg) from err
-            nbytes += arrays.layout.nbytes
-            pieces.append(arrays)
-            files.append(np.full(stop - start, i, dtype=np.int32))
-            entries.append(np.arange(start, stop, dtype=np.int64))
+            chosen = self.selected[i] if self.selected is not None else None
+            if chosen is not None:  # selected events [start, stop): the entries that span them
+                chosen = chosen[start:stop]
+                start, stop = int(chosen[0]), int(chosen[-1]) + 1
+            parts = self._read_retrying(int(i), start, stop, names)
+            nbytes += sum(part.layout.nbytes for part in parts)
+            if chosen is not None and len(chosen) < stop - start:
+                parts = _keep(parts, chosen - start)
+            pieces.extend(parts)
+            entry = np.arange(start, stop, dtype=np.int64) if chosen is None else chosen
+            files.append(np.full(len(entry), i, dtype=np.int32))
+            entries.append(entry)
             if self.label_branch:
-                labels.append(ak.to_numpy(arrays[self.label_branch]).astype(np.float32))
+                labels.extend(ak.to_numpy(part[self.label_branch]).astype(np.float32) for part in parts)
             elif self.labels is not None:
-                labels.append(np.full(stop - start, self.labels[i], dtype=np.float32))
+                labels.append(np.full(len(entry), self.labels[i], dtype=np.float32))
         chunk = Chunk(
             k,
             pieces,
@@ -351,3 +472,16 @@ class ChunkReader:
             len(chunk) / 1e3 / dt if dt else 0.0,
         )
         return chunk
+
+
+def _keep(parts: list[ak.Array], rows: np.ndarray) -> list[ak.Array]:
+    """The rows ``rows`` (sorted, counted over all parts one after another) of consecutive ``parts``."""
+    keep = np.zeros(sum(len(p) for p in parts), dtype=bool)
+    keep[rows] = True
+    out, offset = [], 0
+    for part in parts:
+        mask = keep[offset : offset + len(part)]
+        offset += len(part)
+        if mask.any():
+            out.append(part if mask.all() else part[mask])
+    return out

@@ -21,10 +21,12 @@ import numpy as np
 from .errors import BranchError, ParameterError, SpecsError, TreeError
 from .flatten import JaggedFlattener
 from .reader import Chunk, ChunkReader, apportion
+from .selection import Selection, decode_mask
 from .sources import DEFAULT_TREE, FileSource, describe_branches, open_tree, parse_sources
-from .specs import DEFAULT_EXCLUDE, SpecBuilder, Specs
+from .specs import DEFAULT_EXCLUDE, SpecBuilder, Specs, scan_selection
+from .targets import Outputs, per_file_totals, totals_by_class
 
-__all__ = ["RootSequence"]
+__all__ = ["RootSequence", "shard_layout"]
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,22 @@ SUBSETS = ("training", "validation")
 
 @dataclass
 class _Decoded:
-    """A chunk after flattening: what batches are cut from."""
+    """A chunk after flattening, its events in serving order: batches are slices of it.
+
+    ``users`` counts the threads cutting batches from it; ``X`` lives in a
+    reusable ``buffer`` that goes back to the pool once the chunk has left the
+    cache and has no users.
+    """
 
     X: np.ndarray
-    M: np.ndarray
+    M: np.ndarray | None
     y: np.ndarray | None
     file_index: np.ndarray
     entry: np.ndarray
+    buffer: np.ndarray | None = None
+    users: int = 0
+    evicted: bool = False
+    w: np.ndarray | None = None
 
 
 class _Counter:
@@ -99,7 +110,8 @@ class RootSequence(keras.utils.PyDataset):
     ``seq[i]`` returns a whole batch ``(x, y)``: ``x`` is a float32 array of shape
     ``(batch, num_features)`` made by :class:`~mlaas4hep.JaggedFlattener`, ``y``
     the float32 labels. ``len(seq)`` is the number of batches,
-    ``ceil(n_events / batch_size)``; only the last batch may be smaller.
+    ``ceil(n_events / batch_size)``; only the last batch may be smaller
+    (with ``num_shards > 1``, see the note on sharding).
 
     Events are read in chunks of ``chunk_size`` that mix all files in proportion
     to their entries (:class:`~mlaas4hep.ChunkReader`); a chunk is read,
@@ -124,6 +136,37 @@ class RootSequence(keras.utils.PyDataset):
     common_branches : bool
         When the files' branches differ, train on those common to all files
         instead of raising :class:`~mlaas4hep.errors.BranchError` (default False).
+    cut : str, optional
+        Serve only the events where this expression is true, in uproot's
+        expression language, e.g. ``"(nMuon >= 1) & (MET_pt > 20)"``; jagged
+        branches are reduced with ``any(...)``/``all(...)`` (see
+        :class:`~mlaas4hep.selection.Selection`). ``len()``, ``nevts``, the
+        chunks and the validation split all count surviving events.
+    aliases : mapping of str to str, optional
+        Derived branches, e.g. ``{"log_Jet_pt": "log(Jet_pt)"}``: features
+        with their own specs (flat or jagged) unless ``exclude`` names them;
+        usable in ``cut``, ``targets`` and ``weights``.
+    targets : str or sequence of str, optional
+        Regression: ``y`` is this branch (shape ``(batch,)``) or these branches
+        (``(batch, n)``) instead of labels; targets are never features.
+    weights : str, optional
+        Branch holding each event's weight (e.g. ``"genWeight"``): batches become
+        ``(x, y, sample_weight)``; never a feature.
+    file_weights : sequence of float, optional
+        A factor per file multiplying its events' weights (e.g. cross-section x
+        luminosity / generated events); batches become ``(x, y, sample_weight)``.
+    balance_classes : bool
+        Scale the weights so that every class carries the same total weight
+        over the sequence (mean weight 1); batches become ``(x, y, sample_weight)``.
+    one_hot : bool
+        Serve integer labels ``0 .. K-1`` one-hot, shape ``(batch, K)``, for
+        ``categorical_crossentropy`` (default False).
+    num_classes : int, optional
+        ``K``; default the largest per-file label plus one. Needed with
+        ``one_hot`` and a label branch.
+    mask_output : bool
+        Serve ``x`` as ``{"features": X, "mask": M}`` (``M`` float32, 1 where
+        ``X`` holds a real value, 0 for padding), for a model with two named inputs.
     batch_size : int
         Events per batch (default 100, as the original).
     chunk_size : int
@@ -155,15 +198,44 @@ class RootSequence(keras.utils.PyDataset):
         Cap each jagged branch at this quantile of its lengths (e.g. 0.999).
     redirector : str
         Prefix for bare file names (e.g. an XRootD redirector).
+    retries : int
+        Times a failed read of a remote file is tried again, reopening the
+        file (default 3). If every try fails, :class:`~mlaas4hep.errors.FileAccessError`
+        names the URL; an epoch never silently ends short.
+    retry_backoff : float
+        Seconds before the first retry, doubling after each (default 0.5).
     workers, use_multiprocessing, max_queue_size
         Forwarded to :class:`keras.utils.PyDataset`.
     cache_chunks : int
         Flattened chunks kept in memory once served (default 2: the current one and the one before).
     prefetch : int
         Chunks read and flattened ahead, in background threads (default 2).
+    shard_index, num_shards : int
+        Serve shard ``shard_index`` of ``num_shards`` (default 0 of 1), for
+        data-parallel training on several workers (see the sharding note below).
+        Every shard needs the same files, arguments and ``seed``.
+    files_per_chunk : int, optional
+        Files one chunk mixes (default: all): with thousands of files, chunks
+        mix groups of this many files (dealt round-robin from the list) instead
+        of every file, so a chunk opens only those (see :meth:`~mlaas4hep.ChunkPlan.build`).
+    max_open_files : int
+        Files kept open between chunk reads (default 8); others are closed after use.
 
     Notes
     -----
+    **Sharding.** With ``num_shards > 1`` each epoch's stream (below) is cut
+    into ``num_shards`` consecutive blocks whose sizes differ by at most one
+    event, and this sequence serves block ``shard_index``: over all shards
+    every selected event is served exactly once per epoch, and a shard reads
+    only the chunks its block touches (at most one chunk at each edge is read
+    by two shards). Every shard has the same number of batches,
+    ``ceil(ceil(total_events / num_shards) / batch_size)``, so workers stay in
+    step: a shard's batches hold ``batch_size`` events but its last, which holds
+    the rest of its block (in the rare case where that would leave a shorter
+    shard's last batch empty, there is one batch fewer and the longer shards'
+    last batch holds ``batch_size + 1`` events); see :func:`shard_layout`.
+    ``n_events`` counts this shard's events, ``total_events`` those of all shards.
+
     **How indices map to events.** Keras' ``fit`` asks for batch indices in a
     random order (``shuffle=True`` is its default), from several threads when
     ``workers > 1``, and with the TensorFlow backend it starts asking for the
@@ -206,6 +278,15 @@ class RootSequence(keras.utils.PyDataset):
         branches: Sequence[str] | None = None,
         exclude: Sequence[str] = DEFAULT_EXCLUDE,
         common_branches: bool = False,
+        cut: str | None = None,
+        aliases: Mapping[str, str] | None = None,
+        targets: str | Sequence[str] | None = None,
+        weights: str | None = None,
+        file_weights: Sequence[float] | None = None,
+        balance_classes: bool = False,
+        one_hot: bool = False,
+        num_classes: int | None = None,
+        mask_output: bool = False,
         batch_size: int = 100,
         chunk_size: int = 10_000,
         nevts: int = -1,
@@ -219,14 +300,21 @@ class RootSequence(keras.utils.PyDataset):
         max_lengths: int | Mapping[str, int] | None = None,
         length_quantile: float | None = None,
         redirector: str = "",
+        retries: int = 3,
+        retry_backoff: float = 0.5,
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
         cache_chunks: int = 2,
         prefetch: int = 2,
+        shard_index: int = 0,
+        num_shards: int = 1,
+        files_per_chunk: int | None = None,
+        max_open_files: int = 8,
     ) -> None:
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         _check_sizes(batch_size, chunk_size, nevts, cache_chunks)
+        _check_shards(shard_index, num_shards, shuffle, seed)
         _check_split(validation_split, subset)
         self.sources = parse_sources(files, tree, redirector)
         if not self.sources:
@@ -246,11 +334,27 @@ class RootSequence(keras.utils.PyDataset):
             raise ParameterError(msg)
         if isinstance(exclude, str):
             exclude = [exclude]
-        exclude = list(exclude) + ([label_branch] if label_branch else [])
-        self.specs = self._specs(specs, branches, exclude, common_branches, label_branch)
+        self.selection = Selection(cut, aliases or {})
+        self.outputs = Outputs(
+            len(self.sources),
+            labels=per_file,
+            label_branch=label_branch,
+            targets=targets,
+            weights=weights,
+            file_weights=file_weights,
+            balance_classes=balance_classes,
+            one_hot=one_hot,
+            num_classes=num_classes,
+        )
+        not_features = ([label_branch] if label_branch else []) + self.outputs.branches
+        exclude = list(exclude) + not_features
+        self.specs = self._specs(specs, branches, exclude, common_branches, not_features)
         entries = self._known_entries()
-        if entries is None or label_branch:
+        if entries is None or not_features or self.selection:
             entries = self._check_files(label_branch)
+        selected = self._selected_entries()
+        if selected is not None:  # the plan counts the events that pass the cut
+            entries = [len(s) for s in selected]
         self.label_branch = label_branch
         self.flattener = JaggedFlattener(
             self.specs,
@@ -259,27 +363,40 @@ class RootSequence(keras.utils.PyDataset):
             max_lengths=max_lengths,
             length_quantile=length_quantile,
         )
+        ranges = self._ranges(entries, nevts)
         self.reader = ChunkReader(
             self.sources,
-            self.flattener.branches,
+            self.selection.branches([*self.flattener.branches, *self.outputs.branches], cut=False),
             chunk_size=chunk_size,
-            ranges=self._ranges(entries, nevts),
+            ranges=ranges,
             labels=per_file,
             label_branch=label_branch,
+            selected=selected,
+            retries=retries,
+            retry_backoff=retry_backoff,
+            files_per_chunk=files_per_chunk,
+            max_open_files=max_open_files,
         )
-        self.n_events = self.reader.plan.n_events
-        if self.n_events == 0:
+        self.total_events = self.reader.plan.n_events
+        if self.total_events == 0:
             msg = f"no events to serve in subset {subset!r} of {len(self.sources)} files"
             raise ParameterError(msg)
-        self._len = math.ceil(self.n_events / self.batch_size)
+        self.shard_index, self.num_shards = int(shard_index), int(num_shards)
+        self._shard, self._len = shard_layout(self.total_events, self.num_shards, self.shard_index, self.batch_size)
+        self.n_events = self._shard[1] - self._shard[0]
         self.cache_chunks = int(cache_chunks)
         if not isinstance(prefetch, int) or prefetch < 0:
             msg = f"prefetch must be a non-negative integer, got {prefetch!r}"
             raise ParameterError(msg)
         self.prefetch = prefetch
+        self.mask_output = bool(mask_output)
+        self.with_mask = self.mask_output  # the mask is built only for models that take it
+        self._rows_per_chunk = int(self.reader.plan.sizes.max())
         self._requests = _Counter(shared=bool(use_multiprocessing))
         self._in_epoch = False
         self._start_runtime()
+        if self.outputs.balance_classes:
+            self.outputs.set_class_totals(self._class_totals(ranges, selected))
 
     # -- construction helpers ---------------------------------------------------------------
     def _specs(
@@ -288,18 +405,25 @@ class RootSequence(keras.utils.PyDataset):
         branches: Sequence[str] | None,
         exclude: list[str],
         common_branches: bool,
-        label_branch: str | None,
+        not_features: list[str],
     ) -> Specs:
         if isinstance(specs, Specs):
             if branches is not None:
                 specs = specs.select(_expand(specs, branches))
-            if label_branch in specs.branches:  # a label is never a feature
-                specs = specs.select([n for n in specs.names if n != label_branch])
+            if set(not_features) & set(specs.branches):  # labels, targets and weights are never features
+                specs = specs.select([n for n in specs.names if n not in not_features])
             if not specs.branches:
-                msg = f"the specs hold no branch to use besides the label branch {label_branch!r}"
+                msg = f"the specs hold no branch to use besides {not_features}"
                 raise SpecsError(msg)
             return specs
-        builder = SpecBuilder(self.sources, branches=branches, exclude=exclude, common_branches=common_branches)
+        builder = SpecBuilder(
+            self.sources,
+            branches=branches,
+            exclude=exclude,
+            common_branches=common_branches,
+            cut=self.selection.cut,
+            aliases=self.selection.aliases,
+        )
         return builder.build(cache=specs)
 
     def _known_entries(self) -> list[int] | None:
@@ -309,6 +433,55 @@ class RootSequence(keras.utils.PyDataset):
         if described != wanted:
             return None
         return [f.entries for f in self.specs.files]
+
+    def _selected_entries(self) -> list[np.ndarray] | None:
+        """Per file, the entries that pass the cut (None without one).
+
+        Taken from the specs when they recorded the same cut for these very
+        files; otherwise found by a pass over the branches the cut reads.
+        """
+        if self.selection.cut is None:
+            return None
+        files = self.specs.files
+        same_files = [(f.path, f.tree) for f in files] == [(s.location, s.tree) for s in self.sources]
+        recorded = self.specs.selection
+        if (
+            same_files
+            and recorded.get("cut") == self.selection.cut
+            and dict(recorded.get("aliases") or {}) == dict(self.selection.aliases)
+            and all(f.mask is not None for f in files)
+        ):
+            return [np.flatnonzero(decode_mask(f.mask or "", f.entries)) for f in files]
+        return [np.flatnonzero(mask) for mask in scan_selection(self.sources, self.selection)]
+
+    def _class_totals(self, ranges: list[tuple[int, int]], selected: list[np.ndarray] | None) -> np.ndarray:
+        """Each class's total weight before balancing, over every event of the subset (all shards)."""
+        outputs = self.outputs
+        if outputs.labels is not None and outputs.weights is None:  # nothing to read
+            return per_file_totals(outputs.labels, self.reader.plan.counts.sum(axis=0), outputs.file_weights)
+        names = self.selection.branches(outputs.branches, cut=False)
+        reader = ChunkReader(
+            self.sources,
+            names,
+            chunk_size=self.chunk_size,
+            ranges=ranges,
+            labels=None if outputs.labels is None else outputs.labels.tolist(),
+            label_branch=self.label_branch,
+            selected=selected,
+        )
+        totals = np.zeros(outputs.num_classes or 0)
+        try:
+            for k in range(len(reader)):
+                chunk = reader.read(k)
+                pieces = self._derive(chunk.pieces, names)
+                y, w = outputs.extract(pieces, chunk.file_index, chunk.labels, balanced=False)
+                assert y is not None
+                part = totals_by_class(y, w, outputs.num_classes)
+                size = max(part.size, totals.size)
+                totals = np.pad(totals, (0, size - totals.size)) + np.pad(part, (0, size - part.size))
+        finally:
+            reader.close()
+        return totals
 
     def _check_files(self, label_branch: str | None) -> list[int]:
         """Open every file (reading no data): its entries, and the branches the specs and labels need."""
@@ -323,11 +496,23 @@ class RootSequence(keras.utils.PyDataset):
             if n == 0:
                 msg = f"tree {source.tree!r} in {source.path!r} has 0 entries"
                 raise TreeError(msg)
-            missing = [name for name in self.specs.names if name not in kinds]
+            self.selection.check(kinds, str(source))
+            weights = [self.outputs.weights] if self.outputs.weights else []
+            for what, names in (("targets", self.outputs.targets), ("weights", weights)):
+                for name in names:
+                    if name not in self.selection.aliases and kinds.get(name) != "flat":
+                        found = f"is {kinds[name]}, not one number per event" if name in kinds else "not found"
+                        msg = f"{what} branch {name!r} {found} in {source}"
+                        raise BranchError(msg)
+            missing = [name for name in self.selection.branches(self.specs.names, cut=False) if name not in kinds]
             if missing:
                 msg = f"{source} lacks the branches {missing} that the specs use"
                 raise BranchError(msg)
-            other = [f"{name!r} is {kinds[name]}" for name in self.specs.names if kinds[name] != self.specs[name].kind]
+            other = [
+                f"{name!r} is {kinds[name]}"
+                for name in self.specs.names
+                if name in kinds and kinds[name] != self.specs[name].kind
+            ]
             if other:
                 msg = f"in {source}, {', '.join(other)}, unlike in the specs"
                 raise BranchError(msg)
@@ -377,14 +562,14 @@ class RootSequence(keras.utils.PyDataset):
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
-        self._futures: dict[int, Future[_Decoded]] = {}
-        self._cache: OrderedDict[int, _Decoded] = OrderedDict()
-        self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._futures: dict[tuple[int, int], Future[_Decoded]] = {}
+        self._cache: OrderedDict[tuple[int, int], _Decoded] = OrderedDict()
+        self._free: list[np.ndarray] = []
         self._orders: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_lock", "_executor", "_futures", "_cache", "_perms", "_orders"):
+        for key in ("_lock", "_executor", "_flatten_executor", "_futures", "_cache", "_free", "_orders"):
             state.pop(key, None)
         return state
 
@@ -443,61 +628,68 @@ class RootSequence(keras.utils.PyDataset):
             raise IndexError(msg)
         if os.getpid() != self._pid:
             self._start_runtime()
-        X, y = self._batch(self._requests.next())
-        return (X,) if y is None else (X, y)
+        batch = self._batch(self._requests.next())
+        return batch[:1] if batch[1] is None else batch
 
-    def _batch(self, request: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _batch(self, request: int) -> tuple[Any, ...]:
+        """The batch of the ``request``-th request: ``(x, y)`` or ``(x, y, sample_weight)``."""
         pieces = self._pieces(request)
-        X = np.concatenate([d.X[idx] for d, idx in pieces]) if len(pieces) > 1 else pieces[0][0].X[pieces[0][1]]
-        if pieces[0][0].y is None:
-            return X, None
-        y = np.concatenate([d.y[idx] for d, idx in pieces]) if len(pieces) > 1 else pieces[0][0].y[pieces[0][1]]
-        return X, y
+        try:
+            X = np.concatenate([d.X[rows] for d, rows in pieces])
+            y = None if pieces[0][0].y is None else np.concatenate([d.y[rows] for d, rows in pieces])
+            w = None if pieces[0][0].w is None else np.concatenate([d.w[rows] for d, rows in pieces])
+            M = np.concatenate([d.M[rows] for d, rows in pieces]) if self.mask_output else None
+        finally:
+            for decoded, _ in pieces:
+                self._release(decoded)
+        x = X if M is None else {"features": X, "mask": M.astype(np.float32)}
+        y = self.outputs.batch_y(y)
+        return (x, y) if w is None else (x, y, w)
 
-    def _pieces(self, request: int) -> list[tuple[_Decoded, np.ndarray]]:
-        """The chunks and row indices that make up the batch of the ``request``-th request."""
+    def _pieces(self, request: int) -> list[tuple[_Decoded, slice]]:
+        """The chunks, and the rows of each, that make up the batch of the ``request``-th request."""
         epoch, slot = divmod(request, self._len)
         order, ends = self._order(epoch)
-        start = slot * self.batch_size
-        stop = min(start + self.batch_size, self.n_events)
+        start, stop = self._bounds(slot)
+        shard_start, shard_stop = self._shard
+        last = int(np.searchsorted(ends, shard_stop - 1, side="right"))  # this shard's last chunk
         pieces = []
         position = int(np.searchsorted(ends, start, side="right"))
         while start < stop:
             chunk_start = int(ends[position - 1]) if position else 0
-            k = int(order[position])
             a, b = start - chunk_start, min(stop, int(ends[position])) - chunk_start
-            decoded = self._chunk(k)
+            decoded = self._chunk(self._key(epoch, int(order[position])))
             for ahead in range(position + 1, position + 1 + self.prefetch):
-                if ahead < len(order):
-                    self._prefetch(int(order[ahead]))
-                elif stop == self.n_events and ahead == len(order):
-                    self._prefetch(int(self._order(epoch + 1)[0][0]))
-            rows = self._perm(epoch, k, len(decoded.file_index))[a:b] if self.shuffle else np.arange(a, b)
-            pieces.append((decoded, rows))
+                if ahead <= last:  # never read ahead into another shard's chunks
+                    self._prefetch(self._key(epoch, int(order[ahead])))
+                elif stop == shard_stop and ahead == last + 1:
+                    next_order, next_ends = self._order(epoch + 1)
+                    first = int(np.searchsorted(next_ends, shard_start, side="right"))
+                    self._prefetch(self._key(epoch + 1, int(next_order[first])))
+            pieces.append((decoded, slice(a, b)))
             start = chunk_start + b
             position += 1
         return pieces
 
-    def _perm(self, epoch: int, k: int, size: int) -> np.ndarray:
-        key = (epoch, k)
-        with self._lock:
-            perm = self._perms.get(key)
-        if perm is None:
-            perm = np.random.default_rng([self.seed, epoch, k, 1]).permutation(size)
-            with self._lock:
-                self._perms[key] = perm
-                while len(self._perms) > self.cache_chunks + 1:
-                    self._perms.popitem(last=False)
-        return perm
+    def _bounds(self, slot: int) -> tuple[int, int]:
+        """Events ``[start, stop)`` of the epoch's stream that batch ``slot`` of this shard holds."""
+        shard_start, shard_stop = self._shard
+        start = shard_start + slot * self.batch_size
+        stop = shard_stop if slot == self._len - 1 else start + self.batch_size
+        return start, stop
 
-    def _submit(self, k: int) -> Future[_Decoded]:
-        """Start loading chunk ``k`` (caller holds the lock).
+    def _key(self, epoch: int, k: int) -> tuple[int, int]:
+        """Cache key of chunk ``k`` as served in ``epoch`` (its events are shuffled per epoch)."""
+        return (epoch if self.shuffle else 0, k)
+
+    def _submit(self, key: tuple[int, int]) -> Future[_Decoded]:
+        """Start loading the chunk of ``key`` (caller holds the lock).
 
         Two background threads form a pipeline: one reads (uproot decompresses
         with the GIL released), the other flattens the chunk read before, so on
         two cores reading the next chunk overlaps flattening this one.
         """
-        future = self._futures.get(k)
+        future = self._futures.get(key)
         if future is None:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="mlaas4hep-reader")
@@ -505,35 +697,77 @@ class RootSequence(keras.utils.PyDataset):
                 # a sequence that is dropped stops reading ahead
                 weakref.finalize(self, self._executor.shutdown, wait=False, cancel_futures=True)
                 weakref.finalize(self, self._flatten_executor.shutdown, wait=False, cancel_futures=True)
-            read = self._executor.submit(self.reader.read, k)
-            future = self._flatten_executor.submit(self._flatten, read)
-            self._futures[k] = future
+            read = self._executor.submit(self.reader.read, key[1])
+            future = self._flatten_executor.submit(self._flatten, read, key[0])
+            self._futures[key] = future
         return future
 
-    def _flatten(self, read: Future[Chunk]) -> _Decoded:
+    def _flatten(self, read: Future[Chunk], epoch: int) -> _Decoded:
+        """Flatten a chunk once read, its events already in the epoch's shuffled order."""
         chunk = read.result()
-        X, M = self.flattener.transform(chunk.pieces)
-        return _Decoded(X, M, chunk.labels, chunk.file_index, chunk.entry)
-
-    def _prefetch(self, k: int) -> None:
+        pieces = self._derive(chunk.pieces)
+        y, w = self.outputs.extract(pieces, chunk.file_index, chunk.labels)
+        order = None
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch, chunk.index, 1]).permutation(len(chunk))
+        n = len(chunk)
         with self._lock:
-            if k not in self._cache:
-                self._submit(k)
+            buffer = self._free.pop() if self._free else None
+        if buffer is None or buffer.shape[0] < n:
+            buffer = np.empty((self._rows_per_chunk, self.num_features), dtype=np.float32)
+        X, M = self.flattener.transform(pieces, order=order, mask=self.with_mask, out=buffer[:n])
+        if order is None:
+            return _Decoded(X, M, y, chunk.file_index, chunk.entry, buffer, w=w)
+        y = None if y is None else y[order]
+        w = None if w is None else w[order]
+        return _Decoded(X, M, y, chunk.file_index[order], chunk.entry[order], buffer, w=w)
 
-    def _chunk(self, k: int) -> _Decoded:
+    def _derive(self, pieces: list[Any], names: Sequence[str] | None = None) -> list[Any]:
+        """The pieces of a chunk with the aliases among ``names`` (default: features, targets, weights) added."""
+        if names is None:
+            names = [*self.flattener.branches, *self.outputs.branches]
+        wanted = [n for n in names if n in self.selection.aliases]
+        if not wanted:
+            return pieces
+        return [{**{f: p[f] for f in p.fields}, **self.selection.derive(p, wanted, len(p))} for p in pieces]
+
+    def _release(self, decoded: _Decoded) -> None:
+        """A thread is done cutting a batch from ``decoded``."""
         with self._lock:
-            decoded = self._cache.get(k)
+            decoded.users -= 1
+            if decoded.evicted and decoded.users == 0:
+                self._recycle(decoded)
+
+    def _recycle(self, decoded: _Decoded) -> None:
+        """Give the memory of a chunk that left the cache back to the pool (caller holds the lock)."""
+        if decoded.buffer is not None and len(self._free) < 2:
+            self._free.append(decoded.buffer)
+        decoded.buffer = None
+
+    def _prefetch(self, key: tuple[int, int]) -> None:
+        with self._lock:
+            if key not in self._cache:
+                self._submit(key)
+
+    def _chunk(self, key: tuple[int, int]) -> _Decoded:
+        with self._lock:
+            decoded = self._cache.get(key)
             if decoded is not None:
-                self._cache.move_to_end(k)
+                self._cache.move_to_end(key)
+                decoded.users += 1
                 return decoded
-            future = self._submit(k)
+            future = self._submit(key)
         decoded = future.result()
         with self._lock:
-            if self._futures.get(k) is future:
-                del self._futures[k]
-                self._cache[k] = decoded
+            if self._futures.get(key) is future:
+                del self._futures[key]
+                self._cache[key] = decoded
                 while len(self._cache) > self.cache_chunks:
-                    self._cache.popitem(last=False)
+                    _, old = self._cache.popitem(last=False)
+                    old.evicted = True
+                    if old.users == 0:
+                        self._recycle(old)
+            decoded.users += 1
         return decoded
 
     def close(self) -> None:
@@ -547,7 +781,8 @@ class RootSequence(keras.utils.PyDataset):
     def __repr__(self) -> str:
         return (
             f"RootSequence({len(self.sources)} files, {self.n_events} events, {self._len} batches of "
-            f"{self.batch_size}, {self.num_features} features, subset={self.subset!r})"
+            f"{self.batch_size}, {self.num_features} features, subset={self.subset!r}"
+            + (f", shard {self.shard_index} of {self.num_shards})" if self.num_shards > 1 else ")")
         )
 
 
@@ -564,6 +799,58 @@ def _expand(specs: Specs, patterns: Sequence[str]) -> list[str]:
         msg = f"branches {list(patterns)} match nothing in the specs ({specs.names})"
         raise BranchError(msg)
     return names
+
+
+def shard_layout(n_events: int, num_shards: int, shard_index: int, batch_size: int) -> tuple[tuple[int, int], int]:
+    """Which events of an epoch's stream shard ``shard_index`` serves, and in how many batches.
+
+    The stream of ``n_events`` is cut into ``num_shards`` consecutive blocks
+    whose sizes differ by at most one (the first ``n_events % num_shards``
+    blocks hold one event more). Every shard has the same number of batches,
+    ``ceil(ceil(n_events / num_shards) / batch_size)``; all batches of a shard
+    hold ``batch_size`` events but its last, which holds the rest. When that
+    would leave a shorter shard's last batch empty (the longer shards' last batch
+    would hold a single event), there is one batch fewer and that single event
+    joins the longer shards' last batch, which then holds ``batch_size + 1``.
+
+    Returns
+    -------
+    (start, stop), batches
+        The shard's events ``[start, stop)`` of the stream, and the batches per shard.
+
+    Examples
+    --------
+    >>> shard_layout(1000, 3, 2, 100)  # 334, 333 and 333 events: 4 batches each, the last of 34 or 33
+    ((667, 1000), 4)
+    >>> shard_layout(1001, 2, 0, 100)  # 501 and 500 events: 5 batches each, the last of 101 or 100
+    ((0, 501), 5)
+    """
+    if n_events < num_shards:
+        msg = f"num_shards={num_shards} is more than the {n_events} events to serve; use at most {n_events} shards"
+        raise ParameterError(msg)
+    small, extra = divmod(n_events, num_shards)
+    start = shard_index * small + min(shard_index, extra)
+    stop = start + small + (shard_index < extra)
+    batches = math.ceil((small + (extra > 0)) / batch_size)
+    if small <= (batches - 1) * batch_size:  # a shorter shard would have an empty last batch
+        batches -= 1
+    return (start, stop), batches
+
+
+def _check_shards(shard_index: int, num_shards: int, shuffle: bool, seed: int | None) -> None:
+    if not isinstance(num_shards, (int, np.integer)) or isinstance(num_shards, bool) or num_shards <= 0:
+        msg = f"num_shards must be a positive integer, got {num_shards!r}"
+        raise ParameterError(msg)
+    if (
+        not isinstance(shard_index, (int, np.integer))
+        or isinstance(shard_index, bool)
+        or not 0 <= shard_index < num_shards
+    ):
+        msg = f"shard_index must be an integer in [0, num_shards={num_shards}), got {shard_index!r}"
+        raise ParameterError(msg)
+    if num_shards > 1 and shuffle and seed is None:
+        msg = "seed is required with num_shards > 1 and shuffle=True: every shard must draw the same shuffling"
+        raise ParameterError(msg)
 
 
 def _check_sizes(batch_size: int, chunk_size: int, nevts: int, cache_chunks: int) -> None:

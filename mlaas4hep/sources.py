@@ -18,6 +18,7 @@ from typing import Any
 import awkward as ak
 import uproot
 
+from ._remote import open_options
 from .errors import FileAccessError, TreeError
 
 __all__ = ["DEFAULT_TREE", "BranchInfo", "FileSource", "open_tree", "parse_sources"]
@@ -133,8 +134,9 @@ def _check_local(source: FileSource) -> None:
 def open_file(source: FileSource) -> Any:
     """Open ``source``'s file with uproot, raising :class:`FileAccessError` with its name."""
     _check_local(source)
+    options = open_options(source.path) if source.is_remote else {}
     try:
-        file = uproot.open(source.path)
+        file = uproot.open(source.path, **options)
     except FileNotFoundError as err:
         msg = f"ROOT file {source.path!r} does not exist ({err})"
         raise FileAccessError(msg) from err

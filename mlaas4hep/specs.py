@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import warnings
 from collections import OrderedDict
@@ -30,6 +31,8 @@ import numpy as np
 
 from ._arrays import flat_values, jagged_parts
 from .errors import BranchError, ParameterError, SkippedBranchWarning, SpecsError, SpecsMismatchWarning, TreeError
+from .executors import map_files
+from .selection import Selection, encode_mask, kind_of
 from .sources import DEFAULT_TREE, BranchInfo, FileSource, describe_branches, file_uuid, open_tree, parse_sources
 
 __all__ = ["DEFAULT_EXCLUDE", "BranchSpec", "FileSpec", "SpecBuilder", "Specs"]
@@ -138,7 +141,9 @@ class BranchSpec:
         )
 
     @classmethod
-    def from_values(cls, name: str, kind: str, dtype: str, values: np.ndarray, counts: np.ndarray | None = None) -> BranchSpec:
+    def from_values(
+        cls, name: str, kind: str, dtype: str, values: np.ndarray, counts: np.ndarray | None = None
+    ) -> BranchSpec:
         """Statistics of one step of data: ``values`` (all elements) and list ``counts`` if jagged."""
         v = np.asarray(values, dtype=np.float64)
         finite = np.isfinite(v)
@@ -206,7 +211,12 @@ class BranchSpec:
 
 @dataclass(frozen=True)
 class FileSpec:
-    """One input file as the specs saw it: entries and a fingerprint."""
+    """One input file as the specs saw it: entries and a fingerprint.
+
+    With a cut, ``selected`` counts the entries that pass it and ``mask`` says
+    which ones they are (see :func:`mlaas4hep.selection.encode_mask`); both are
+    None without a cut.
+    """
 
     path: str
     tree: str
@@ -214,6 +224,13 @@ class FileSpec:
     size: int | None = None
     mtime: float | None = None
     uuid: str | None = None
+    selected: int | None = None
+    mask: str | None = None
+
+    @property
+    def events(self) -> int:
+        """Events this file contributes: those passing the cut, or all its entries."""
+        return self.entries if self.selected is None else self.selected
 
     def mismatch(self, other: FileSpec) -> str | None:
         """Why ``other`` (the file as it is now) is not the file these specs describe, or None."""
@@ -272,8 +289,8 @@ class Specs:
 
     @property
     def n_events(self) -> int:
-        """Total entries over all files."""
-        return sum(f.entries for f in self.files)
+        """Total events over all files (those passing the cut, when there is one)."""
+        return sum(f.events for f in self.files)
 
     @property
     def num_features(self) -> int:
@@ -336,8 +353,21 @@ class Specs:
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the specs as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False, default=_json_default))
+        """Write the specs as JSON, atomically.
+
+        The text goes to a temporary file in the same directory, which then
+        replaces ``path`` in one step (:func:`os.replace`): workers that read a
+        shared specs file while another writes it see the old file or the new
+        one, never a partial one.
+        """
+        target = Path(path)
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False, default=_json_default)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
         log.info("wrote specs to %s", path)
 
     @classmethod
@@ -387,7 +417,9 @@ def _from_original(data: Mapping[str, Any]) -> Specs:
     """Specs from the original's global-specs.json (jdim, minv, maxv, fkeys, jkeys, nans)."""
     branches = {}
     for name in data.get("fkeys", []):
-        branches[name] = BranchSpec(name, "flat", "float64", min=float(data["minv"][name]), max=float(data["maxv"][name]))
+        branches[name] = BranchSpec(
+            name, "flat", "float64", min=float(data["minv"][name]), max=float(data["maxv"][name])
+        )
     for name in data.get("jkeys", []):
         branches[name] = BranchSpec(
             name,
@@ -462,10 +494,36 @@ class SpecBuilder:
     common_branches : bool
         When the files' selected branches differ, use those common to all files
         instead of raising :class:`~mlaas4hep.errors.BranchError` (default False).
+    cut : str, optional
+        Keep only the events where this expression is true, e.g.
+        ``"(nMuon >= 1) & any(Jet_pt > 30)"`` (see :class:`~mlaas4hep.selection.Selection`).
+        The statistics are those of the surviving events, and each file's
+        :class:`FileSpec` records how many survive and which.
+    aliases : mapping of str to str, optional
+        Derived branches, e.g. ``{"log_Jet_pt": "log(Jet_pt)"}``: features like
+        any other (flat or jagged by their values) unless ``exclude`` names them.
+    executor : {"threads", "serial"}, concurrent.futures.Executor, dask.distributed.Client, or None
+        Where the files are scanned, one task per file (see :func:`mlaas4hep.executors.map_files`):
+        None or ``"threads"`` is a local thread pool with a thread per core
+        (uproot releases the GIL while it decompresses); a ``dask.distributed.Client``
+        runs the same scan on any Dask cluster (``pip install mlaas4hep[dask]``).
+        The per-file statistics are merged in file order, so the specs are the
+        same, to the last bit, whatever the executor.
+    progress : bool or None
+        Show a bar over the files (tqdm, when installed); None (default) shows
+        one for scans of 20 files or more when stderr is a terminal. Without a
+        bar, progress is logged at INFO level.
+
+    Notes
+    -----
+    The builder is sent to Dask workers with each task, so it holds plain data
+    only (the executor itself is left behind).
 
     Examples
     --------
     >>> specs = SpecBuilder(["sig.root", "bkg.root"], exclude=["run", "event"]).build()  # doctest: +SKIP
+    >>> from dask.distributed import Client  # doctest: +SKIP
+    >>> specs = SpecBuilder(files, executor=Client("tcp://scheduler:8786")).build("specs.json")  # doctest: +SKIP
     >>> specs.summary()  # doctest: +SKIP
     '20000 events, (18-flat, 48-jagged) branches, 1801 attrs'
     """
@@ -480,7 +538,12 @@ class SpecBuilder:
         redirector: str = "",
         step_size: int | str = "100 MB",
         common_branches: bool = False,
+        executor: Any = None,
+        progress: bool | None = None,
+        cut: str | None = None,
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
+        self.cuts = Selection(cut, aliases or {})
         self.sources = parse_sources(files, tree, redirector)
         if not self.sources:
             msg = "no input files given"
@@ -489,21 +552,25 @@ class SpecBuilder:
             branches = [branches]
         if isinstance(exclude, str):
             exclude = [exclude]
-        self.include = list(branches) if branches else None
+        self.include = [b for b in branches if b not in self.cuts.aliases] or None if branches else None
         self.exclude = list(exclude or ())
         self.step_size = step_size
         self.common_branches = bool(common_branches)
+        self.executor = executor
+        self.progress = progress
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["executor"] = None  # a Dask client or a pool stays with the caller
+        return state
+
+    def _map(self, fn: Any, *args: Any, desc: str) -> list[Any]:
+        """``[fn(source, *args) for source in self.sources]`` on the builder's executor."""
+        return map_files(fn, self.sources, *args, executor=self.executor, progress=self.progress, desc=desc)
 
     def fingerprints(self) -> list[FileSpec]:
-        """Open each file (without reading data) and describe it."""
-        prints = []
-        for source in self.sources:
-            file, obj = open_tree(source)
-            try:
-                prints.append(fingerprint(source, file, obj.num_entries))
-            finally:
-                file.close()
-        return prints
+        """Open each file (without reading data) and describe it, on the builder's executor."""
+        return self._map(_fingerprint_task, desc="fingerprints")
 
     def build(self, cache: str | os.PathLike[str] | None = None) -> Specs:
         """Return specs of the files, from ``cache`` when it still matches them.
@@ -558,24 +625,28 @@ class SpecBuilder:
         selection: dict[str, Any] = {"branches": self.include, "exclude": self.exclude}
         if self.common_branches:
             selection["common_branches"] = True
+        selection.update(self.cuts.to_dict())  # specs made without the cut are not reused with it
         return selection
 
     def _scan(self) -> Specs:
         t0 = time.perf_counter()
         include = self._common_include()
-        total: Specs | None = None
-        for source in self.sources:
-            part = self._scan_file(source, include)
-            total = part if total is None else total.merge(part)
-        assert total is not None
+        parts = self._map(_scan_task, self, include, desc="first pass")
+        total = parts[0]
+        for part in parts[1:]:  # in file order, whatever order the tasks finished in
+            total = total.merge(part)
         log.info("first pass: %s in %.2f s", total.summary(), time.perf_counter() - t0)
         return total
 
-    def _usable(self, source: FileSource, obj: Any, include: Sequence[str] | None) -> tuple[list[BranchInfo], dict[str, str]]:
+    def _usable(
+        self, source: FileSource, obj: Any, include: Sequence[str] | None
+    ) -> tuple[list[BranchInfo], dict[str, str]]:
         if int(obj.num_entries) == 0:
             msg = f"tree {source.tree!r} in {source.path!r} has 0 entries"
             raise TreeError(msg)
-        usable, skipped = select_branches(describe_branches(obj), include, self.exclude, str(source))
+        infos = describe_branches(obj)
+        _check_selection(self.cuts, infos, str(source))
+        usable, skipped = select_branches(infos, include, self.exclude, str(source))
         if not usable:
             msg = f"no numeric branch left to use in {source} after include={include} exclude={self.exclude}"
             raise BranchError(msg)
@@ -587,20 +658,16 @@ class SpecBuilder:
         Returns the include list to scan with: the user's, or with
         ``common_branches`` the names common to all files when they differ.
         """
-        names: list[list[str]] = []
-        for source in self.sources:
-            file, obj = open_tree(source)
-            try:
-                names.append([i.name for i in self._usable(source, obj, self.include)[0]])
-            finally:
-                file.close()
+        names: list[list[str]] = self._map(_usable_task, self, self.include, desc="branches")
         union = sorted(set().union(*names))
         if all(len(n) == len(union) for n in names):
             return self.include
         common = [n for n in names[0] if all(n in other for other in names)]
         if not self.common_branches:
             lacks = "; ".join(
-                f"{s.path} lacks {sorted(set(union) - set(n))}" for s, n in zip(self.sources, names) if len(n) < len(union)
+                f"{s.path} lacks {sorted(set(union) - set(n))}"
+                for s, n in zip(self.sources, names)
+                if len(n) < len(union)
             )
             msg = (
                 f"branch sets differ: {lacks}; select branches present in every file, "
@@ -610,7 +677,9 @@ class SpecBuilder:
         if not common:
             msg = f"no branch common to all of {[s.path for s in self.sources]}"
             raise BranchError(msg)
-        log.info("using the %d branches common to all files; leaving out %s", len(common), sorted(set(union) - set(common)))
+        log.info(
+            "using the %d branches common to all files; leaving out %s", len(common), sorted(set(union) - set(common))
+        )
         return common
 
     def _scan_file(self, source: FileSource, include: Sequence[str] | None) -> Specs:
@@ -619,17 +688,102 @@ class SpecBuilder:
             entries = int(obj.num_entries)
             usable, skipped = self._usable(source, obj, include)
             kinds = {i.name: i for i in usable}
+            derived = [a for a in self.cuts.aliases if not _match(a, self.exclude)]
+            read = list(dict.fromkeys([*kinds, *self.cuts.branches(derived)]))
+            masks: list[np.ndarray] = []
             parts: dict[str, BranchSpec] = {}
             t0 = time.perf_counter()
-            for arrays in obj.iterate(filter_name=list(kinds), step_size=self.step_size, library="ak"):
-                for name, info in kinds.items():
+            for arrays in obj.iterate(filter_name=read, step_size=self.step_size, library="ak"):
+                step_kinds = kinds
+                if self.cuts:
+                    arrays, step_kinds, keep = _apply_selection(self.cuts, arrays, kinds, derived)
+                    masks.append(keep)
+                for name, info in step_kinds.items():
                     if info.kind == "jagged":
                         counts, values = jagged_parts(arrays[name])
                         step = BranchSpec.from_values(name, "jagged", info.dtype, values, counts)
                     else:
                         step = BranchSpec.from_values(name, "flat", info.dtype, flat_values(arrays[name]))
                     parts[name] = parts[name].merge(step) if name in parts else step
-            log.info("scanned %s: %d entries, %d branches in %.2f s", source, entries, len(kinds), time.perf_counter() - t0)
-            return Specs(parts, (fingerprint(source, file, entries),), skipped, self.selection)
+            log.info(
+                "scanned %s: %d entries, %d branches in %.2f s", source, entries, len(kinds), time.perf_counter() - t0
+            )
+            described = fingerprint(source, file, entries)
+            if self.cuts.cut is not None:
+                mask = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+                described = replace(described, selected=int(np.count_nonzero(mask)), mask=encode_mask(mask))
+                log.info("cut %r keeps %d of %d entries of %s", self.cuts.cut, described.selected, entries, source)
+            return Specs(parts, (described,), skipped, self.selection)
         finally:
             file.close()
+
+
+def scan_selection(
+    sources: Sequence[FileSource], selection: Selection, step_size: int | str = "100 MB"
+) -> list[np.ndarray]:
+    """Which entries of each file pass ``selection``'s cut: one boolean array per file.
+
+    Reads only the branches the cut needs, in steps of ``step_size``; used when
+    the specs at hand did not record the cut's result for these files.
+    """
+    masks = []
+    for source in sources:
+        file, obj = open_tree(source)
+        try:
+            _check_selection(selection, describe_branches(obj), str(source))
+            steps = obj.iterate(filter_name=selection.branches(), step_size=step_size, library="ak")
+            parts = [selection.mask(arrays, len(arrays)) for arrays in steps]
+        finally:
+            file.close()
+        masks.append(np.concatenate(parts) if parts else np.zeros(0, dtype=bool))
+    return masks
+
+
+def _check_selection(cuts: Selection, infos: Sequence[BranchInfo], where: str) -> None:
+    """The cut and aliases name only branches of the file, and no alias hides a branch."""
+    names = {i.name for i in infos}
+    cuts.check(names, where)
+    hidden = sorted(set(cuts.aliases) & names)
+    if hidden:
+        msg = f"aliases {hidden} have the names of branches of {where}; give them other names"
+        raise BranchError(msg)
+
+
+def _apply_selection(
+    cuts: Selection, arrays: Any, kinds: Mapping[str, BranchInfo], derived: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, BranchInfo], np.ndarray]:
+    """One step of the first pass after the cut, with the derived branches: (arrays, kinds, mask)."""
+    n = len(arrays)
+    keep = cuts.mask(arrays, n)
+    everything = keep.all()
+    kept: dict[str, Any] = {name: arrays[name] if everything else arrays[name][keep] for name in kinds}
+    step_kinds = dict(kinds)
+    for name, values in cuts.derive(arrays, derived, n).items():
+        kind, dtype = kind_of(name, values)
+        kept[name] = values if everything else values[keep]
+        step_kinds[name] = BranchInfo(name, kind, dtype)
+    return kept, step_kinds, keep
+
+
+# -- per-file tasks: top-level functions, so that Dask and process pools can pickle them ---------
+def _fingerprint_task(source: FileSource) -> FileSpec:
+    """Open ``source`` (reading no data) and describe it."""
+    file, obj = open_tree(source)
+    try:
+        return fingerprint(source, file, obj.num_entries)
+    finally:
+        file.close()
+
+
+def _usable_task(source: FileSource, builder: SpecBuilder, include: Sequence[str] | None) -> list[str]:
+    """Names of the branches of ``source`` that ``builder`` would use."""
+    file, obj = open_tree(source)
+    try:
+        return [i.name for i in builder._usable(source, obj, include)[0]]
+    finally:
+        file.close()
+
+
+def _scan_task(source: FileSource, builder: SpecBuilder, include: Sequence[str] | None) -> Specs:
+    """Specs of one file: the unit of work of the first pass, merged in file order afterwards."""
+    return builder._scan_file(source, include)

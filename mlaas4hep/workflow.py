@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FileAccessError, ParameterError
+from .preproc import Preprocessing, load_preproc, translate_preproc
 from .reader import apportion
 from .specs import DEFAULT_EXCLUDE, Specs
 
@@ -330,7 +331,7 @@ class WorkflowParams:
             raise ParameterError(msg)
         normalization = merged["normalization"]
         if normalization not in ("minmax", "standard", None):
-            msg = f"{where}: 'normalization' must be \"minmax\", \"standard\" or null, got {normalization!r}"
+            msg = f'{where}: \'normalization\' must be "minmax", "standard" or null, got {normalization!r}'
             raise ParameterError(msg)
         params = cls(
             nevts=integer("nevts", 1, allow_minus_one=True),
@@ -514,12 +515,27 @@ class WorkflowResult:
     model_path: Path | None = None
 
 
+def _categorical_classes(model: Any) -> int | None:
+    """Number of classes when ``model`` is compiled with a categorical (not sparse) cross-entropy loss."""
+    loss = getattr(model, "loss", None)
+    name = loss if isinstance(loss, str) else getattr(loss, "name", None) or getattr(loss, "__name__", "")
+    if name not in ("categorical_crossentropy", "CategoricalCrossentropy"):
+        return None
+    try:
+        classes = int(model.output_shape[-1])
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return classes if classes > 1 else None
+
+
 def _predict(model: Any, seq: Any) -> tuple[np.ndarray, np.ndarray]:
     """Labels and model outputs over one full pass of ``seq``."""
     ys, ps = [], []
     for i in range(len(seq)):
-        X, y = seq[i]
-        ys.append(np.asarray(y).ravel())
+        X, y = seq[i][:2]  # batches may carry sample weights too
+        y = np.asarray(y)
+        # several classes: the last class against the rest, as the scores below
+        ys.append(y[:, -1] if y.ndim == 2 and y.shape[1] > 1 else y.ravel())
         ps.append(np.asarray(model.predict_on_batch(X)).reshape(len(X), -1)[:, -1])
     seq.on_epoch_end()
     return np.concatenate(ys), np.concatenate(ps)
@@ -533,6 +549,7 @@ def run_workflow(
     *,
     specs: str | os.PathLike[str] | Specs | None = None,
     fout: str | os.PathLike[str] | None = None,
+    preproc: str | os.PathLike[str] | Mapping[str, Any] | Preprocessing | None = None,
 ) -> WorkflowResult:
     """Run the original MLaaS4HEP workflow: specs, training on chunks, test-set metrics, plots.
 
@@ -552,6 +569,10 @@ def run_workflow(
         files, and (re)written otherwise.
     fout : path, optional
         Where to save the trained model (``--fout``); must end in ``.keras`` or ``.h5``.
+    preproc : path, mapping or Preprocessing, optional
+        The original's preproc.json (``--preproc``): new branches, cuts and
+        branches to drop, translated by :func:`mlaas4hep.preproc.translate_preproc`
+        into the sequences' ``cut``, ``aliases`` and ``exclude``.
 
     Returns
     -------
@@ -579,6 +600,8 @@ def run_workflow(
         raise ParameterError(msg)
     keras = import_keras(params.verbose)
     model_function = model if callable(model) else load_model_function(model)
+    if preproc is not None and not isinstance(preproc, Preprocessing):
+        preproc = load_preproc(preproc) if isinstance(preproc, (str, os.PathLike)) else translate_preproc(preproc)
     log.info("model parameters: %s", json.dumps({k: getattr(params, k) for k in DEFAULT_PARAMS}, default=list))
 
     if params.seed is not None:
@@ -594,13 +617,15 @@ def run_workflow(
         "seed": params.seed,
         "redirector": params.redirector,
         "normalization": params.normalization,
+        "cut": preproc.cut if preproc is not None else None,
+        "aliases": dict(preproc.aliases) if preproc is not None else None,
     }
     fractions = (params.validation_split, params.test_split)
     train = _make_sequence(
         "training",
         fractions,
         branches=list(params.selected_branches) or None,
-        exclude=params.exclude,
+        exclude=params.exclude + (list(preproc.exclude) if preproc is not None else []),
         specs=specs,
         shuffle=params.shuffle,
         **common,
@@ -632,6 +657,11 @@ def run_workflow(
             plots.append(plot_sequence_features(train, hist_dir / "features.pdf"))
 
         ml_model = model_function(train.num_features)
+        classes = _categorical_classes(ml_model)
+        if classes:  # as the original: a categorical cross-entropy loss gets one-hot labels
+            log.info("categorical cross-entropy loss: one-hot labels over %d classes", classes)
+            for seq in sequences:
+                seq.outputs.enable_one_hot(classes)
         if params.verbose >= 1 and hasattr(ml_model, "summary"):
             try:
                 ml_model.summary(print_fn=lambda line, *a, **k: log.info("%s", line))
@@ -659,6 +689,8 @@ def run_workflow(
                 results = ml_model.evaluate(evaluation, verbose=0, return_dict=True)
                 metrics = {k: float(v) for k, v in results.items()}
             y_true, scores = _predict(ml_model, evaluation)
+            if np.unique(y_true).size > 2:  # integer labels of several classes: the last one against the rest
+                y_true = (y_true == y_true.max()).astype(np.float32)
             from .plotting import auc_score, roc_curve
 
             fpr, tpr, _ = roc_curve(y_true, scores)
@@ -692,4 +724,3 @@ def run_workflow(
     finally:
         for seq in sequences:
             seq.close()
-

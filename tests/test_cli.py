@@ -60,7 +60,7 @@ SEED_PARAMS = {
 }
 
 # A keras.Model subclass with its own fit(x_train, y_train, **kwds), as the original's models.py.
-SUBCLASS_MODEL = '''\
+SUBCLASS_MODEL = """\
 import keras
 
 CALLS = []
@@ -85,7 +85,7 @@ def model(idim):
     my_model = MyModel(inner)
     my_model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy", keras.metrics.AUC(name="auc")])
     return my_model
-'''
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -235,7 +235,8 @@ def test_cli_errors_exit_2_with_message(demo_files, tmp_path, capsys):
     params.write_text("{}")
     with pytest.raises(SystemExit):
         workflow_main([*args, "--preproc", "preproc.py"])
-    assert "not supported yet" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--preproc" in err and "preproc.py" in err and "not found" in err
     with pytest.raises(SystemExit):
         workflow_main([*args, "--dtype", "csv"])
     assert "only ROOT files" in capsys.readouterr().err

@@ -75,7 +75,10 @@ def d(tmp_path_factory: pytest.TempPathFactory, make_tree) -> Path:
     met = rng.exponential(30.0, 100)
     met[[3, 10, 50]] = [np.nan, np.inf, -np.inf]
     jets = ak.Array([[1.0, np.nan], [np.inf], [], [2.0, 3.0]] * 25)
-    _write(d / "nan.root", {"uid": np.arange(100, dtype=np.int64), "MET_pt": met, "Jet_pt": jets, "const": np.full(100, 7.5)})
+    _write(
+        d / "nan.root",
+        {"uid": np.arange(100, dtype=np.int64), "MET_pt": met, "Jet_pt": jets, "const": np.full(100, 7.5)},
+    )
     (d / "corrupt.json").write_text('{"format": "mlaas4hep-specs", "branches": {')
     return d
 
@@ -94,34 +97,94 @@ def _other_specs(d: Path) -> Specs:
 CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
     # files
     ("missing file", lambda d: _seq(d, ["a.root", "nope.root"]), FileAccessError, "nope.root"),
-    ("missing file, specs given", lambda d: _seq(d, ["a.root", "nope.root"], specs=_other_specs(d)), FileAccessError, "nope.root"),
+    (
+        "missing file, specs given",
+        lambda d: _seq(d, ["a.root", "nope.root"], specs=_other_specs(d)),
+        FileAccessError,
+        "nope.root",
+    ),
     ("not ROOT", lambda d: _seq(d, ["a.root", "text.root"]), FileAccessError, "text.root"),
     ("truncated", lambda d: _seq(d, ["a.root", "half.root"]), FileAccessError, "half.root"),
-    ("truncated, specs given", lambda d: _seq(d, ["a.root", "half.root"], specs=_other_specs(d)), FileAccessError, "half.root"),
+    (
+        "truncated, specs given",
+        lambda d: _seq(d, ["a.root", "half.root"], specs=_other_specs(d)),
+        FileAccessError,
+        "half.root",
+    ),
     ("directory", lambda d: _seq(d, ["a.root", "folder.root"]), FileAccessError, "folder.root"),
     # trees
     ("missing tree", lambda d: _seq(d, tree="Tree"), TreeError, "'Tree'"),
     ("missing tree, specs given", lambda d: _seq(d, tree="Tree", specs=_other_specs(d)), TreeError, "'Tree'"),
     ("histogram, not a tree", lambda d: _seq(d, ["a.root", "hist.root:h"]), TreeError, "hist.root"),
     ("empty tree", lambda d: _seq(d, ["a.root", "empty.root"]), TreeError, "empty.root"),
-    ("empty tree, specs given", lambda d: _seq(d, ["a.root", "empty.root"], specs=_other_specs(d)), TreeError, "empty.root"),
+    (
+        "empty tree, specs given",
+        lambda d: _seq(d, ["a.root", "empty.root"], specs=_other_specs(d)),
+        TreeError,
+        "empty.root",
+    ),
     # branches
-    ("selected branch missing", lambda d: _seq(d, ["a.root", "nojets.root"], branches=["uid", "Jet_pt"]), BranchError, "nojets.root"),
-    ("selected branch missing (name)", lambda d: _seq(d, ["a.root", "nojets.root"], branches=["uid", "Jet_pt"]), BranchError, "Jet_pt"),
-    ("branch sets differ", lambda d: _seq(d, ["a.root", "b.root", "nojets.root"]), BranchError, r"nojets\.root.*lacks.*Jet_pt"),
-    ("branch from specs missing", lambda d: _seq(d, ["a.root", "nojets.root"], specs=SpecBuilder(d / "a.root").build()), BranchError, r"nojets\.root.*Jet_eta"),
+    (
+        "selected branch missing",
+        lambda d: _seq(d, ["a.root", "nojets.root"], branches=["uid", "Jet_pt"]),
+        BranchError,
+        "nojets.root",
+    ),
+    (
+        "selected branch missing (name)",
+        lambda d: _seq(d, ["a.root", "nojets.root"], branches=["uid", "Jet_pt"]),
+        BranchError,
+        "Jet_pt",
+    ),
+    (
+        "branch sets differ",
+        lambda d: _seq(d, ["a.root", "b.root", "nojets.root"]),
+        BranchError,
+        r"nojets\.root.*lacks.*Jet_pt",
+    ),
+    (
+        "branch from specs missing",
+        lambda d: _seq(d, ["a.root", "nojets.root"], specs=SpecBuilder(d / "a.root").build()),
+        BranchError,
+        r"nojets\.root.*Jet_eta",
+    ),
     ("every branch excluded", lambda d: _seq(d, exclude=["*"]), BranchError, "exclude"),
     ("pattern matches nothing", lambda d: _seq(d, branches=["Muon_*"]), BranchError, "Muon_"),
-    ("string selected", lambda d: _seq(d, ["odd.root"], labels=None, branches=["x", "name"]), BranchError, r"'name' \(string\)"),
-    ("object selected", lambda d: _seq(d, ["odd.root"], labels=None, branches=["x", "rec"]), BranchError, r"'rec' \(object\)"),
-    ("doubly-jagged selected", lambda d: _seq(d, ["odd.root"], labels=None, branches=["dj"]), BranchError, r"'dj' \(doubly-jagged\)"),
+    (
+        "string selected",
+        lambda d: _seq(d, ["odd.root"], labels=None, branches=["x", "name"]),
+        BranchError,
+        r"'name' \(string\)",
+    ),
+    (
+        "object selected",
+        lambda d: _seq(d, ["odd.root"], labels=None, branches=["x", "rec"]),
+        BranchError,
+        r"'rec' \(object\)",
+    ),
+    (
+        "doubly-jagged selected",
+        lambda d: _seq(d, ["odd.root"], labels=None, branches=["dj"]),
+        BranchError,
+        r"'dj' \(doubly-jagged\)",
+    ),
     # labels
     ("too few labels", lambda d: _seq(d, labels=[1]), ParameterError, "labels"),
     ("too many labels", lambda d: _seq(d, labels=[1, 0, 1]), ParameterError, "3 labels for 2 files"),
     ("label branch missing", lambda d: _seq(d, labels="isSignal"), BranchError, "isSignal"),
-    ("label branch missing in one file", lambda d: _seq(d, ["a.root", "nojets.root"], labels="nPV", branches=["uid"]), BranchError, r"'nPV'.*nojets\.root"),
+    (
+        "label branch missing in one file",
+        lambda d: _seq(d, ["a.root", "nojets.root"], labels="nPV", branches=["uid"]),
+        BranchError,
+        r"'nPV'.*nojets\.root",
+    ),
     ("label branch jagged", lambda d: _seq(d, labels="Jet_pt"), BranchError, "'Jet_pt'.*jagged"),
-    ("label branch string", lambda d: _seq(d, ["odd.root"], labels="name", branches=["x"]), BranchError, "'name'.*string"),
+    (
+        "label branch string",
+        lambda d: _seq(d, ["odd.root"], labels="name", branches=["x"]),
+        BranchError,
+        "'name'.*string",
+    ),
     # sizes and split
     ("batch_size > chunk_size", lambda d: _seq(d, batch_size=200, chunk_size=100), ParameterError, "batch_size=200"),
     ("batch_size zero", lambda d: _seq(d, batch_size=0), ParameterError, "batch_size"),
@@ -132,9 +195,24 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
     ("nevts zero", lambda d: _seq(d, nevts=0), ParameterError, "nevts"),
     ("nevts negative", lambda d: _seq(d, nevts=-7), ParameterError, "nevts"),
     ("cache_chunks zero", lambda d: _seq(d, cache_chunks=0), ParameterError, "cache_chunks"),
-    ("validation_split 1", lambda d: _seq(d, validation_split=1.0, subset="training"), ParameterError, "validation_split"),
-    ("validation_split negative", lambda d: _seq(d, validation_split=-0.1, subset="training"), ParameterError, "validation_split"),
-    ("validation_split NaN", lambda d: _seq(d, validation_split=float("nan"), subset="training"), ParameterError, "validation_split"),
+    (
+        "validation_split 1",
+        lambda d: _seq(d, validation_split=1.0, subset="training"),
+        ParameterError,
+        "validation_split",
+    ),
+    (
+        "validation_split negative",
+        lambda d: _seq(d, validation_split=-0.1, subset="training"),
+        ParameterError,
+        "validation_split",
+    ),
+    (
+        "validation_split NaN",
+        lambda d: _seq(d, validation_split=float("nan"), subset="training"),
+        ParameterError,
+        "validation_split",
+    ),
     ("unknown subset", lambda d: _seq(d, validation_split=0.2, subset="test"), ParameterError, "'test'"),
     ("subset without split", lambda d: _seq(d, subset="validation"), ParameterError, "validation_split"),
     ("split without subset", lambda d: _seq(d, validation_split=0.2), ParameterError, "subset"),
@@ -143,9 +221,24 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
     ("no files", lambda d: RootSequence([], labels=[]), ParameterError, "no input files"),
     # specs
     ("corrupt specs JSON", lambda d: _seq(d, specs=d / "corrupt.json"), SpecsError, "corrupt.json"),
-    ("specs lack selected branches", lambda d: _seq(d, branches=["uid", "Jet_pt"], specs=_other_specs(d)), SpecsError, "Jet_pt"),
-    ("label branch missing, specs given", lambda d: _seq(d, labels="isSignal", specs=_other_specs(d)), BranchError, "isSignal"),
-    ("specs with only the label", lambda d: _seq(d, labels="MET_pt", specs=_other_specs(d), branches=["MET_pt"]), SpecsError, "MET_pt"),
+    (
+        "specs lack selected branches",
+        lambda d: _seq(d, branches=["uid", "Jet_pt"], specs=_other_specs(d)),
+        SpecsError,
+        "Jet_pt",
+    ),
+    (
+        "label branch missing, specs given",
+        lambda d: _seq(d, labels="isSignal", specs=_other_specs(d)),
+        BranchError,
+        "isSignal",
+    ),
+    (
+        "specs with only the label",
+        lambda d: _seq(d, labels="MET_pt", specs=_other_specs(d), branches=["MET_pt"]),
+        SpecsError,
+        "MET_pt",
+    ),
 ]
 
 
@@ -204,7 +297,9 @@ def test_nan_and_inf_never_reach_the_model(d, normalization):
     assert met.nonfinite == 3 and met.count == 97
     assert np.isfinite([met.min, met.max, met.mean, met.std]).all()
     assert specs["Jet_pt"].nonfinite == 50 and specs["Jet_pt"].max == 3.0
-    seq = RootSequence(files, labels=[1], specs=specs, batch_size=25, chunk_size=50, normalization=normalization, pad_value=-1.0)
+    seq = RootSequence(
+        files, labels=[1], specs=specs, batch_size=25, chunk_size=50, normalization=normalization, pad_value=-1.0
+    )
     for i in range(len(seq)):
         x, y = seq[i]
         assert np.isfinite(x).all() and np.isfinite(y).all()

@@ -62,7 +62,9 @@ def test_plan_respects_entry_ranges_and_one_chunk_mode():
 def test_parse_sources_tree_suffix_and_redirector(tmp_path):
     local = tmp_path / "a.root"
     local.touch()
-    sources = parse_sources([str(local), "b.root:tree", "root://host:1094//store/c.root:Events"], redirector="root://redir/")
+    sources = parse_sources(
+        [str(local), "b.root:tree", "root://host:1094//store/c.root:Events"], redirector="root://redir/"
+    )
     assert sources[0] == FileSource(str(local), "Events")
     assert sources[1] == FileSource("root://redir/b.root", "tree")
     assert sources[2] == FileSource("root://host:1094//store/c.root", "Events")

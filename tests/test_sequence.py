@@ -5,7 +5,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from mlaas4hep import ParameterError, RootSequence, SpecBuilder  # noqa: E402
+from mlaas4hep import ParameterError, RootSequence  # noqa: E402
 
 
 def _ids(seq: RootSequence, order=None) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +52,6 @@ def test_same_seed_same_batches_and_repeated_index(two_files):
     np.testing.assert_array_equal(_ids(a)[0], _ids(b)[0])
     c = _make(two_files, batch_size=50, chunk_size=400, seed=4)
     assert not np.array_equal(_ids(a)[0], _ids(c)[0])
-
 
 
 def test_requests_outside_an_epoch_are_previews(two_files):
@@ -130,7 +129,9 @@ def test_bad_parameters(two_files, kwargs, match):
 
 
 def _model(idim: int) -> keras.Model:
-    model = keras.Sequential([keras.Input((idim,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential(
+        [keras.Input((idim,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, activation="sigmoid")]
+    )
     model.compile(optimizer="adam", loss="binary_crossentropy")
     return model
 

@@ -1,0 +1,236 @@
+"""Remote files over real servers on loopback: XRootD (``root://``) and HTTP with range requests.
+
+The servers are started by the tests (``servers.py``). Without the xrootd daemon or
+the client packages these tests skip, except under CI, where they fail.
+Each test checks that every event of an epoch is served exactly once; the fault
+tests stop the server in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_tree
+from servers import HTTPServer, XRootDServer, start_xrootd, unavailable
+
+from mlaas4hep import FileAccessError, _remote  # before keras, as the docs advise: XRootD can then load here
+
+keras = pytest.importorskip("keras")
+
+from mlaas4hep import RootSequence  # noqa: E402
+
+ID = 1_000_000  # uid = file_id * ID + entry
+SIZES = (600, 900)
+#: XRootD client settings that make a dead server fail in a second rather than minutes
+XRD_FAST = {"ConnectionWindow": 1, "ConnectionRetry": 1, "RequestTimeout": 5, "StreamErrorWindow": 0}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two small files with many baskets, so every chunk makes its own requests."""
+    directory = tmp_path_factory.mktemp("served")
+    for file_id, n in enumerate(SIZES):
+        write_tree(directory / f"f{file_id}.root", n, seed=file_id, file_id=file_id, basket=100)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def xrootd(served: Path):
+    if importlib.util.find_spec("XRootD") is None:
+        unavailable("the XRootD client is not installed: pip install 'mlaas4hep[xrootd]'")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in XRD_FAST.items():  # for helper processes started from now on
+            mp.setenv(f"XRD_{key.upper()}", str(value))
+        if "XRootD.client" in sys.modules:  # for this process (never import it here after TensorFlow)
+            client = sys.modules["XRootD.client"]
+            for key, value in XRD_FAST.items():
+                client.EnvPutInt(key, value)
+        server = start_xrootd(served)
+        yield server
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def http(served: Path):
+    if importlib.util.find_spec("aiohttp") is None:
+        unavailable("aiohttp is not installed: pip install 'mlaas4hep[http]'")
+    server = HTTPServer(served)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["in-process", "helper"])
+def xrootd_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Read root:// in this process, or through the helper process used once TensorFlow is loaded."""
+    if request.param == "helper":
+        monkeypatch.setattr(_remote, "_xrootd_in_process", lambda: False)
+    elif "XRootD.client" not in sys.modules:
+        pytest.skip("TensorFlow was imported first here: XRootD can only be read through the helper")
+    return request.param
+
+
+def sequence(files: list[str], **kw) -> RootSequence:
+    args = dict(labels=[1, 0], branches=["uid", "MET_pt", "Jet_pt"], normalization=None, batch_size=50)
+    args.update(chunk_size=300, seed=3, prefetch=0, retry_backoff=0.2)
+    return RootSequence(files, **{**args, **kw})
+
+
+def serve_epoch(seq: RootSequence, after: int = -1, fault=None) -> np.ndarray:
+    """The uids of one epoch, calling ``fault()`` after batch ``after``."""
+    column = seq.feature_names.index("uid")
+    seq.on_epoch_begin()
+    uids = []
+    for i in range(len(seq)):
+        x, _ = seq[i]
+        uids.append(x[:, column].astype(np.int64))
+        if i == after:
+            fault()
+    seq.on_epoch_end()
+    return np.concatenate(uids)
+
+
+def check_exactly_once(uids: np.ndarray) -> None:
+    expected = np.concatenate([f * ID + np.arange(n) for f, n in enumerate(SIZES)])
+    assert len(uids) == len(expected)
+    assert np.array_equal(np.sort(uids), expected)
+
+
+# -- XRootD -----------------------------------------------------------------------------------
+
+
+def test_xrootd_epoch_exactly_once(xrootd: XRootDServer, xrootd_mode: str):
+    seq = sequence([xrootd.url("f0.root"), xrootd.url("f1.root")])
+    try:
+        check_exactly_once(serve_epoch(seq))
+        source = seq.reader._open[0][0].file.source
+        assert type(source).__name__ == ("XRootDSource" if xrootd_mode == "in-process" else "WorkerXRootDSource")
+    finally:
+        seq.close()
+
+
+def test_xrootd_redirector_with_bare_names(xrootd: XRootDServer, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the bare names do not exist here, so they get the prefix
+    seq = sequence(["f0.root", "f1.root"], redirector=xrootd.redirector)
+    try:
+        assert [s.path for s in seq.sources] == [xrootd.url("f0.root"), xrootd.url("f1.root")]
+        check_exactly_once(serve_epoch(seq))
+    finally:
+        seq.close()
+
+
+@pytest.mark.slow
+def test_xrootd_trains(xrootd: XRootDServer):
+    seq = sequence([xrootd.url("f0.root"), xrootd.url("f1.root")], normalization="minmax", prefetch=2)
+    model = keras.Sequential([keras.Input((seq.num_features,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile("adam", "binary_crossentropy")
+    try:
+        history = model.fit(seq, epochs=2, verbose=0)
+    finally:
+        seq.close()
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+
+
+@pytest.mark.slow
+def test_xrootd_after_keras_in_a_fresh_interpreter(xrootd: XRootDServer):
+    """`import keras` and then `import XRootD.client` crashes; mlaas4hep must read root:// anyway."""
+    code = f"""
+import keras, sys
+import numpy as np
+from mlaas4hep import RootSequence
+assert "tensorflow" in sys.modules and "XRootD.client" not in sys.modules
+seq = RootSequence({[xrootd.url("f0.root"), xrootd.url("f1.root")]!r}, labels=[1, 0], branches=["uid"],
+                   normalization=None, batch_size=100, chunk_size=500, seed=1)
+uids = np.sort(np.concatenate([seq[i][0][:, 0] for i in range(len(seq))]).astype(np.int64))
+assert np.array_equal(uids, np.concatenate([np.arange(600), {ID} + np.arange(900)])), uids
+assert "XRootD.client" not in sys.modules  # read through the helper process
+print("served", len(uids))
+"""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, f"exit status {run.returncode}\n{run.stdout}\n{run.stderr[-3000:]}"
+    assert "served 1500" in run.stdout
+
+
+def test_xrootd_server_restarts_mid_epoch(xrootd: XRootDServer, xrootd_mode: str, caplog):
+    seq = sequence([xrootd.url("f0.root"), xrootd.url("f1.root")], retries=4)
+    restart = threading.Timer(0.5, xrootd.start)
+
+    def restart_later() -> None:
+        xrootd.stop()
+        restart.start()
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="mlaas4hep.reader"):
+            uids = serve_epoch(seq, after=7, fault=restart_later)
+    finally:
+        seq.close()
+        restart.join(15)  # the server listens again before the next test
+    check_exactly_once(uids)
+    assert any("retry 1 of 4" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_xrootd_server_stays_down(xrootd: XRootDServer, xrootd_mode: str):
+    seq = sequence([xrootd.url("f0.root"), xrootd.url("f1.root")], retries=2, retry_backoff=0.05)
+    try:
+        with pytest.raises(FileAccessError, match=r"root://localhost:\d+//.*f[01]\.root.*tried 3 times"):
+            serve_epoch(seq, after=3, fault=xrootd.stop)
+    finally:
+        seq.close()
+        xrootd.start()
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+
+
+def test_http_epoch_exactly_once(http: HTTPServer):
+    seq = sequence([http.url("f0.root"), http.url("f1.root")])
+    try:
+        check_exactly_once(serve_epoch(seq))
+    finally:
+        seq.close()
+
+
+def test_http_server_restarts_mid_epoch(http: HTTPServer, caplog):
+    seq = sequence([http.url("f0.root"), http.url("f1.root")], retries=4)
+    restart = threading.Timer(0.5, http.start)
+
+    def restart_later() -> None:
+        http.stop()
+        restart.start()
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="mlaas4hep.reader"):
+            uids = serve_epoch(seq, after=7, fault=restart_later)
+    finally:
+        seq.close()
+        restart.join(15)
+    check_exactly_once(uids)
+    assert any("retry 1 of 4" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_http_server_stays_down(http: HTTPServer):
+    seq = sequence([http.url("f0.root"), http.url("f1.root")], retries=2, retry_backoff=0.05)
+    try:
+        with pytest.raises(FileAccessError, match=r"http://127\.0\.0\.1:\d+/f[01]\.root.*tried 3 times"):
+            serve_epoch(seq, after=3, fault=http.stop)
+    finally:
+        seq.close()
+        http.start()
+
+
+def test_missing_client_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(_remote, "_installed", lambda module: False)
+    with pytest.raises(FileAccessError, match=r"pip install 'mlaas4hep\[xrootd\]'"):
+        _remote.open_options("root://localhost:1094//data/f.root")
+    with pytest.raises(FileAccessError, match=r"pip install 'mlaas4hep\[http\]'"):
+        _remote.open_options("https://example.org/f.root")
+    assert _remote.open_options("/data/f.root") == {}
