@@ -24,7 +24,9 @@ from .errors import (
     TreeError,
 )
 from .flatten import JaggedFlattener
+from .preproc import load_preproc, translate_preproc
 from .reader import ChunkPlan, ChunkReader
+from .selection import Selection
 from .sources import FileSource
 from .specs import BranchSpec, SpecBuilder, Specs
 
@@ -41,6 +43,7 @@ __all__ = [
     "MLaaS4HEPError",
     "ParameterError",
     "RootSequence",
+    "Selection",
     "SkippedBranchWarning",
     "SpecBuilder",
     "Specs",
@@ -48,6 +51,8 @@ __all__ = [
     "SpecsMismatchWarning",
     "TreeError",
     "__version__",
+    "load_preproc",
+    "translate_preproc",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
