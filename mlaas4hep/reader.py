@@ -397,13 +397,15 @@ class ChunkReader:
         wanted = frozenset(names)
         if self._executor is None:
             self._executor = uproot.source.futures.ThreadPoolExecutor(max_workers=2)
-        return tree.arrays(
+        arrays = tree.arrays(
             filter_name=wanted.__contains__,  # a set look-up: a list of names is matched like globs
             entry_start=start,
             entry_stop=stop,
             library="ak",
             decompression_executor=self._executor,
         )
+        self.bytes_read += arrays.layout.nbytes
+        return arrays
 
     def _cluster_users(self, i: int, m: int, offsets: np.ndarray) -> int:
         """How many chunks of the plan read part of cluster ``m`` of file ``i``."""
@@ -431,7 +433,7 @@ class ChunkReader:
             [self.label_branch] if self.label_branch and self.label_branch not in self.branches else []
         )
         pieces, labels, files, entries = [], [], [], []
-        nbytes = 0
+        bytes_before = self.bytes_read
         for i in np.flatnonzero(self.plan.counts[k]):
             start = int(self.plan.starts[k, i])
             stop = start + int(self.plan.counts[k, i])
@@ -440,7 +442,6 @@ class ChunkReader:
                 chosen = chosen[start:stop]
                 start, stop = int(chosen[0]), int(chosen[-1]) + 1
             parts = self._read_retrying(int(i), start, stop, names)
-            nbytes += sum(part.layout.nbytes for part in parts)
             if chosen is not None and len(chosen) < stop - start:
                 parts = _keep(parts, chosen - start)
             pieces.extend(parts)
@@ -460,7 +461,7 @@ class ChunkReader:
         )
         dt = time.perf_counter() - t0
         self.reads += 1
-        self.bytes_read += nbytes
+        nbytes = self.bytes_read - bytes_before  # decoded from the file for this chunk (kept clusters not counted)
         log.info(
             "read chunk %d: %d entries, %d branches, %.1f MB, %.3f sec, %.1f MB/sec, %.1f kHz",
             k,
