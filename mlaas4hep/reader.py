@@ -29,7 +29,7 @@ import uproot
 from .errors import FileAccessError, MLaaS4HEPError, ParameterError
 from .sources import FileSource, open_tree
 
-__all__ = ["Chunk", "ChunkPlan", "ChunkReader", "apportion"]
+__all__ = ["Chunk", "ChunkPlan", "ChunkReader", "apportion", "split_entries"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,28 @@ def apportion(total: int, weights: Sequence[int] | np.ndarray) -> np.ndarray:
         order = np.lexsort((np.arange(len(w)), -remainder))
         parts[order[:left]] += 1
     return parts
+
+
+def split_entries(n: int, validation_split: float, test_split: float) -> dict[str | None, tuple[int, int]]:
+    """Entry ranges ``(start, stop)`` of one file's ``n`` used events for each subset.
+
+    The events are cut in order: training first, then ``validation_split`` of
+    them for validation, then the last ``test_split`` for testing; the key
+    ``None`` (no split) covers them all.
+
+    Examples
+    --------
+    >>> split_entries(100, 0.2, 0.1)["validation"]
+    (70, 90)
+    """
+    n_test = int(n * test_split)
+    n_val = int(n * validation_split)
+    return {
+        None: (0, n),
+        "training": (0, n - n_val - n_test),
+        "validation": (n - n_val - n_test, n - n_test),
+        "test": (n - n_test, n),
+    }
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import BranchError, ParameterError, SpecsError, TreeError
 from .flatten import JaggedFlattener
-from .reader import Chunk, ChunkReader, apportion
+from .reader import Chunk, ChunkReader, apportion, split_entries
 from .selection import Selection, decode_mask
 from .sources import DEFAULT_TREE, FileSource, describe_branches, open_tree, parse_sources
 from .specs import DEFAULT_EXCLUDE, SpecBuilder, Specs, scan_selection
@@ -30,7 +30,7 @@ __all__ = ["RootSequence", "shard_layout"]
 
 log = logging.getLogger(__name__)
 
-SUBSETS = ("training", "validation")
+SUBSETS = ("training", "validation", "test")
 
 
 @dataclass
@@ -184,9 +184,13 @@ class RootSequence(keras.utils.PyDataset):
         (rebuilt with a warning if it does not match the files; written if
         missing), or None to make them with a first pass over the files.
     validation_split : float, optional
-        Fraction of each file's events kept for validation (its last entries),
-        as ``keras.utils.image_dataset_from_directory``; requires ``subset``.
-    subset : {"training", "validation"}, optional
+        Fraction of each file's events kept for validation (its last entries,
+        or the ones just before the test part), as
+        ``keras.utils.image_dataset_from_directory``; requires ``subset``.
+    test_split : float, optional
+        Fraction of each file's events held out as a test set: its last entries.
+        Each file's events are cut in order: training, then validation, then test.
+    subset : {"training", "validation", "test"}, optional
         Which part of the split this sequence serves.
     normalization : {"minmax", "standard", None}
         See :class:`~mlaas4hep.JaggedFlattener`.
@@ -294,6 +298,7 @@ class RootSequence(keras.utils.PyDataset):
         seed: int | None = None,
         specs: Specs | str | os.PathLike[str] | None = None,
         validation_split: float | None = None,
+        test_split: float | None = None,
         subset: str | None = None,
         normalization: str | None = "minmax",
         pad_value: float = 0.0,
@@ -315,7 +320,7 @@ class RootSequence(keras.utils.PyDataset):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         _check_sizes(batch_size, chunk_size, nevts, cache_chunks)
         _check_shards(shard_index, num_shards, shuffle, seed)
-        _check_split(validation_split, subset)
+        _check_split(validation_split, test_split, subset)
         self.sources = parse_sources(files, tree, redirector)
         if not self.sources:
             msg = "no input files given"
@@ -325,6 +330,7 @@ class RootSequence(keras.utils.PyDataset):
         self.shuffle = bool(shuffle)
         self.seed = int(np.random.default_rng().integers(2**31)) if seed is None else int(seed)
         self.validation_split = validation_split
+        self.test_split = test_split
         self.subset = subset
 
         label_branch = labels if isinstance(labels, str) else None
@@ -533,11 +539,9 @@ class RootSequence(keras.utils.PyDataset):
             used = np.asarray(entries, dtype=np.int64)
         else:
             used = apportion(nevts, entries)
-        ranges = []
-        for n in used.tolist():
-            n_val = int(n * self.validation_split) if self.validation_split else 0
-            ranges.append((0, n - n_val) if self.subset != "validation" else (n - n_val, n))
-        return ranges
+        return [
+            split_entries(n, self.validation_split or 0.0, self.test_split or 0.0)[self.subset] for n in used.tolist()
+        ]
 
     # -- epoch state --------------------------------------------------------------------------
     def _order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -869,16 +873,26 @@ def _check_sizes(batch_size: int, chunk_size: int, nevts: int, cache_chunks: int
         raise ParameterError(msg)
 
 
-def _check_split(validation_split: float | None, subset: str | None) -> None:
-    if validation_split is not None and not 0 <= validation_split < 1:
-        msg = f"validation_split must be in [0, 1), got {validation_split!r}"
+def _check_split(validation_split: float | None, test_split: float | None, subset: str | None) -> None:
+    for name, value in (("validation_split", validation_split), ("test_split", test_split)):
+        if value is not None and not 0 <= value < 1:
+            msg = f"{name} must be in [0, 1), got {value!r}"
+            raise ParameterError(msg)
+    if (validation_split or 0) + (test_split or 0) >= 1:
+        msg = f"validation_split + test_split must be below 1, got {validation_split} + {test_split}"
         raise ParameterError(msg)
     if subset is not None and subset not in SUBSETS:
         msg = f"subset must be one of {SUBSETS}, got {subset!r}"
         raise ParameterError(msg)
-    if subset is not None and not validation_split:
-        msg = f"subset={subset!r} needs a validation_split in (0, 1)"
+    if subset is not None and not (validation_split or test_split):
+        msg = f"subset={subset!r} needs a validation_split or test_split in (0, 1)"
         raise ParameterError(msg)
-    if validation_split and subset is None:
-        msg = 'validation_split needs subset="training" or subset="validation"'
+    if subset == "validation" and not validation_split:
+        msg = 'subset="validation" needs a validation_split in (0, 1)'
+        raise ParameterError(msg)
+    if subset == "test" and not test_split:
+        msg = 'subset="test" needs a test_split in (0, 1)'
+        raise ParameterError(msg)
+    if (validation_split or test_split) and subset is None:
+        msg = 'validation_split and test_split need subset="training", "validation" or "test"'
         raise ParameterError(msg)

@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import FileAccessError, ParameterError
 from .preproc import Preprocessing, load_preproc, translate_preproc
-from .reader import apportion
+from .reader import apportion, split_entries
 from .specs import DEFAULT_EXCLUDE, Specs
 
 __all__ = [
@@ -410,31 +410,18 @@ def split_ranges(
     used = np.asarray(entries, dtype=np.int64) if nevts == -1 or nevts >= total else apportion(nevts, entries)
     parts: dict[str, list[tuple[int, int]]] = {"training": [], "validation": [], "test": []}
     for n in used.tolist():
-        n_test = int(n * test_split)
-        n_val = int(n * validation_split)
-        parts["training"].append((0, n - n_val - n_test))
-        parts["validation"].append((n - n_val - n_test, n - n_test))
-        parts["test"].append((n - n_test, n))
+        ranges = split_entries(n, validation_split, test_split)
+        for name, part in parts.items():
+            part.append(ranges[name])
     return parts
 
 
 def _make_sequence(part: str, fractions: tuple[float, float], **kwargs: Any) -> Any:
-    """A RootSequence serving one part of :func:`split_ranges`."""
+    """A RootSequence serving one part of the three-way split (see :func:`split_ranges`)."""
     from .sequence import RootSequence
 
-    class _PartSequence(RootSequence):  # type: ignore[misc]
-        def _ranges(self, entries: list[int] | None, nevts: int) -> list[tuple[int, int]]:
-            if entries is None:
-                from .reader import ChunkReader
-
-                entries = [ChunkReader._entries(s) for s in self.sources]
-            if nevts > sum(entries):
-                log.warning("nevts=%d is more than the %d events in the files; using all", nevts, sum(entries))
-            return split_ranges(entries, nevts, *fractions)[part]
-
-    seq = _PartSequence(**kwargs)
-    seq.subset = part
-    return seq
+    validation_split, test_split = fractions
+    return RootSequence(validation_split=validation_split or None, test_split=test_split or None, subset=part, **kwargs)
 
 
 # -- training ---------------------------------------------------------------------------------

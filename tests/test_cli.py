@@ -286,7 +286,7 @@ def test_subclass_fit_receives_the_sequences(tmp_path, make_tree, caplog):
     params = {"epochs": 2, "chunk_size": 500, "batch_size": 50, "verbose": 1, "seed": 1, "exclude_branches": "run,uid"}
     result = run_workflow(files, [1, 0], tmp_path / "my_model.py", params)
     module = sys.modules[type(result.model).__module__]
-    assert module.CALLS == [("_PartSequence", None, ["callbacks", "epochs", "validation_data", "verbose"])]
+    assert module.CALLS == [("RootSequence", None, ["callbacks", "epochs", "validation_data", "verbose"])]
     assert len(result.history["loss"]) == 2 and "val_auc" in result.history
     assert set(result.metrics) >= {"loss", "accuracy", "auc", "roc_auc"}
     assert 0.5 < result.metrics["roc_auc"] <= 1

@@ -213,7 +213,7 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
         ParameterError,
         "validation_split",
     ),
-    ("unknown subset", lambda d: _seq(d, validation_split=0.2, subset="test"), ParameterError, "'test'"),
+    ("unknown subset", lambda d: _seq(d, validation_split=0.2, subset="testing"), ParameterError, "'testing'"),
     ("subset without split", lambda d: _seq(d, subset="validation"), ParameterError, "validation_split"),
     ("split without subset", lambda d: _seq(d, validation_split=0.2), ParameterError, "subset"),
     ("empty validation", lambda d: _seq(d, validation_split=0.001, subset="validation"), ParameterError, "validation"),

@@ -170,3 +170,17 @@ def test_fit_with_two_worker_threads_serves_each_event_once(two_files):
     assert set(values) == set(range(1200)) | set(range(1_000_000, 1_001_800))
     assert counts.sum() - 3000 <= 2 * 50
     assert seq.chunk_reads <= len(seq.reader) + 1
+
+
+def test_three_way_split_is_disjoint_and_complete(two_files):
+    kw = {"batch_size": 20, "chunk_size": 300, "validation_split": 0.2, "test_split": 0.1, "seed": 2}
+    parts = {s: _ids(_make(two_files, subset=s, **kw))[0] for s in ("training", "validation", "test")}
+    assert [len(parts[s]) for s in ("training", "validation", "test")] == [2100, 600, 300]
+    everything = np.concatenate(list(parts.values()))
+    assert len(np.unique(everything)) == 3000
+    # the test part is each file's last tenth
+    assert (parts["test"] % 1_000_000).min() >= 1080 and (parts["test"] >= 1_000_000).sum() == 180
+    with pytest.raises(ParameterError, match="test_split"):
+        _make(two_files, subset="test", validation_split=0.2)
+    with pytest.raises(ParameterError, match="below 1"):
+        _make(two_files, subset="training", validation_split=0.6, test_split=0.5)
