@@ -45,8 +45,6 @@ class _Decoded:
     X: np.ndarray
     M: np.ndarray | None
     y: np.ndarray | None
-    file_index: np.ndarray
-    entry: np.ndarray
     buffer: np.ndarray | None = None
     users: int = 0
     evicted: bool = False
@@ -721,10 +719,10 @@ class RootSequence(keras.utils.PyDataset):
             buffer = np.empty((self._rows_per_chunk, self.num_features), dtype=np.float32)
         X, M = self.flattener.transform(pieces, order=order, mask=self.with_mask, out=buffer[:n])
         if order is None:
-            return _Decoded(X, M, y, chunk.file_index, chunk.entry, buffer, w=w)
+            return _Decoded(X, M, y, buffer, w=w)
         y = None if y is None else y[order]
         w = None if w is None else w[order]
-        return _Decoded(X, M, y, chunk.file_index[order], chunk.entry[order], buffer, w=w)
+        return _Decoded(X, M, y, buffer, w=w)
 
     def _derive(self, pieces: list[Any], names: Sequence[str] | None = None) -> list[Any]:
         """The pieces of a chunk with the aliases among ``names`` (default: features, targets, weights) added."""
