@@ -21,15 +21,14 @@ dropped from the features).
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .errors import FileAccessError, ParameterError
+from ._json import read_json
+from .errors import ParameterError
 from .selection import Selection
 
 __all__ = ["Preprocessing", "load_preproc", "translate_preproc"]
@@ -184,13 +183,5 @@ def load_preproc(path: str | os.PathLike[str]) -> Preprocessing:
     ParameterError
         If it is not valid JSON or not a valid preproc.json.
     """
-    where = os.fspath(path)
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError as err:
-        msg = f"--preproc: preproc file {where!r} not found"
-        raise FileAccessError(msg) from err
-    except json.JSONDecodeError as err:
-        msg = f"--preproc: {where!r} is not valid JSON: {err}"
-        raise ParameterError(msg) from err
-    return translate_preproc(data, f"--preproc {where!r}")
+    data = read_json(path, "--preproc", "preproc file")
+    return translate_preproc(data, f"--preproc {os.fspath(path)!r}")

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ._json import read_json
 from .errors import FileAccessError, ParameterError
 from .preproc import Preprocessing, load_preproc, translate_preproc
 from .reader import apportion, split_entries
@@ -380,14 +381,7 @@ def load_params(path: str | os.PathLike[str]) -> WorkflowParams:
         If it is not a JSON object, or a key is unknown or has a wrong value.
     """
     where = os.fspath(path)
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError as err:
-        msg = f"--params: params file {where!r} not found"
-        raise FileAccessError(msg) from err
-    except json.JSONDecodeError as err:
-        msg = f"--params: {where!r} is not valid JSON: {err}"
-        raise ParameterError(msg) from err
+    data = read_json(path, "--params", "params file")
     if not isinstance(data, dict):
         msg = f"--params: {where!r} holds a {type(data).__name__}, not a JSON object"
         raise ParameterError(msg)
