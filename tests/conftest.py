@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+import threading
 from pathlib import Path
 
 import awkward as ak
@@ -40,6 +44,22 @@ def write_tree(path: Path, n: int, *, seed: int, file_id: int = 0, tree: str = "
         step = basket or n
         for start in range(0, n, step):
             t.extend({k: v[start : start + step] for k, v in data.items()})
+    return path
+
+
+_SHARED_FILES = Path(tempfile.mkdtemp(prefix="mlaas4hep-tests-"))
+atexit.register(shutil.rmtree, _SHARED_FILES, ignore_errors=True)
+_shared_written: dict[tuple[int, int], Path] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_tree(file_id: int, n: int) -> Path:
+    """File ``file_id`` with ``n`` entries, written once per test session (for hypothesis examples)."""
+    with _shared_lock:
+        path = _shared_written.get((file_id, n))
+        if path is None:
+            path = write_tree(_SHARED_FILES / f"f{file_id}_{n}.root", n, seed=file_id, file_id=file_id)
+            _shared_written[(file_id, n)] = path
     return path
 
 

@@ -7,10 +7,7 @@ sizes, nevts, validation splits and shuffling; then the same under
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 
@@ -21,26 +18,11 @@ from hypothesis import strategies as st
 
 keras = pytest.importorskip("keras")
 
-from conftest import write_tree  # noqa: E402
+from conftest import shared_tree  # noqa: E402
 
 from mlaas4hep import ParameterError, RootSequence  # noqa: E402
 
 ID = 1_000_000  # uid = file_id * ID + entry
-
-_FILES = Path(tempfile.mkdtemp(prefix="mlaas4hep-once-"))
-atexit.register(shutil.rmtree, _FILES, ignore_errors=True)
-_written: dict[tuple[int, int], Path] = {}
-_lock = threading.Lock()
-
-
-def _file(file_id: int, n: int) -> Path:
-    """File ``file_id`` with ``n`` entries, written once per test session."""
-    with _lock:
-        path = _written.get((file_id, n))
-        if path is None:
-            path = write_tree(_FILES / f"f{file_id}_{n}.root", n, seed=file_id, file_id=file_id)
-            _written[(file_id, n)] = path
-    return path
 
 
 def _expected(entries: list[int], nevts: int, split: float | None, subset: str | None) -> set[int]:
@@ -99,7 +81,7 @@ def setups(draw):
 
 
 def _make(setup: dict, subset: str | None = None, **kw) -> RootSequence:
-    files = [_file(i, n) for i, n in enumerate(setup["entries"])]
+    files = [shared_tree(i, n) for i, n in enumerate(setup["entries"])]
     args = {k: v for k, v in setup.items() if k != "entries"}
     return RootSequence(
         files,
@@ -174,7 +156,7 @@ def _model(idim: int):
 
 @pytest.mark.parametrize("use_multiprocessing", [False, True], ids=["threads", "processes"])
 def test_fit_with_two_workers_serves_each_event_once_per_epoch(tmp_path, use_multiprocessing):
-    files = [_file(10 + i, n) for i, n in enumerate(ENTRIES)]
+    files = [shared_tree(10 + i, n) for i, n in enumerate(ENTRIES)]
     seq = _Recorded(
         files,
         labels=[0.0, 1.0, 0.0],

@@ -8,12 +8,6 @@ non-empty batches.
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
-import threading
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,26 +15,12 @@ from hypothesis import strategies as st
 
 pytest.importorskip("keras")
 
-from conftest import write_tree
+from conftest import shared_tree
 
 from mlaas4hep import ParameterError, RootSequence
 from mlaas4hep.sequence import shard_layout
 
 ID = 1_000_000  # uid = file_id * ID + entry
-
-_FILES = Path(tempfile.mkdtemp(prefix="mlaas4hep-shards-"))
-atexit.register(shutil.rmtree, _FILES, ignore_errors=True)
-_written: dict[tuple[int, int], Path] = {}
-_lock = threading.Lock()
-
-
-def _file(file_id: int, n: int) -> Path:
-    with _lock:
-        path = _written.get((file_id, n))
-        if path is None:
-            path = write_tree(_FILES / f"f{file_id}_{n}.root", n, seed=file_id, file_id=file_id)
-            _written[(file_id, n)] = path
-    return path
 
 
 @given(n=st.integers(1, 5000), shards=st.integers(1, 16), batch=st.integers(1, 300))
@@ -82,7 +62,7 @@ def setups(draw):
 
 
 def _make(setup: dict, shard: int, subset: str | None) -> RootSequence:
-    files = [_file(i, n) for i, n in enumerate(setup["entries"])]
+    files = [shared_tree(i, n) for i, n in enumerate(setup["entries"])]
     args = {k: v for k, v in setup.items() if k != "entries"}
     return RootSequence(
         files,
