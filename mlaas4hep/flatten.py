@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import awkward as ak
 import numpy as np
 
-from ._arrays import flat_values, jagged_parts
+from ._arrays import branch_parts, flat_values, jagged_parts
 from .errors import BranchError, ParameterError
 from .specs import Specs
 
@@ -218,7 +218,7 @@ class JaggedFlattener:
         if nflat:
             block = np.empty((n, nflat), dtype=np.float32)
             for j, c in enumerate(self._columns[:nflat]):
-                block[:, j] = self._get(arrays, c.name, n, jagged=False)
+                block[:, j] = self._flat(arrays, c.name, n)
             block -= self._flat_offset
             block *= self._flat_scale
             finite = np.isfinite(block)
@@ -229,16 +229,16 @@ class JaggedFlattener:
                 M[rows, :nflat] = finite
         Xf = X.reshape(-1)
         Mf = None if M is None else M.reshape(-1)
-        previous_counts: np.ndarray | None = None
-        previous_width = -1
+        previous: tuple[np.ndarray, int] | None = None
         for c in self._columns[nflat:]:
             if c.width == 0:
                 continue
-            counts, values = jagged_parts(self._get(arrays, c.name, n, jagged=True))
-            if previous_counts is None or c.width != previous_width or not np.array_equal(counts, previous_counts):
+            counts, values = self._jagged(arrays, c.name, n)
+            if previous is None or c.width != previous[1] or not np.array_equal(counts, previous[0]):
                 source, target = _scatter_indices(counts, c.width, self.num_features, rows)
-                previous_counts, previous_width = counts, c.width
-            vals = values[source].astype(np.float32)
+                previous = counts, c.width
+            # a float32 copy of the kept values, normalized in place
+            vals = values.astype(np.float32) if source is None else values[source].astype(np.float32, copy=False)
             if c.offset:
                 vals -= np.float32(c.offset)
             if c.scale != 1.0:
@@ -252,7 +252,26 @@ class JaggedFlattener:
                 Mf[where] = finite
 
     @staticmethod
-    def _get(arrays: ak.Array | Mapping[str, ak.Array], name: str, n: int, *, jagged: bool) -> np.ndarray | ak.Array:
+    def _flat(arrays: ak.Array | Mapping[str, ak.Array], name: str, n: int) -> np.ndarray:
+        """One number per event of branch ``name``."""
+        parts = branch_parts(arrays, name)
+        if parts is not None and parts[0] is None and len(parts[1]) == n:
+            values = parts[1]
+            return values.view(np.uint8) if values.dtype == np.bool_ else values
+        return flat_values(JaggedFlattener._get(arrays, name, n))
+
+    @staticmethod
+    def _jagged(arrays: ak.Array | Mapping[str, ak.Array], name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(counts, content)`` of jagged branch ``name``."""
+        parts = branch_parts(arrays, name)
+        if parts is not None and parts[0] is not None and len(parts[0]) == n + 1:
+            offsets, content = parts
+            values = content[offsets[0] : offsets[-1]]
+            return np.diff(offsets), values.view(np.uint8) if values.dtype == np.bool_ else values
+        return jagged_parts(JaggedFlattener._get(arrays, name, n))
+
+    @staticmethod
+    def _get(arrays: ak.Array | Mapping[str, ak.Array], name: str, n: int) -> ak.Array:
         try:
             array = arrays[name]
         except (KeyError, ValueError, ak.errors.FieldNotFoundError) as err:
@@ -261,7 +280,7 @@ class JaggedFlattener:
         if len(array) != n:
             msg = f"branch {name!r} has {len(array)} events, expected {n}"
             raise BranchError(msg)
-        return array if jagged else flat_values(array)
+        return array
 
     def inverse_transform(self, X: np.ndarray, M: np.ndarray | None = None) -> np.ndarray:
         """Undo the normalization of ``X`` (float64 result); where ``M`` is False, NaN."""
@@ -284,10 +303,11 @@ class JaggedFlattener:
 
 def _scatter_indices(
     counts: np.ndarray, width: int, stride: int, rows_out: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray | None, np.ndarray]:
     """Where each kept list element comes from (in the content) and goes to (in ``X.ravel()``).
 
-    Event ``i``'s list goes to row ``rows_out[i]``; elements past ``width`` are dropped.
+    Event ``i``'s list goes to row ``rows_out[i]``; elements past ``width`` are
+    dropped. The source is None when every element is kept.
     """
     counts = counts.astype(np.int64, copy=False)
     total = int(counts.sum())
@@ -295,9 +315,8 @@ def _scatter_indices(
     starts = np.cumsum(counts) - counts
     local = np.arange(total, dtype=np.int64) - starts[event]
     keep = local < width
-    if keep.all():
-        source = np.arange(total, dtype=np.int64)
-    else:
+    source = None
+    if not keep.all():
         source = np.flatnonzero(keep)
         event, local = event[keep], local[keep]
     return source, rows_out[event] * stride + local

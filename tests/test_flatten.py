@@ -125,3 +125,27 @@ def test_order_shuffles_rows_while_flattening(events):
     np.testing.assert_array_equal(Ms, M[order])
     with pytest.raises(ParameterError, match="permutation"):
         flattener.transform(events, order=np.arange(3))
+
+
+def test_record_arrays_and_mappings_flatten_alike(events):
+    """The layout shortcut for record arrays gives what the general path (mappings, option types) gives."""
+    arrays = ak.Array(
+        {
+            "met": events["met"],
+            "jet": events["jet"],
+            "tag": ak.Array([[True, False], [], [True], [False, False, True]]),
+        }
+    )
+    specs = _specs(met=arrays["met"], jet=arrays["jet"], tag=ak.values_astype(arrays["tag"], np.float32))
+    order = np.array([3, 1, 0, 2])
+    for max_lengths in (None, 1):
+        flattener = JaggedFlattener(specs, max_lengths=max_lengths)
+        pieces = [arrays[:1], arrays[1:]]  # sliced record arrays: offsets that do not start at 0
+        mappings = [{name: piece[name] for name in piece.fields} for piece in pieces]
+        optional = [{**m, "jet": ak.mask(m["jet"], np.ones(len(m["jet"]), bool))} for m in mappings]
+        X, M = flattener.transform(pieces, order=order)
+        for other in (mappings, optional):
+            Xo, Mo = flattener.transform(other, order=order)
+            np.testing.assert_array_equal(X, Xo)
+            np.testing.assert_array_equal(M, Mo)
+    assert X[order.argsort()[3], flattener.columns("tag")].tolist() == [0.0]
