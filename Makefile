@@ -3,8 +3,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# target 7: ROOT's own loader lives in a separate venv (the PyPI package `root`, ROOT 6.40, ~250 MB)
+ROOT_VENV := .venv-root
+ROOT_STAMP := $(ROOT_VENV)/.installed
+ROOT_PKG ?= root
 
-.PHONY: setup system-deps demo test bench docs clean
+.PHONY: setup system-deps demo test bench bench-root docs clean
 
 setup: $(STAMP)
 
@@ -36,5 +40,16 @@ docs: setup
 bench: setup
 	$(BIN)/python benchmarks/run.py
 
+# Target 7: RootSequence against ROOT's RDataLoader, each in a fresh process of its own venv.
+# ROOT_PKG may name a local wheel of the `root` package instead of fetching it from PyPI.
+bench-root: setup $(ROOT_STAMP)
+	$(BIN)/python benchmarks/vs_root.py --root-python $(ROOT_VENV)/bin/python $(BENCH_ARGS)
+
+$(ROOT_STAMP):
+	test -x $(ROOT_VENV)/bin/python || $(PYTHON) -m venv $(ROOT_VENV)
+	$(ROOT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(ROOT_VENV)/bin/python -m pip install --quiet "$(ROOT_PKG)" numpy
+	touch $(ROOT_STAMP)
+
 clean:
-	rm -rf $(VENV) demo_data build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(ROOT_VENV) demo_data build *.egg-info .pytest_cache
