@@ -209,6 +209,23 @@ class JaggedFlattener:
             row += size
         return X, M
 
+    def _write_rows(
+        self,
+        pieces: Sequence[ak.Array | Mapping[str, ak.Array]],
+        X: np.ndarray,
+        M: np.ndarray | None,
+        rows: np.ndarray,
+    ) -> None:
+        """Flatten consecutive ``pieces`` into rows ``rows`` of ``X`` (and ``M``), padding those rows first."""
+        X[rows] = self.pad_value
+        if M is not None:
+            M[rows] = False
+        row = 0
+        for piece in pieces:
+            size = len(piece[self._columns[0].name])
+            self._fill(piece, X, M, rows[row : row + size])
+            row += size
+
     def _fill(
         self, arrays: ak.Array | Mapping[str, ak.Array], X: np.ndarray, M: np.ndarray | None, rows: np.ndarray
     ) -> None:

@@ -445,8 +445,8 @@ class ChunkReader:
             _, (file, _) = self._open.popitem()
             file.close()
 
-    def read(self, k: int) -> Chunk:
-        """Read chunk ``k`` of the plan."""
+    def read(self, k: int, files: Sequence[int] | None = None) -> Chunk:
+        """Read chunk ``k`` of the plan (only the shares of ``files``, given as indices, if given)."""
         if not 0 <= k < len(self):
             msg = f"chunk index {k} out of range for {len(self)} chunks"
             raise IndexError(msg)
@@ -454,9 +454,12 @@ class ChunkReader:
         names = self.branches + (
             [self.label_branch] if self.label_branch and self.label_branch not in self.branches else []
         )
-        pieces, labels, files, entries = [], [], [], []
+        pieces, labels, file_index, entries = [], [], [], []
         bytes_before = self.bytes_read
-        for i in np.flatnonzero(self.plan.counts[k]):
+        contributing = np.flatnonzero(self.plan.counts[k])
+        if files is not None:
+            contributing = np.intersect1d(contributing, np.asarray(files, dtype=np.int64))
+        for i in contributing:
             start = int(self.plan.starts[k, i])
             stop = start + int(self.plan.counts[k, i])
             chosen = self.selected[i] if self.selected is not None else None
@@ -468,7 +471,7 @@ class ChunkReader:
                 parts = _keep(parts, chosen - start)
             pieces.extend(parts)
             entry = np.arange(start, stop, dtype=np.int64) if chosen is None else chosen
-            files.append(np.full(len(entry), i, dtype=np.int32))
+            file_index.append(np.full(len(entry), i, dtype=np.int32))
             entries.append(entry)
             if self.label_branch:
                 labels.extend(ak.to_numpy(part[self.label_branch]).astype(np.float32) for part in parts)
@@ -478,7 +481,7 @@ class ChunkReader:
             k,
             pieces,
             np.concatenate(labels) if labels else None,
-            np.concatenate(files) if files else np.zeros(0, np.int32),
+            np.concatenate(file_index) if file_index else np.zeros(0, np.int32),
             np.concatenate(entries) if entries else np.zeros(0, np.int64),
         )
         dt = time.perf_counter() - t0

@@ -25,6 +25,7 @@ from .selection import Selection, decode_mask
 from .sources import DEFAULT_TREE, FileSource, describe_branches, open_tree, parse_sources
 from .specs import DEFAULT_EXCLUDE, SpecBuilder, Specs, scan_selection
 from .targets import Outputs, per_file_totals, totals_by_class
+from ._workers import WorkerPool, balance, fork_supported
 
 __all__ = ["RootSequence", "shard_layout"]
 
@@ -38,14 +39,14 @@ class _Decoded:
     """A chunk after flattening, its events in serving order: batches are slices of it.
 
     ``users`` counts the threads cutting batches from it; ``X`` lives in a
-    reusable ``buffer`` that goes back to the pool once the chunk has left the
-    cache and has no users.
+    reusable ``buffer`` (with worker processes, the index of a shared buffer)
+    that goes back to the pool once the chunk has left the cache and has no users.
     """
 
     X: np.ndarray
     M: np.ndarray | None
     y: np.ndarray | None
-    buffer: np.ndarray | None = None
+    buffer: np.ndarray | int | None = None
     users: int = 0
     evicted: bool = False
     w: np.ndarray | None = None
@@ -206,7 +207,15 @@ class RootSequence(keras.utils.PyDataset):
         names the URL; an epoch never silently ends short.
     retry_backoff : float
         Seconds before the first retry, doubling after each (default 0.5).
-    workers, use_multiprocessing, max_queue_size
+    workers : int
+        Processes that read and flatten chunks (default 1: two background
+        threads of this process). With ``workers > 1`` (Linux, local files, not
+        ``use_multiprocessing``), that many forked processes each take a share
+        of the files, balanced by events, and write their part of every chunk
+        into shared memory: reading and flattening then run on several cores
+        (at most one worker per file). Batches are the same as with one worker.
+        Also forwarded to :class:`keras.utils.PyDataset`.
+    use_multiprocessing, max_queue_size
         Forwarded to :class:`keras.utils.PyDataset`.
     cache_chunks : int
         Flattened chunks kept in memory once served (default 2: the current one and the one before).
@@ -396,6 +405,7 @@ class RootSequence(keras.utils.PyDataset):
         self.mask_output = bool(mask_output)
         self.with_mask = self.mask_output  # the mask is built only for models that take it
         self._rows_per_chunk = int(self.reader.plan.sizes.max())
+        self._groups = self._worker_groups(int(workers), bool(use_multiprocessing))
         self._requests = _Counter(shared=bool(use_multiprocessing))
         self._in_epoch = False
         self._start_runtime()
@@ -403,6 +413,22 @@ class RootSequence(keras.utils.PyDataset):
             self.outputs.set_class_totals(self._class_totals(ranges, selected))
 
     # -- construction helpers ---------------------------------------------------------------
+    def _worker_groups(self, workers: int, use_multiprocessing: bool) -> list[list[int]] | None:
+        """Files of each worker process, or None to read in threads of this process."""
+        if workers <= 1:
+            return None
+        why = None
+        if use_multiprocessing:
+            why = "Keras' use_multiprocessing forks its own processes"
+        elif not fork_supported():
+            why = "worker processes are forked, on Linux only"
+        elif any(source.is_remote for source in self.sources):
+            why = "remote files are read in threads"
+        if why:
+            log.info("workers=%d: reading in threads of this process (%s)", workers, why)
+            return None
+        return balance(self.reader.plan.counts.sum(axis=0).tolist(), workers)
+
     def _specs(
         self,
         specs: Specs | str | os.PathLike[str] | None,
@@ -567,11 +593,13 @@ class RootSequence(keras.utils.PyDataset):
         self._futures: dict[tuple[int, int], Future[_Decoded]] = {}
         self._cache: OrderedDict[tuple[int, int], _Decoded] = OrderedDict()
         self._free: list[np.ndarray] = []
+        self._pool: WorkerPool | None = None
+        self._free_slots: list[int] = []
         self._orders: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_lock", "_executor", "_flatten_executor", "_futures", "_cache", "_free", "_orders"):
+        for key in ("_lock", "_executor", "_flatten_executor", "_futures", "_cache", "_free", "_orders", "_pool"):
             state.pop(key, None)
         return state
 
@@ -699,8 +727,13 @@ class RootSequence(keras.utils.PyDataset):
                 # a sequence that is dropped stops reading ahead
                 weakref.finalize(self, self._executor.shutdown, wait=False, cancel_futures=True)
                 weakref.finalize(self, self._flatten_executor.shutdown, wait=False, cancel_futures=True)
-            read = self._executor.submit(self.reader.read, key[1])
-            future = self._flatten_executor.submit(self._flatten, read, key[0])
+                if self._groups is not None:
+                    self._start_workers()
+            if self._pool is not None:
+                future = self._flatten_executor.submit(self._flatten_in_workers, key)
+            else:
+                read = self._executor.submit(self.reader.read, key[1])
+                future = self._flatten_executor.submit(self._flatten, read, key[0])
             self._futures[key] = future
         return future
 
@@ -724,6 +757,49 @@ class RootSequence(keras.utils.PyDataset):
         w = None if w is None else w[order]
         return _Decoded(X, M, y, buffer, w=w)
 
+    def _start_workers(self) -> None:
+        """Fork the worker processes and the shared buffers they fill (caller holds the lock)."""
+        assert self._groups is not None
+        n_slots = self.cache_chunks + self.prefetch + 2  # cached, in flight, and being cut into batches
+        self._pool = WorkerPool(
+            self, self._groups, n_slots, self._rows_per_chunk, self.num_features, with_mask=self.with_mask
+        )
+        self._free_slots = list(range(n_slots))[::-1]
+        weakref.finalize(self, self._pool.close)
+
+    def _flatten_in_workers(self, key: tuple[int, int]) -> _Decoded:
+        """Have the worker processes read and flatten chunk ``key[1]`` into a shared buffer."""
+        assert self._pool is not None
+        epoch, k = key
+        counts = self.reader.plan.counts[k]
+        n = int(counts.sum())
+        with self._lock:
+            slot = self._free_slots.pop() if self._free_slots else None
+        if slot is None:  # every shared buffer is taken: this chunk is made here, in threads
+            read: Future[Chunk] = Future()
+            read.set_result(self.reader.read(k))
+            return self._flatten(read, epoch)
+        rows = np.arange(n, dtype=np.int64)
+        if self.shuffle:  # the same permutation as _flatten's: row r holds event order[r]
+            order = np.random.default_rng([self.seed, epoch, k, 1]).permutation(n)
+            rows[order] = np.arange(n, dtype=np.int64)
+        starts = np.cumsum(counts) - counts  # the chunk holds its files' events one file after another
+        per_worker = [
+            np.concatenate([rows[starts[i] : starts[i] + counts[i]] for i in files]).astype(np.int64, copy=False)
+            for files in self._groups
+        ]
+        try:
+            parts = self._pool.run(k, slot, per_worker)
+        except BaseException:
+            with self._lock:
+                self._free_slots.append(slot)
+            raise
+        self.reader.reads += 1
+        X, M = self._pool.slots[slot]
+        y = _gather([p[0] for p in parts], per_worker, n)
+        w = _gather([p[1] for p in parts], per_worker, n)
+        return _Decoded(X[:n], None if M is None else M[:n], y, slot, w=w)
+
     def _derive(self, pieces: list[Any], names: Sequence[str] | None = None) -> list[Any]:
         """The pieces of a chunk with the aliases among ``names`` (default: features, targets, weights) added."""
         if names is None:
@@ -742,7 +818,9 @@ class RootSequence(keras.utils.PyDataset):
 
     def _recycle(self, decoded: _Decoded) -> None:
         """Give the memory of a chunk that left the cache back to the pool (caller holds the lock)."""
-        if decoded.buffer is not None and len(self._free) < 2:
+        if isinstance(decoded.buffer, int):  # a shared buffer of the worker processes
+            self._free_slots.append(decoded.buffer)
+        elif decoded.buffer is not None and len(self._free) < 2:
             self._free.append(decoded.buffer)
         decoded.buffer = None
 
@@ -778,6 +856,9 @@ class RootSequence(keras.utils.PyDataset):
             self._executor.shutdown(wait=True)
             self._flatten_executor.shutdown(wait=True)
             self._executor = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         self.reader.close()
 
     def __repr__(self) -> str:
@@ -786,6 +867,18 @@ class RootSequence(keras.utils.PyDataset):
             f"{self.batch_size}, {self.num_features} features, subset={self.subset!r}"
             + (f", shard {self.shard_index} of {self.num_shards})" if self.num_shards > 1 else ")")
         )
+
+
+def _gather(parts: list[np.ndarray | None], rows: list[np.ndarray], n: int) -> np.ndarray | None:
+    """One array of ``n`` rows from the workers' parts, part ``g`` going to rows ``rows[g]``."""
+    present = [(p, r) for p, r in zip(parts, rows, strict=True) if p is not None]
+    if not present:
+        return None
+    first = present[0][0]
+    out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
+    for part, where in present:
+        out[where] = part
+    return out
 
 
 def _expand(specs: Specs, patterns: Sequence[str]) -> list[str]:

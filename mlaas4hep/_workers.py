@@ -1,0 +1,202 @@
+"""Worker processes that read and flatten chunks on several cores (``RootSequence(workers=N)``, N > 1).
+
+Threads cannot do this: most of uproot's and awkward's work holds Python's
+interpreter lock, so a reading thread and a flattening thread mostly take turns.
+Worker processes run truly in parallel. Each is forked from the sequence and
+owns a share of the files, balanced by events; for every chunk, each worker
+reads its files' shares, flattens them straight into the chunk's buffer in
+shared memory (at the rows the chunk's shuffle gives those events), and sends
+back only the labels and weights. A file is always read by the same worker, so
+the clusters that its consecutive chunks share are still decompressed once.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import mmap
+import multiprocessing
+import signal
+import sys
+import warnings
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from .errors import MLaaS4HEPError
+
+__all__ = ["WorkerPool", "balance", "fork_supported"]
+
+log = logging.getLogger(__name__)
+
+
+def fork_supported() -> bool:
+    """Whether worker processes can be forked here (Linux; elsewhere the sequence uses threads)."""
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def balance(events: Sequence[int], n_groups: int) -> list[list[int]]:
+    """Deal file indices into ``n_groups`` groups of about equal ``events``.
+
+    Largest file first, each to the group with the fewest events so far; files
+    with no events are left out, and so are groups that would be empty.
+
+    Examples
+    --------
+    >>> balance([100, 103, 0, 40], 2)
+    [[1], [0, 3]]
+    """
+    totals = [0] * n_groups
+    groups: list[list[int]] = [[] for _ in range(n_groups)]
+    for i in sorted(range(len(events)), key=lambda i: (-events[i], i)):
+        if events[i] <= 0:
+            continue
+        g = min(range(n_groups), key=lambda g: (totals[g], g))
+        groups[g].append(i)
+        totals[g] += int(events[i])
+    return [sorted(g) for g in groups if g]
+
+
+def _shared(shape: tuple[int, int], dtype: type) -> np.ndarray:
+    """A zero-initialized array in anonymous shared memory, seen by processes forked after its creation.
+
+    Pages are committed only when written, so slots that are never used cost nothing.
+    """
+    size = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
+    return np.frombuffer(mmap.mmap(-1, size), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+class WorkerPool:
+    """Forked processes, each serving one group of files, and the shared buffers they write into.
+
+    Parameters
+    ----------
+    sequence : RootSequence
+        The sequence whose reader, selection, outputs and flattener the workers use (copied by the fork).
+    groups : list of list of int
+        File indices of each worker.
+    n_slots : int
+        Shared buffers of ``rows`` events each: a chunk being filled or cached holds one.
+    rows, features : int
+        Shape of a buffer.
+    with_mask : bool
+        Whether each buffer has a mask beside it.
+    """
+
+    def __init__(
+        self,
+        sequence: Any,
+        groups: list[list[int]],
+        n_slots: int,
+        rows: int,
+        features: int,
+        *,
+        with_mask: bool,
+    ) -> None:
+        self.groups = groups
+        self.slots = [
+            (_shared((rows, features), np.float32), _shared((rows, features), np.bool_) if with_mask else None)
+            for _ in range(n_slots)
+        ]
+        self._conns: list[Connection] = []
+        self._procs: list[Any] = []
+        context = multiprocessing.get_context("fork")
+        gc.freeze()  # the children's garbage collector then leaves the parent's objects (and their pages) alone
+        try:
+            with warnings.catch_warnings():  # Python >= 3.12 warns on fork() with threads; the workers use none of them
+                warnings.simplefilter("ignore", DeprecationWarning)
+                for files in groups:
+                    parent, child = context.Pipe()
+                    process = context.Process(
+                        target=_serve, args=(sequence, files, child, self.slots), name="mlaas4hep-worker", daemon=True
+                    )
+                    process.start()
+                    child.close()
+                    self._conns.append(parent)
+                    self._procs.append(process)
+        finally:
+            gc.unfreeze()
+        log.info("started %d worker processes for files %s", len(groups), groups)
+
+    def run(self, k: int, slot: int, rows: list[np.ndarray]) -> list[tuple[Any, Any]]:
+        """Have every worker flatten its files' share of chunk ``k`` into ``slot``; return their ``(y, w)``.
+
+        ``rows[g]`` are the rows of the buffer for worker ``g``'s events, in the
+        order its files and entries come; workers with no events in the chunk
+        are not asked.
+        """
+        asked, error = [], None
+        for g, r in enumerate(rows):
+            if len(r):
+                try:
+                    self._conns[g].send((k, slot, r))
+                    asked.append(g)
+                except OSError as err:  # a broken pipe: the worker is gone
+                    error = error or self._died(g, k, err)
+        replies: dict[int, tuple[Any, Any]] = {}
+        for g in asked:  # every reply is collected, so that no stale one is left in a pipe
+            try:
+                status, *payload = self._conns[g].recv()
+            except (EOFError, OSError) as err:
+                error = error or self._died(g, k, err)
+                continue
+            if status == "error":
+                error = error or payload[0]
+            else:
+                replies[g] = (payload[0], payload[1])
+        if error is not None:
+            raise error
+        return [replies.get(g, (None, None)) for g in range(len(rows))]
+
+    def _died(self, g: int, k: int, cause: BaseException) -> MLaaS4HEPError:
+        self._procs[g].join(timeout=1)
+        error = MLaaS4HEPError(
+            f"worker process {g} (files {self.groups[g]}) died while reading chunk {k} "
+            f"(exit code {self._procs[g].exitcode}); close the sequence and make a new one"
+        )
+        error.__cause__ = cause
+        return error
+
+    def close(self) -> None:
+        """Stop the workers (they also stop when this process exits)."""
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for process in self._procs:
+            process.join(timeout=2)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=2)
+        for conn in self._conns:
+            conn.close()
+        self._conns, self._procs = [], []
+
+
+def _serve(sequence: Any, files: list[int], conn: Connection, slots: list[tuple[np.ndarray, Any]]) -> None:
+    """A worker's loop: read and flatten the shares of ``files`` of each chunk asked for, until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the parent's to handle
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if task is None:
+            sequence.reader.close()
+            return
+        k, slot, rows = task
+        try:
+            chunk = sequence.reader.read(k, files)
+            pieces = sequence._derive(chunk.pieces)
+            y, w = sequence.outputs.extract(pieces, chunk.file_index, chunk.labels)
+            X, M = slots[slot]
+            sequence.flattener._write_rows(pieces, X, M, rows)
+            conn.send(("ok", y, w))
+        except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent, which raises it
+            try:
+                conn.send(("error", err))
+            except Exception:  # noqa: BLE001 - an exception that does not pickle
+                conn.send(("error", MLaaS4HEPError(f"{type(err).__name__}: {err}")))

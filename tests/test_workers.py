@@ -1,0 +1,137 @@
+"""RootSequence(workers=N): chunks read and flattened by forked worker processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import numpy as np
+import pytest
+from conftest import write_tree
+
+from mlaas4hep import RootSequence
+from mlaas4hep._workers import balance
+from mlaas4hep.errors import FileAccessError, MLaaS4HEPError
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes are forked")
+
+
+@pytest.fixture(scope="module")
+def three_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    d = tmp_path_factory.mktemp("workers")
+    return [
+        str(write_tree(d / "a.root", 700, seed=11, file_id=0, basket=200)),
+        str(write_tree(d / "b.root", 1100, seed=12, file_id=1, basket=300)),
+        str(write_tree(d / "c.root", 500, seed=13, file_id=2, basket=250)),
+    ]
+
+
+def _batches(seq: RootSequence, epochs: int = 2) -> list[tuple[np.ndarray, ...]]:
+    out = []
+    for _ in range(epochs):
+        seq.on_epoch_begin()
+        out.extend(seq[i] for i in range(len(seq)))
+        seq.on_epoch_end()
+    return out
+
+
+def _flat(batch: tuple) -> list[np.ndarray]:
+    x = batch[0]
+    parts = [x["features"], x["mask"]] if isinstance(x, dict) else [x]
+    return parts + list(batch[1:])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"shuffle": True},
+        {"shuffle": False},
+        {"balance_classes": True, "mask_output": True, "length_quantile": 0.9},
+        {
+            "cut": "(MET_pt > 20) & any(Jet_pt > 30)",
+            "aliases": {"HT": "sum(Jet_pt)"},
+            "branches": ["MET_pt", "Jet_*", "HT"],
+        },
+    ],
+    ids=["shuffled", "in-order", "weights-and-mask", "cut-and-alias"],
+)
+def test_workers_serve_the_same_batches_as_threads(three_files, options):
+    kw = {"labels": [1, 0, 1], "batch_size": 64, "chunk_size": 400, "seed": 3, **options}
+    with_threads = RootSequence(three_files, **kw)
+    with_workers = RootSequence(three_files, workers=2, specs=with_threads.specs, **kw)
+    try:
+        expected, got = _batches(with_threads), _batches(with_workers)
+        assert with_workers._pool is not None and len(with_workers._pool.groups) == 2
+        assert len(expected) == len(got) == 2 * len(with_threads)
+        for a, b in zip(expected, got, strict=True):
+            for u, v in zip(_flat(a), _flat(b), strict=True):
+                np.testing.assert_array_equal(u, v)
+        # each chunk once per epoch, and perhaps the next epoch's first one read ahead
+        assert 2 * len(with_workers.reader) <= with_workers.chunk_reads <= 2 * len(with_workers.reader) + 1
+    finally:
+        with_threads.close()
+        with_workers.close()
+
+
+def test_files_are_dealt_by_events():
+    assert balance([700, 1100, 500], 2) == [[1], [0, 2]]
+    assert balance([5, 0, 5], 4) == [[0], [2]]  # no worker for an empty file, none left idle
+    assert balance([1, 2, 3, 4], 1) == [[0, 1, 2, 3]]
+
+
+def test_more_workers_than_files_start_one_per_file(two_files):
+    seq = RootSequence(two_files, labels=[1, 0], chunk_size=500, batch_size=100, workers=4)
+    try:
+        seq[0]
+        assert seq._pool is not None and sorted(i for g in seq._pool.groups for i in g) == [0, 1]
+        assert len(seq._pool.groups) == 2
+    finally:
+        seq.close()
+
+
+def test_close_stops_the_workers(two_files):
+    seq = RootSequence(two_files, labels=[1, 0], chunk_size=500, batch_size=100, workers=2)
+    seq[0]
+    processes = list(seq._pool._procs)
+    assert all(p.is_alive() for p in processes)
+    seq.close()
+    assert not any(p.is_alive() for p in processes)
+
+
+def test_an_error_in_a_worker_names_the_file(three_files, tmp_path):
+    files = [shutil.copy(f, tmp_path / os.path.basename(f)) for f in three_files]
+    seq = RootSequence(files, labels=[1, 0, 1], chunk_size=400, batch_size=100, workers=2)
+    try:
+        with open(files[1], "r+b") as f:  # the file breaks after the sequence was made
+            f.truncate(2000)
+        with pytest.raises(FileAccessError, match=r"b\.root"):
+            for i in range(len(seq)):
+                seq[i]
+    finally:
+        seq.close()
+
+
+def test_a_worker_that_dies_is_reported(two_files):
+    seq = RootSequence(two_files, labels=[1, 0], chunk_size=300, batch_size=100, workers=2, prefetch=0)
+    try:
+        seq[0]
+        os.kill(seq._pool._procs[0].pid, signal.SIGKILL)
+        seq._pool._procs[0].join(5)
+        with pytest.raises(MLaaS4HEPError, match=r"worker process 0 .* died"):
+            for i in range(len(seq)):
+                seq[i]
+    finally:
+        seq.close()
+
+
+def test_keras_multiprocessing_or_one_file_fall_back_sensibly(two_files):
+    seq = RootSequence(two_files, labels=[1, 0], chunk_size=500, batch_size=100, workers=2, use_multiprocessing=True)
+    assert seq._groups is None  # Keras' own processes are the parallelism then
+    one = RootSequence(two_files[:1], labels=[1], chunk_size=500, batch_size=100, workers=2)
+    try:
+        one[0]
+        assert one._pool is not None and one._pool.groups == [[0]]
+    finally:
+        one.close()
+        seq.close()
