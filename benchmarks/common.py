@@ -125,6 +125,7 @@ class Result:
     samples: list[float]
     detail: str = ""
     unit: str = "x"
+    info: bool = False  # reported for the record, not a target
 
     @property
     def met(self) -> bool:
@@ -188,10 +189,10 @@ def raw_read(files: Sequence[Path], branches: Sequence[str], step_size: int | st
 def format_result(r: Result) -> str:
     """One line per target: ``[1] title  ratio 0.62x  target >= 0.80x  NOT MET  (detail)``."""
     samples = " ".join(f"{s:.3g}" for s in r.samples)
-    verdict = "MET" if r.met else "NOT MET"
+    verdict = "info" if r.info else "MET" if r.met else "NOT MET"
+    goal = "" if r.info else f"target {r.op} {r.goal:g}{r.unit}"
     return (
-        f"[{r.key}] {r.title:<44} {r.value:9.3g}{r.unit:<2} target {r.op} {r.goal:g}{r.unit:<2} {verdict:<8}"
-        f"  median of [{samples}]; {r.detail}"
+        f"[{r.key}] {r.title:<44} {r.value:9.3g}{r.unit:<2} {goal:<16} {verdict:<8}  median of [{samples}]; {r.detail}"
     )
 
 
@@ -201,7 +202,8 @@ def print_table(results: Sequence[Result]) -> None:
     print("| target | measured | goal | met | detail |")
     print("|---|---|---|---|---|")
     for r in results:
-        verdict = "yes" if r.met else "**no**"
-        print(f"| {r.key}. {r.title} | {r.value:.3g}{r.unit} | {r.op} {r.goal:g}{r.unit} | {verdict} | {r.detail} |")
-    met = sum(r.met for r in results)
-    print(f"\n{met} of {len(results)} targets met")
+        verdict = "info" if r.info else "yes" if r.met else "**no**"
+        goal = "" if r.info else f"{r.op} {r.goal:g}{r.unit}"
+        print(f"| {r.key}. {r.title} | {r.value:.3g}{r.unit} | {goal} | {verdict} | {r.detail} |")
+    targets = [r for r in results if not r.info]
+    print(f"\n{sum(r.met for r in targets)} of {len(targets)} targets met")
