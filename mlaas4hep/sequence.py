@@ -213,8 +213,10 @@ class RootSequence(keras.utils.PyDataset):
         ``use_multiprocessing``), that many forked processes each take a share
         of the files, balanced by events, and write their part of every chunk
         into shared memory: reading and flattening then run on several cores
-        (at most one worker per file). Batches are the same as with one worker.
-        Also forwarded to :class:`keras.utils.PyDataset`.
+        (at most one worker per file; :attr:`worker_processes` says how many).
+        Batches are the same as with one worker. Keras is then told
+        ``workers=1``: its fetching threads would only add overhead. Otherwise
+        ``workers`` is forwarded to :class:`keras.utils.PyDataset`.
     use_multiprocessing, max_queue_size
         Forwarded to :class:`keras.utils.PyDataset`.
     cache_chunks : int
@@ -406,6 +408,9 @@ class RootSequence(keras.utils.PyDataset):
         self.with_mask = self.mask_output  # the mask is built only for models that take it
         self._rows_per_chunk = int(self.reader.plan.sizes.max())
         self._groups = self._worker_groups(int(workers), bool(use_multiprocessing))
+        self.worker_processes = 0 if self._groups is None else len(self._groups)
+        if self.worker_processes:  # Keras' own fetching threads would only queue up for this process's lock
+            self.workers = 1
         self._requests = _Counter(shared=bool(use_multiprocessing))
         self._in_epoch = False
         self._start_runtime()

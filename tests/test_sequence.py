@@ -146,8 +146,12 @@ def test_fit_reads_each_chunk_once_per_epoch_under_keras_shuffling(two_files):
     assert seq.epoch == 2
 
 
-def test_fit_with_two_worker_threads_serves_each_event_once(two_files):
+@pytest.mark.parametrize("processes", [True, False], ids=["worker-processes", "keras-threads"])
+def test_fit_with_two_workers_serves_each_event_once(two_files, processes, monkeypatch):
+    if not processes:  # where worker processes cannot be forked, Keras fetches in two threads
+        monkeypatch.setattr("mlaas4hep.sequence.fork_supported", lambda: False)
     seq = _make(two_files, batch_size=50, chunk_size=300, workers=2, seed=5)
+    assert (seq.worker_processes, seq.workers) == ((2, 1) if processes else (0, 2))
     model = _model(seq.num_features)
     seen = []
 

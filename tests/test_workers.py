@@ -85,6 +85,7 @@ def test_more_workers_than_files_start_one_per_file(two_files):
     try:
         seq[0]
         assert seq._pool is not None and sorted(i for g in seq._pool.groups for i in g) == [0, 1]
+        assert seq.worker_processes == 2 and seq.workers == 1  # Keras fetches in one thread
         assert len(seq._pool.groups) == 2
     finally:
         seq.close()
@@ -127,7 +128,7 @@ def test_a_worker_that_dies_is_reported(two_files):
 
 def test_keras_multiprocessing_or_one_file_fall_back_sensibly(two_files):
     seq = RootSequence(two_files, labels=[1, 0], chunk_size=500, batch_size=100, workers=2, use_multiprocessing=True)
-    assert seq._groups is None  # Keras' own processes are the parallelism then
+    assert seq.worker_processes == 0 and seq.workers == 2  # Keras' own processes are the parallelism then
     one = RootSequence(two_files[:1], labels=[1], chunk_size=500, batch_size=100, workers=2)
     try:
         one[0]
