@@ -6,6 +6,7 @@ import logging
 import math
 import multiprocessing
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -50,6 +51,7 @@ class _Decoded:
     users: int = 0
     evicted: bool = False
     w: np.ndarray | None = None
+    refs: int = 0  # references to ``buffer`` when no batch looks into it (see RootSequence._recycle)
 
 
 class _Counter:
@@ -670,10 +672,18 @@ class RootSequence(keras.utils.PyDataset):
         """The batch of the ``request``-th request: ``(x, y)`` or ``(x, y, sample_weight)``."""
         pieces = self._pieces(request)
         try:
-            X = np.concatenate([d.X[rows] for d, rows in pieces])
-            y = None if pieces[0][0].y is None else np.concatenate([d.y[rows] for d, rows in pieces])
-            w = None if pieces[0][0].w is None else np.concatenate([d.w[rows] for d, rows in pieces])
-            M = np.concatenate([d.M[rows] for d, rows in pieces]) if self.mask_output else None
+            if len(pieces) == 1 and isinstance(pieces[0][0].buffer, np.ndarray):
+                # views: the chunk's buffer is reused only once no batch looks into it (see _recycle)
+                d, rows = pieces[0]
+                X = d.X[rows]
+                y = None if d.y is None else d.y[rows]
+                w = None if d.w is None else d.w[rows]
+                M = d.M[rows] if self.mask_output else None
+            else:  # copies: a batch across two chunks, or a shared buffer that the workers will overwrite
+                X = np.concatenate([d.X[rows] for d, rows in pieces])
+                y = None if pieces[0][0].y is None else np.concatenate([d.y[rows] for d, rows in pieces])
+                w = None if pieces[0][0].w is None else np.concatenate([d.w[rows] for d, rows in pieces])
+                M = np.concatenate([d.M[rows] for d, rows in pieces]) if self.mask_output else None
         finally:
             for decoded, _ in pieces:
                 self._release(decoded)
@@ -756,11 +766,13 @@ class RootSequence(keras.utils.PyDataset):
         if buffer is None or buffer.shape[0] < n:
             buffer = np.empty((self._rows_per_chunk, self.num_features), dtype=np.float32)
         X, M = self.flattener.transform(pieces, order=order, mask=self.with_mask, out=buffer[:n])
-        if order is None:
-            return _Decoded(X, M, y, buffer, w=w)
-        y = None if y is None else y[order]
-        w = None if w is None else w[order]
-        return _Decoded(X, M, y, buffer, w=w)
+        if order is not None:
+            y = None if y is None else y[order]
+            w = None if w is None else w[order]
+        decoded = _Decoded(X, M, y, buffer, w=w)
+        del buffer, X  # counted as _recycle will count: the chunk's own references only
+        decoded.refs = sys.getrefcount(decoded.buffer)
+        return decoded
 
     def _start_workers(self) -> None:
         """Fork the worker processes and the shared buffers they fill (caller holds the lock)."""
@@ -822,10 +834,20 @@ class RootSequence(keras.utils.PyDataset):
                 self._recycle(decoded)
 
     def _recycle(self, decoded: _Decoded) -> None:
-        """Give the memory of a chunk that left the cache back to the pool (caller holds the lock)."""
+        """Give the memory of a chunk that left the cache back to the pool (caller holds the lock).
+
+        Batches cut from a chunk are views of its buffer, so the buffer is
+        reused only if nothing refers to it but the chunk itself: as many
+        references as when the chunk was made. Otherwise it is left to the
+        garbage collector, and the batches a caller kept stay intact.
+        """
         if isinstance(decoded.buffer, int):  # a shared buffer of the worker processes
             self._free_slots.append(decoded.buffer)
-        elif decoded.buffer is not None and len(self._free) < 2:
+        elif (
+            decoded.buffer is not None
+            and len(self._free) < 2
+            and sys.getrefcount(decoded.buffer) == decoded.refs
+        ):
             self._free.append(decoded.buffer)
         decoded.buffer = None
 

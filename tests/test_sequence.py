@@ -188,3 +188,19 @@ def test_three_way_split_is_disjoint_and_complete(two_files):
         _make(two_files, subset="test", validation_split=0.2)
     with pytest.raises(ParameterError, match="below 1"):
         _make(two_files, subset="training", validation_split=0.6, test_split=0.5)
+
+
+def test_batches_are_views_that_stay_intact_while_kept(two_files):
+    """Batches are views of a chunk's buffer; a buffer is reused only once no batch looks into it."""
+    kw = {"batch_size": 50, "chunk_size": 300, "seed": 3, "cache_chunks": 1, "prefetch": 1}
+    seq, reference = _make(two_files, **kw), _make(two_files, **kw)
+    expected = [tuple(np.array(a, copy=True) for a in reference[i % len(reference)]) for i in range(2 * len(reference))]
+    kept = [seq[i % len(seq)] for i in range(len(seq))]  # every batch of the first epoch, held
+    assert kept[0][0].base is not None  # a view, not a copy
+    assert not seq._free  # no buffer went back to the pool while its batches are held
+    for i in range(len(seq)):  # the second epoch, its batches dropped at once: buffers are reused
+        np.testing.assert_array_equal(seq[i][0], expected[len(seq) + i][0])
+    assert seq._free
+    for got, want in zip(kept, expected, strict=False):
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
