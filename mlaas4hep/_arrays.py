@@ -5,7 +5,7 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
-__all__ = ["branch_parts", "flat_values", "jagged_parts"]
+__all__ = ["flat_values", "jagged_parts", "record_parts"]
 
 
 def flat_values(array: ak.Array) -> np.ndarray:
@@ -42,29 +42,31 @@ def jagged_parts(array: ak.Array) -> tuple[np.ndarray, np.ndarray]:
     return np.diff(offsets), values
 
 
-def branch_parts(arrays: object, name: str) -> tuple[np.ndarray | None, np.ndarray] | None:
-    """``(offsets, content)`` of a list-of-numbers field, ``(None, values)`` of a numbers field.
+def record_parts(arrays: object) -> dict[str, tuple[np.ndarray | None, np.ndarray]]:
+    """The buffers of each field of a record array: ``(offsets, content)`` or ``(None, values)``.
 
-    Read straight from the layout of a record array, without the high-level
-    ``arrays[name]`` (which costs far more than the numpy work on a branch).
-    ``offsets`` index ``content`` (they need not start at 0). Returns None for
-    anything else (a mapping, an option type, a missing field...): the caller
-    then takes the general path.
+    A list-of-numbers field gives its ``offsets`` (one more than the events;
+    they index ``content`` and need not start at 0), a numbers field gives
+    ``(None, values)`` (one per event). Read straight from the layout, once
+    for all fields: the high-level ``arrays[name]`` costs far more than the
+    numpy work on a branch. Fields of any other kind (options, nested lists,
+    records), and anything but a record array (a mapping), give nothing: the
+    caller then takes the general path for them.
     """
     if not isinstance(arrays, ak.Array):
-        return None
+        return {}
     layout = arrays.layout
-    if not isinstance(layout, ak.contents.RecordArray) or layout.backend.name != "cpu":
-        return None
-    if not layout.has_field(name):
-        return None
-    field = layout.content(name)
-    if isinstance(field, ak.contents.NumpyArray) and field.data.ndim == 1:
-        return None, field.data
-    if (
-        isinstance(field, ak.contents.ListOffsetArray)
-        and isinstance(field.content, ak.contents.NumpyArray)
-        and field.content.data.ndim == 1
-    ):
-        return field.offsets.data, field.content.data
-    return None
+    if not isinstance(layout, ak.contents.RecordArray) or layout.backend.name != "cpu" or layout.is_tuple:
+        return {}
+    n = layout.length
+    parts: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
+    for name, field in zip(layout.fields, layout.contents, strict=True):
+        if isinstance(field, ak.contents.NumpyArray) and field.data.ndim == 1:
+            parts[name] = (None, field.data[:n])
+        elif (
+            isinstance(field, ak.contents.ListOffsetArray)
+            and isinstance(field.content, ak.contents.NumpyArray)
+            and field.content.data.ndim == 1
+        ):
+            parts[name] = (field.offsets.data[: n + 1], field.content.data)
+    return parts

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import awkward as ak
 import numpy as np
 
-from ._arrays import branch_parts, flat_values, jagged_parts
+from ._arrays import flat_values, jagged_parts, record_parts
 from .errors import BranchError, ParameterError
 from .specs import Specs
 
@@ -232,10 +232,11 @@ class JaggedFlattener:
         """Write the events of ``arrays`` into rows ``rows`` of ``X`` and ``M``."""
         n = rows.size
         nflat = len(self._flat_offset)
+        parts = record_parts(arrays)
         if nflat:
             block = np.empty((n, nflat), dtype=np.float32)
             for j, c in enumerate(self._columns[:nflat]):
-                block[:, j] = self._flat(arrays, c.name, n)
+                block[:, j] = self._flat(arrays, parts, c.name, n)
             block -= self._flat_offset
             block *= self._flat_scale
             finite = np.isfinite(block)
@@ -250,10 +251,11 @@ class JaggedFlattener:
         for c in self._columns[nflat:]:
             if c.width == 0:
                 continue
-            counts, values = self._jagged(arrays, c.name, n)
-            if previous is None or c.width != previous[1] or not np.array_equal(counts, previous[0]):
-                source, target = _scatter_indices(counts, c.width, self.num_features, rows)
-                previous = counts, c.width
+            offsets, values = self._jagged(arrays, parts, c.name, n)
+            # the branches of one collection share their offsets: the indices are made once for them
+            if previous is None or c.width != previous[1] or not np.array_equal(offsets, previous[0]):
+                source, target = _scatter_indices(np.diff(offsets), c.width, self.num_features, rows)
+                previous = offsets, c.width
             # a float32 copy of the kept values, normalized in place
             vals = values.astype(np.float32) if source is None else values[source].astype(np.float32, copy=False)
             if c.offset:
@@ -269,23 +271,28 @@ class JaggedFlattener:
                 Mf[where] = finite
 
     @staticmethod
-    def _flat(arrays: ak.Array | Mapping[str, ak.Array], name: str, n: int) -> np.ndarray:
-        """One number per event of branch ``name``."""
-        parts = branch_parts(arrays, name)
-        if parts is not None and parts[0] is None and len(parts[1]) == n:
-            values = parts[1]
+    def _flat(arrays: ak.Array | Mapping[str, ak.Array], parts: dict, name: str, n: int) -> np.ndarray:
+        """One number per event of branch ``name`` (from ``parts``, the record's buffers, when there)."""
+        offsets, values = parts.get(name, (0, None))
+        if offsets is None and len(values) == n:
             return values.view(np.uint8) if values.dtype == np.bool_ else values
         return flat_values(JaggedFlattener._get(arrays, name, n))
 
     @staticmethod
-    def _jagged(arrays: ak.Array | Mapping[str, ak.Array], name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(counts, content)`` of jagged branch ``name``."""
-        parts = branch_parts(arrays, name)
-        if parts is not None and parts[0] is not None and len(parts[0]) == n + 1:
-            offsets, content = parts
+    def _jagged(
+        arrays: ak.Array | Mapping[str, ak.Array], parts: dict, name: str, n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(offsets, values)`` of jagged branch ``name``: offsets from 0 into the values of its ``n`` events."""
+        offsets, content = parts.get(name, (None, None))
+        if offsets is not None and len(offsets) == n + 1:
             values = content[offsets[0] : offsets[-1]]
-            return np.diff(offsets), values.view(np.uint8) if values.dtype == np.bool_ else values
-        return jagged_parts(JaggedFlattener._get(arrays, name, n))
+            if offsets[0]:
+                offsets = offsets - offsets[0]
+            return offsets, values.view(np.uint8) if values.dtype == np.bool_ else values
+        counts, values = jagged_parts(JaggedFlattener._get(arrays, name, n))
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return offsets, values
 
     @staticmethod
     def _get(arrays: ak.Array | Mapping[str, ak.Array], name: str, n: int) -> ak.Array:
