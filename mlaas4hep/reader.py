@@ -425,6 +425,7 @@ class ChunkReader:
             entry_stop=stop,
             library="ak",
             decompression_executor=self._executor,
+            array_cache=None,  # the file's default cache would hold up to 100 MB of arrays read once
         )
         self.bytes_read += arrays.layout.nbytes
         return arrays
