@@ -176,8 +176,13 @@ class RootSequence(keras.utils.PyDataset):
         Events to use over all files, split across files in proportion to
         their entries; ``-1`` (default) uses all.
     shuffle : bool
-        Shuffle the order of the chunks and the events within each chunk,
-        anew every epoch (default True).
+        Shuffle the events within each chunk, and where the epoch starts,
+        anew every epoch (default True). Chunks are read in the files' order,
+        from a random chunk in a random direction, wrapping around: each
+        cluster of the files is then decompressed once per epoch and kept only
+        until the next chunk has taken its part (in a random order of the
+        chunks, the clusters a chunk shares with chunks read much later
+        would have to be kept, or decompressed again, all epoch long).
     seed : int, optional
         Seed of the shuffling; the same seed gives the same batches. Default: random.
     specs : Specs, path, or None
@@ -259,7 +264,7 @@ class RootSequence(keras.utils.PyDataset):
     is served batch ``n % len(seq)`` of epoch ``n // len(seq)`` of the stream,
     whatever index it names. Batch ``s`` of an epoch holds events
     ``[s * batch_size, (s + 1) * batch_size)`` of that epoch's stream: the
-    chunks in the epoch's (shuffled) order, each chunk's events in a
+    chunks in the epoch's order (see ``shuffle``), each chunk's events in a
     (shuffled) order drawn from ``seed``, the epoch and the chunk. However
     Keras orders its requests, the chunks are read one after another, each
     once per epoch, and over ``len(seq)`` requests every selected event is
@@ -581,8 +586,10 @@ class RootSequence(keras.utils.PyDataset):
             cached = self._orders.get(epoch)
         if cached is None:
             sizes = self.reader.plan.sizes
-            if self.shuffle:
-                order = np.random.default_rng([self.seed, epoch]).permutation(len(sizes))
+            if self.shuffle:  # a random start and direction, then the chunks one after another
+                rng = np.random.default_rng([self.seed, epoch])
+                start, step = int(rng.integers(len(sizes))), int(rng.choice([-1, 1]))
+                order = (start + step * np.arange(len(sizes))) % len(sizes)
             else:
                 order = np.arange(len(sizes))
             cached = (order, np.cumsum(sizes[order]))

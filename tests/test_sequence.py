@@ -204,3 +204,27 @@ def test_batches_are_views_that_stay_intact_while_kept(two_files):
     for got, want in zip(kept, expected, strict=False):
         for a, b in zip(got, want, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_shuffled_epochs_read_neighbouring_chunks_and_keep_little(two_files):
+    """Each epoch starts at a random chunk and reads on in a random direction: clusters are kept briefly."""
+    seq = _make(two_files, batch_size=50, chunk_size=300, seed=1)
+    n = len(seq.reader)
+    firsts, directions = set(), set()
+    for epoch in range(8):
+        order, _ = seq._order(epoch)
+        assert sorted(order) == list(range(n))
+        steps = set(np.diff(order) % n)
+        assert len(steps) == 1 and steps <= {1, n - 1}
+        firsts.add(int(order[0]))
+        directions |= steps
+    assert len(firsts) > 2 and directions == {1, n - 1}
+    kept = 0
+    for _ in range(2):
+        for i in range(len(seq)):
+            seq[i]
+            kept = max(kept, len(seq.reader._segments))
+        seq.on_epoch_end()
+    assert kept <= 2 * len(two_files)  # an edge cluster per file and direction, never the whole epoch's
+    for file, _ in seq.reader._open.values():  # uproot's own array cache is not filled either
+        assert len(file.file.array_cache) == 0
