@@ -65,7 +65,8 @@ def _shared(shape: tuple[int, int], dtype: type) -> np.ndarray:
     Pages are committed only when written, so slots that are never used cost nothing.
     """
     size = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
-    return np.frombuffer(mmap.mmap(-1, size), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+    # made straight on the mapping, so that every view of it refers to this array (and can be counted)
+    return np.ndarray(shape, dtype=dtype, buffer=mmap.mmap(-1, size))
 
 
 class WorkerPool:

@@ -609,6 +609,7 @@ class RootSequence(keras.utils.PyDataset):
         self._free: list[np.ndarray] = []
         self._pool: WorkerPool | None = None
         self._free_slots: list[int] = []
+        self._lent_slots: list[int] = []  # left the cache while a caller still held batches (views) of them
         self._orders: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -679,14 +680,14 @@ class RootSequence(keras.utils.PyDataset):
         """The batch of the ``request``-th request: ``(x, y)`` or ``(x, y, sample_weight)``."""
         pieces = self._pieces(request)
         try:
-            if len(pieces) == 1 and isinstance(pieces[0][0].buffer, np.ndarray):
+            if len(pieces) == 1:
                 # views: the chunk's buffer is reused only once no batch looks into it (see _recycle)
                 d, rows = pieces[0]
                 X = d.X[rows]
                 y = None if d.y is None else d.y[rows]
                 w = None if d.w is None else d.w[rows]
                 M = d.M[rows] if self.mask_output else None
-            else:  # copies: a batch across two chunks, or a shared buffer that the workers will overwrite
+            else:  # a batch across two chunks
                 X = np.concatenate([d.X[rows] for d, rows in pieces])
                 y = None if pieces[0][0].y is None else np.concatenate([d.y[rows] for d, rows in pieces])
                 w = None if pieces[0][0].w is None else np.concatenate([d.w[rows] for d, rows in pieces])
@@ -789,6 +790,7 @@ class RootSequence(keras.utils.PyDataset):
             self, self._groups, n_slots, self._rows_per_chunk, self.num_features, with_mask=self.with_mask
         )
         self._free_slots = list(range(n_slots))[::-1]
+        self._slot_refs_free = self._slot_refs(0)  # references to a slot's arrays that nothing else holds
         weakref.finalize(self, self._pool.close)
 
     def _flatten_in_workers(self, key: tuple[int, int]) -> _Decoded:
@@ -798,7 +800,7 @@ class RootSequence(keras.utils.PyDataset):
         counts = self.reader.plan.counts[k]
         n = int(counts.sum())
         with self._lock:
-            slot = self._free_slots.pop() if self._free_slots else None
+            slot = self._take_slot()
         if slot is None:  # every shared buffer is taken: this chunk is made here, in threads
             read: Future[Chunk] = Future()
             read.set_result(self.reader.read(k))
@@ -823,6 +825,21 @@ class RootSequence(keras.utils.PyDataset):
         y = _gather([p[0] for p in parts], per_worker, n)
         w = _gather([p[1] for p in parts], per_worker, n)
         return _Decoded(X[:n], None if M is None else M[:n], y, slot, w=w)
+
+    def _slot_refs(self, slot: int) -> int:
+        """References to the arrays of shared buffer ``slot``: each batch cut from it (a view) holds one."""
+        assert self._pool is not None
+        return sum(sys.getrefcount(a) for a in self._pool.slots[slot] if a is not None)
+
+    def _take_slot(self) -> int | None:
+        """A shared buffer that no chunk and no batch uses, or None (caller holds the lock)."""
+        if self._free_slots:
+            return self._free_slots.pop()
+        for slot in self._lent_slots:
+            if self._slot_refs(slot) == self._slot_refs_free:  # the caller has let go of its batches
+                self._lent_slots.remove(slot)
+                return slot
+        return None
 
     def _derive(self, pieces: list[Any], names: Sequence[str] | None = None) -> list[Any]:
         """The pieces of a chunk with the aliases among ``names`` (default: features, targets, weights) added."""
@@ -849,12 +866,12 @@ class RootSequence(keras.utils.PyDataset):
         garbage collector, and the batches a caller kept stay intact.
         """
         if isinstance(decoded.buffer, int):  # a shared buffer of the worker processes
-            self._free_slots.append(decoded.buffer)
-        elif (
-            decoded.buffer is not None
-            and len(self._free) < 2
-            and sys.getrefcount(decoded.buffer) == decoded.refs
-        ):
+            decoded.X = decoded.M = None  # the chunk's own views
+            if self._slot_refs(decoded.buffer) == self._slot_refs_free:
+                self._free_slots.append(decoded.buffer)
+            else:  # batches of it are still held: taken back once they are let go
+                self._lent_slots.append(decoded.buffer)
+        elif decoded.buffer is not None and len(self._free) < 2 and sys.getrefcount(decoded.buffer) == decoded.refs:
             self._free.append(decoded.buffer)
         decoded.buffer = None
 
@@ -864,25 +881,28 @@ class RootSequence(keras.utils.PyDataset):
                 self._submit(key)
 
     def _chunk(self, key: tuple[int, int]) -> _Decoded:
-        with self._lock:
-            decoded = self._cache.get(key)
-            if decoded is not None:
-                self._cache.move_to_end(key)
+        while True:
+            with self._lock:
+                decoded = self._cache.get(key)
+                if decoded is not None:
+                    self._cache.move_to_end(key)
+                    decoded.users += 1
+                    return decoded
+                future = self._submit(key)
+            decoded = future.result()
+            with self._lock:
+                if decoded.evicted and decoded.buffer is None:  # cached, used up and recycled meanwhile
+                    continue
+                if self._futures.get(key) is future:
+                    del self._futures[key]
+                    self._cache[key] = decoded
+                    while len(self._cache) > self.cache_chunks:
+                        _, old = self._cache.popitem(last=False)
+                        old.evicted = True
+                        if old.users == 0:
+                            self._recycle(old)
                 decoded.users += 1
-                return decoded
-            future = self._submit(key)
-        decoded = future.result()
-        with self._lock:
-            if self._futures.get(key) is future:
-                del self._futures[key]
-                self._cache[key] = decoded
-                while len(self._cache) > self.cache_chunks:
-                    _, old = self._cache.popitem(last=False)
-                    old.evicted = True
-                    if old.users == 0:
-                        self._recycle(old)
-            decoded.users += 1
-        return decoded
+            return decoded
 
     def close(self) -> None:
         """Stop the background reader and close the files."""

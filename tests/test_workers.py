@@ -136,3 +136,30 @@ def test_keras_multiprocessing_or_one_file_fall_back_sensibly(two_files):
     finally:
         one.close()
         seq.close()
+
+
+def test_batches_kept_from_shared_buffers_stay_intact(two_files):
+    """Batches are views of the shared buffers too; a buffer is refilled only once its batches are let go."""
+    kw = {"labels": [1, 0], "batch_size": 50, "chunk_size": 300, "seed": 3, "cache_chunks": 1, "prefetch": 1}
+    seq, reference = RootSequence(two_files, workers=2, **kw), RootSequence(two_files, **kw)
+    try:
+        n = len(seq)
+        expected = [tuple(np.array(a, copy=True) for a in reference[i % n]) for i in range(4 * n)]
+        kept = [seq[i] for i in range(n)]  # the first epoch, held
+        seq.on_epoch_end()
+        assert kept[0][0].base is not None  # a view
+        for i in range(n, 3 * n):  # two more epochs, dropped at once: the slots still free are reused
+            np.testing.assert_array_equal(seq[i % n][0], expected[i][0])
+            if i % n == n - 1:
+                seq.on_epoch_end()
+        for got, want in zip(kept, expected, strict=False):
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_array_equal(a, b)
+        assert seq._lent_slots  # the slots of the kept batches were not refilled
+        del kept, got, a
+        assert all(seq._slot_refs(s) == seq._slot_refs_free for s in seq._lent_slots)  # free to take back
+        for i in range(n):  # and taken back when needed
+            np.testing.assert_array_equal(seq[i][0], expected[3 * n + i][0])
+    finally:
+        seq.close()
+        reference.close()
