@@ -19,6 +19,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from ._workers import WorkerPool, balance, fork_supported
 from .errors import BranchError, ParameterError, SpecsError, TreeError
 from .flatten import JaggedFlattener
 from .reader import Chunk, ChunkReader, apportion, split_entries
@@ -26,7 +27,6 @@ from .selection import Selection, decode_mask
 from .sources import DEFAULT_TREE, FileSource, describe_branches, open_tree, parse_sources
 from .specs import DEFAULT_EXCLUDE, SpecBuilder, Specs, scan_selection
 from .targets import Outputs, per_file_totals, totals_by_class
-from ._workers import WorkerPool, balance, fork_supported
 
 __all__ = ["RootSequence", "shard_layout"]
 
@@ -229,7 +229,9 @@ class RootSequence(keras.utils.PyDataset):
     cache_chunks : int
         Flattened chunks kept in memory once served (default 2: the current one and the one before).
     prefetch : int
-        Chunks read and flattened ahead, in background threads (default 2).
+        Chunks read ahead, in background threads (default 2). The next one is
+        flattened ahead too; the others wait as read (several times smaller
+        than flattened) until they are next.
     shard_index, num_shards : int
         Serve shard ``shard_index`` of ``num_shards`` (default 0 of 1), for
         data-parallel training on several workers (see the sharding note below).
@@ -605,6 +607,7 @@ class RootSequence(keras.utils.PyDataset):
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._futures: dict[tuple[int, int], Future[_Decoded]] = {}
+        self._reads: dict[tuple[int, int], Future[Chunk]] = {}  # read ahead, not yet flattened
         self._cache: OrderedDict[tuple[int, int], _Decoded] = OrderedDict()
         self._free: list[np.ndarray] = []
         self._pool: WorkerPool | None = None
@@ -614,7 +617,17 @@ class RootSequence(keras.utils.PyDataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_lock", "_executor", "_flatten_executor", "_futures", "_cache", "_free", "_orders", "_pool"):
+        for key in (
+            "_lock",
+            "_executor",
+            "_flatten_executor",
+            "_futures",
+            "_reads",
+            "_cache",
+            "_free",
+            "_orders",
+            "_pool",
+        ):
             state.pop(key, None)
         return state
 
@@ -713,12 +726,13 @@ class RootSequence(keras.utils.PyDataset):
             a, b = start - chunk_start, min(stop, int(ends[position])) - chunk_start
             decoded = self._chunk(self._key(epoch, int(order[position])))
             for ahead in range(position + 1, position + 1 + self.prefetch):
+                flatten = ahead == position + 1  # the next chunk is flattened ahead, the others only read
                 if ahead <= last:  # never read ahead into another shard's chunks
-                    self._prefetch(self._key(epoch, int(order[ahead])))
+                    self._prefetch(self._key(epoch, int(order[ahead])), flatten=flatten)
                 elif stop == shard_stop and ahead == last + 1:
                     next_order, next_ends = self._order(epoch + 1)
                     first = int(np.searchsorted(next_ends, shard_start, side="right"))
-                    self._prefetch(self._key(epoch + 1, int(next_order[first])))
+                    self._prefetch(self._key(epoch + 1, int(next_order[first])), flatten=flatten)
             pieces.append((decoded, slice(a, b)))
             start = chunk_start + b
             position += 1
@@ -744,21 +758,37 @@ class RootSequence(keras.utils.PyDataset):
         """
         future = self._futures.get(key)
         if future is None:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="mlaas4hep-reader")
-                self._flatten_executor = ThreadPoolExecutor(1, thread_name_prefix="mlaas4hep-flattener")
-                # a sequence that is dropped stops reading ahead
-                weakref.finalize(self, self._executor.shutdown, wait=False, cancel_futures=True)
-                weakref.finalize(self, self._flatten_executor.shutdown, wait=False, cancel_futures=True)
-                if self._groups is not None:
-                    self._start_workers()
+            self._start_threads()
             if self._pool is not None:
                 future = self._flatten_executor.submit(self._flatten_in_workers, key)
             else:
-                read = self._executor.submit(self.reader.read, key[1])
+                read = self._reads.pop(key, None) or self._executor.submit(self.reader.read, key[1])
                 future = self._flatten_executor.submit(self._flatten, read, key[0])
             self._futures[key] = future
         return future
+
+    def _read_ahead(self, key: tuple[int, int]) -> None:
+        """Start reading the chunk of ``key``, to be flattened when it is next (caller holds the lock)."""
+        if key in self._reads or key in self._futures:
+            return
+        self._start_threads()
+        if self._pool is not None:  # the workers flatten what they read, into their own shared buffers
+            self._submit(key)
+            return
+        self._reads[key] = self._executor.submit(self.reader.read, key[1])
+        while len(self._reads) > self.prefetch:  # reads ahead that were never asked for (another shard...)
+            self._reads.pop(next(iter(self._reads))).cancel()
+
+    def _start_threads(self) -> None:
+        """Start the reader and flattener threads (and the worker processes), once (caller holds the lock)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="mlaas4hep-reader")
+            self._flatten_executor = ThreadPoolExecutor(1, thread_name_prefix="mlaas4hep-flattener")
+            # a sequence that is dropped stops reading ahead
+            weakref.finalize(self, self._executor.shutdown, wait=False, cancel_futures=True)
+            weakref.finalize(self, self._flatten_executor.shutdown, wait=False, cancel_futures=True)
+            if self._groups is not None:
+                self._start_workers()
 
     def _flatten(self, read: Future[Chunk], epoch: int) -> _Decoded:
         """Flatten a chunk once read, its events already in the epoch's shuffled order."""
@@ -875,10 +905,13 @@ class RootSequence(keras.utils.PyDataset):
             self._free.append(decoded.buffer)
         decoded.buffer = None
 
-    def _prefetch(self, key: tuple[int, int]) -> None:
+    def _prefetch(self, key: tuple[int, int], *, flatten: bool = True) -> None:
         with self._lock:
             if key not in self._cache:
-                self._submit(key)
+                if flatten:
+                    self._submit(key)
+                else:
+                    self._read_ahead(key)
 
     def _chunk(self, key: tuple[int, int]) -> _Decoded:
         while True:
