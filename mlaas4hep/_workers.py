@@ -18,6 +18,7 @@ import mmap
 import multiprocessing
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -103,6 +104,8 @@ class WorkerPool:
         ]
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
+        self._locks = [threading.Lock() for _ in groups]  # one thread at a time talks to a worker
+        self._replies: dict[tuple[int, int], tuple[Any, ...]] = {}
         context = multiprocessing.get_context("fork")
         gc.freeze()  # the children's garbage collector then leaves the parent's objects (and their pages) alone
         try:
@@ -132,14 +135,15 @@ class WorkerPool:
         for g, r in enumerate(rows):
             if len(r):
                 try:
-                    self._conns[g].send((k, slot, r))
+                    with self._locks[g]:
+                        self._conns[g].send((k, slot, r))
                     asked.append(g)
                 except OSError as err:  # a broken pipe: the worker is gone
                     error = error or self._died(g, k, err)
         replies: dict[int, tuple[Any, Any]] = {}
         for g in asked:  # every reply is collected, so that no stale one is left in a pipe
             try:
-                status, *payload = self._conns[g].recv()
+                status, *payload = self._reply(g, slot)
             except (EOFError, OSError) as err:
                 error = error or self._died(g, k, err)
                 continue
@@ -150,6 +154,19 @@ class WorkerPool:
         if error is not None:
             raise error
         return [replies.get(g, (None, None)) for g in range(len(rows))]
+
+    def _reply(self, g: int, slot: int) -> tuple[Any, ...]:
+        """Worker ``g``'s reply for ``slot``. Several threads may wait on one worker: each keeps the
+        replies it reads for the others (a worker answers in the order it was asked)."""
+        while True:
+            with self._locks[g]:
+                reply = self._replies.pop((g, slot), None)
+                if reply is not None:
+                    return reply
+                status, answered, *payload = self._conns[g].recv()
+                if answered == slot:
+                    return (status, *payload)
+                self._replies[(g, answered)] = (status, *payload)
 
     def _died(self, g: int, k: int, cause: BaseException) -> MLaaS4HEPError:
         self._procs[g].join(timeout=1)
@@ -195,9 +212,9 @@ def _serve(sequence: Any, files: list[int], conn: Connection, slots: list[tuple[
             y, w = sequence.outputs.extract(pieces, chunk.file_index, chunk.labels)
             X, M = slots[slot]
             sequence.flattener._write_rows(pieces, X, M, rows)
-            conn.send(("ok", y, w))
+            conn.send(("ok", slot, y, w))
         except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent, which raises it
             try:
-                conn.send(("error", err))
+                conn.send(("error", slot, err))
             except Exception:  # noqa: BLE001 - an exception that does not pickle
-                conn.send(("error", MLaaS4HEPError(f"{type(err).__name__}: {err}")))
+                conn.send(("error", slot, MLaaS4HEPError(f"{type(err).__name__}: {err}")))

@@ -612,7 +612,8 @@ class RootSequence(keras.utils.PyDataset):
         self._free: list[np.ndarray] = []
         self._pool: WorkerPool | None = None
         self._free_slots: list[int] = []
-        self._lent_slots: list[int] = []  # left the cache while a caller still held batches (views) of them
+        self._lent_slots: list[int] = []
+        self._reader_lock = threading.Lock()  # left the cache while a caller still held batches (views) of them
         self._orders: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -627,6 +628,7 @@ class RootSequence(keras.utils.PyDataset):
             "_free",
             "_orders",
             "_pool",
+            "_reader_lock",
         ):
             state.pop(key, None)
         return state
@@ -783,7 +785,10 @@ class RootSequence(keras.utils.PyDataset):
         """Start the reader and flattener threads (and the worker processes), once (caller holds the lock)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="mlaas4hep-reader")
-            self._flatten_executor = ThreadPoolExecutor(1, thread_name_prefix="mlaas4hep-flattener")
+            # with worker processes, two threads hand out chunks, so that a worker is asked for the
+            # next chunk before the other has finished this one
+            dispatchers = 1 if self._groups is None else 2
+            self._flatten_executor = ThreadPoolExecutor(dispatchers, thread_name_prefix="mlaas4hep-flattener")
             # a sequence that is dropped stops reading ahead
             weakref.finalize(self, self._executor.shutdown, wait=False, cancel_futures=True)
             weakref.finalize(self, self._flatten_executor.shutdown, wait=False, cancel_futures=True)
@@ -831,9 +836,10 @@ class RootSequence(keras.utils.PyDataset):
         n = int(counts.sum())
         with self._lock:
             slot = self._take_slot()
-        if slot is None:  # every shared buffer is taken: this chunk is made here, in threads
+        if slot is None:  # every shared buffer is taken: this chunk is made here, in this thread
             read: Future[Chunk] = Future()
-            read.set_result(self.reader.read(k))
+            with self._reader_lock:  # the other dispatching thread may be here too
+                read.set_result(self.reader.read(k))
             return self._flatten(read, epoch)
         rows = np.arange(n, dtype=np.int64)
         if self.shuffle:  # the same permutation as _flatten's: row r holds event order[r]
