@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 
-def _status(field: str) -> int:
+def status(field: str) -> int:
     """A field of /proc/self/status in bytes (VmRSS: now, VmHWM: peak)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -29,7 +29,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras  # noqa: F401  - TensorFlow's own share of the memory
 
-    tf_rss = _status("VmRSS")
+    tf_rss = status("VmRSS")
     from mlaas4hep import RootSequence
 
     seq = RootSequence(
@@ -47,7 +47,7 @@ def main() -> None:
         served += len(seq[i][0])
     seq.on_epoch_end()
     seq.close()
-    json.dump({"nevts": served, "tf_rss": tf_rss, "peak": _status("VmHWM")}, sys.stdout)
+    json.dump({"nevts": served, "tf_rss": tf_rss, "peak": status("VmHWM")}, sys.stdout)
     sys.stdout.write("\n")
 
 
