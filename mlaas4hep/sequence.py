@@ -612,8 +612,8 @@ class RootSequence(keras.utils.PyDataset):
         self._free: list[np.ndarray] = []
         self._pool: WorkerPool | None = None
         self._free_slots: list[int] = []
-        self._lent_slots: list[int] = []
-        self._reader_lock = threading.Lock()  # left the cache while a caller still held batches (views) of them
+        self._lent_slots: list[int] = []  # left the cache while a caller still held batches (views) of them
+        self._reader_lock = threading.Lock()  # for chunks made in this process while workers are running
         self._orders: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
