@@ -202,11 +202,8 @@ class JaggedFlattener:
             X = out
             X.fill(self.pad_value)
         M = np.zeros((n, self.num_features), dtype=np.bool_) if mask else None
-        row = 0
-        for piece, size in zip(pieces, sizes, strict=True):
-            rows = np.arange(row, row + size) if destination is None else destination[row : row + size]
-            self._fill(piece, X, M, rows)
-            row += size
+        rows = np.arange(n, dtype=np.int64) if destination is None else destination
+        self._fill_pieces(pieces, X, M, rows, sizes)
         return X, M
 
     def _write_rows(
@@ -220,9 +217,21 @@ class JaggedFlattener:
         X[rows] = self.pad_value
         if M is not None:
             M[rows] = False
+        self._fill_pieces(pieces, X, M, rows)
+
+    def _fill_pieces(
+        self,
+        pieces: Sequence[ak.Array | Mapping[str, ak.Array]],
+        X: np.ndarray,
+        M: np.ndarray | None,
+        rows: np.ndarray,
+        sizes: Sequence[int] | None = None,
+    ) -> None:
+        """Write consecutive ``pieces`` (of ``sizes`` events, if known) into rows ``rows`` of ``X`` and ``M``."""
+        if sizes is None:
+            sizes = [len(p[self._columns[0].name]) for p in pieces]
         row = 0
-        for piece in pieces:
-            size = len(piece[self._columns[0].name])
+        for piece, size in zip(pieces, sizes, strict=True):
             self._fill(piece, X, M, rows[row : row + size])
             row += size
 

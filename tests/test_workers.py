@@ -36,6 +36,11 @@ def _batches(seq: RootSequence, epochs: int = 2) -> list[tuple[np.ndarray, ...]]
     return out
 
 
+def _serve_epoch(seq: RootSequence) -> None:
+    for i in range(len(seq)):
+        seq[i]
+
+
 def _flat(batch: tuple) -> list[np.ndarray]:
     x = batch[0]
     parts = [x["features"], x["mask"]] if isinstance(x, dict) else [x]
@@ -107,8 +112,7 @@ def test_an_error_in_a_worker_names_the_file(three_files, tmp_path):
         with open(files[1], "r+b") as f:  # the file breaks after the sequence was made
             f.truncate(2000)
         with pytest.raises(FileAccessError, match=r"b\.root"):
-            for i in range(len(seq)):
-                seq[i]
+            _serve_epoch(seq)
     finally:
         seq.close()
 
@@ -120,8 +124,7 @@ def test_a_worker_that_dies_is_reported(two_files):
         os.kill(seq._pool._procs[0].pid, signal.SIGKILL)
         seq._pool._procs[0].join(5)
         with pytest.raises(MLaaS4HEPError, match=r"worker process 0 .* died"):
-            for i in range(len(seq)):
-                seq[i]
+            _serve_epoch(seq)
     finally:
         seq.close()
 
