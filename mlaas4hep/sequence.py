@@ -229,7 +229,8 @@ class RootSequence(keras.utils.PyDataset):
     cache_chunks : int
         Flattened chunks kept in memory once served (default 2: the current one and the one before).
     prefetch : int
-        Chunks read ahead, in background threads (default 2). The next one is
+        Chunks read ahead, in background threads (default 2), past the end of
+        an epoch into the next one's first chunks too. The next one is
         flattened ahead too; the others wait as read (several times smaller
         than flattened) until they are next.
     shard_index, num_shards : int
@@ -731,10 +732,13 @@ class RootSequence(keras.utils.PyDataset):
                 flatten = ahead == position + 1  # the next chunk is flattened ahead, the others only read
                 if ahead <= last:  # never read ahead into another shard's chunks
                     self._prefetch(self._key(epoch, int(order[ahead])), flatten=flatten)
-                elif stop == shard_stop and ahead == last + 1:
+                else:  # past this epoch's end: the next epoch's first chunks of this shard
                     next_order, next_ends = self._order(epoch + 1)
                     first = int(np.searchsorted(next_ends, shard_start, side="right"))
-                    self._prefetch(self._key(epoch + 1, int(next_order[first])), flatten=flatten)
+                    next_last = int(np.searchsorted(next_ends, shard_stop - 1, side="right"))
+                    at = first + ahead - last - 1
+                    if at <= next_last:
+                        self._prefetch(self._key(epoch + 1, int(next_order[at])), flatten=flatten)
             pieces.append((decoded, slice(a, b)))
             start = chunk_start + b
             position += 1

@@ -27,6 +27,6 @@ def test_training_on_demo_files_learns(tmp_path):
     assert history.history["val_auc"][-1] > 0.7
     # every training event was served once per epoch
     assert train.epoch == 3
-    assert train.chunk_reads <= 3 * len(train.reader) + 1
+    assert train.chunk_reads <= 3 * len(train.reader) + train.prefetch
     x, y = val[0]
     assert not np.isnan(x).any()
