@@ -182,8 +182,37 @@ class JaggedFlattener:
         X : numpy.ndarray of float32, shape (n_events, num_features)
         M : numpy.ndarray of bool, same shape; True where ``X`` holds a real, finite value (None if ``mask=False``)
         """
+        if out is not None:
+            n = sum(self._sizes(arrays))
+            if out.shape != (n, self.num_features) or out.dtype != np.float32:
+                msg = f"out must be a float32 array of shape {(n, self.num_features)}, got {out.dtype} {out.shape}"
+                raise ParameterError(msg)
+        X, M, _ = self._transform_into(arrays, order, mask=mask, buffer=out)
+        return X, M
+
+    def _sizes(self, arrays: ak.Array | Mapping[str, ak.Array] | Sequence[ak.Array]) -> list[int]:
         pieces = list(arrays) if isinstance(arrays, (list, tuple)) else [arrays]
-        sizes = [len(p[self._columns[0].name]) for p in pieces]
+        return [len(p[self._columns[0].name]) for p in pieces]
+
+    def _transform_into(
+        self,
+        arrays: ak.Array | Mapping[str, ak.Array] | Sequence[ak.Array],
+        order: np.ndarray | None,
+        *,
+        mask: bool,
+        buffer: np.ndarray | None,
+        written: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[np.ndarray, np.ndarray]]]:
+        """:meth:`transform` into the first rows of ``buffer`` (a new array if None).
+
+        ``written``, when given, says which cells of ``buffer`` hold anything
+        but padding in the jagged columns: those the previous call wrote,
+        returned as its third result. Only they are padded again, instead of
+        the whole buffer (most of a padded matrix is padding). The flat
+        columns of the rows used are always written in full.
+        """
+        pieces = list(arrays) if isinstance(arrays, (list, tuple)) else [arrays]
+        sizes = self._sizes(pieces)
         n = sum(sizes)
         destination = None
         if order is not None:
@@ -193,18 +222,21 @@ class JaggedFlattener:
                 raise ParameterError(msg)
             destination = np.empty(n, dtype=np.int64)
             destination[order] = np.arange(n, dtype=np.int64)
-        if out is None:
+        if buffer is None:
             X = np.full((n, self.num_features), self.pad_value, dtype=np.float32)
         else:
-            if out.shape != (n, self.num_features) or out.dtype != np.float32:
-                msg = f"out must be a float32 array of shape {(n, self.num_features)}, got {out.dtype} {out.shape}"
-                raise ParameterError(msg)
-            X = out
-            X.fill(self.pad_value)
+            if written is None:
+                buffer.fill(self.pad_value)
+            else:  # every jagged cell but those is padding already
+                flat = buffer.reshape(-1)
+                for target, starts in written:
+                    flat[target + starts] = self.pad_value
+            X = buffer[:n]
         M = np.zeros((n, self.num_features), dtype=np.bool_) if mask else None
         rows = np.arange(n, dtype=np.int64) if destination is None else destination
-        self._fill_pieces(pieces, X, M, rows, sizes)
-        return X, M
+        now_written: list[tuple[np.ndarray, np.ndarray]] = []
+        self._fill_pieces(pieces, X, M, rows, sizes, now_written)
+        return X, M, now_written
 
     def _write_rows(
         self,
@@ -226,17 +258,27 @@ class JaggedFlattener:
         M: np.ndarray | None,
         rows: np.ndarray,
         sizes: Sequence[int] | None = None,
+        written: list[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
-        """Write consecutive ``pieces`` (of ``sizes`` events, if known) into rows ``rows`` of ``X`` and ``M``."""
+        """Write consecutive ``pieces`` (of ``sizes`` events, if known) into rows ``rows`` of ``X`` and ``M``.
+
+        The cells of the jagged columns written are added to ``written``, if
+        given, as ``(target, starts)``: ``X.ravel()[target + starts]``.
+        """
         if sizes is None:
             sizes = [len(p[self._columns[0].name]) for p in pieces]
         row = 0
         for piece, size in zip(pieces, sizes, strict=True):
-            self._fill(piece, X, M, rows[row : row + size])
+            self._fill(piece, X, M, rows[row : row + size], written)
             row += size
 
     def _fill(
-        self, arrays: ak.Array | Mapping[str, ak.Array], X: np.ndarray, M: np.ndarray | None, rows: np.ndarray
+        self,
+        arrays: ak.Array | Mapping[str, ak.Array],
+        X: np.ndarray,
+        M: np.ndarray | None,
+        rows: np.ndarray,
+        written: list[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         """Write the events of ``arrays`` into rows ``rows`` of ``X`` and ``M``."""
         n = rows.size
@@ -254,30 +296,54 @@ class JaggedFlattener:
             X[rows, :nflat] = block
             if M is not None:
                 M[rows, :nflat] = finite
-        Xf = X.reshape(-1)
-        Mf = None if M is None else M.reshape(-1)
-        previous: tuple[np.ndarray, int] | None = None
+        # the branches of one collection share their offsets: they are written together, each
+        # step one numpy call for the whole collection (few calls, so little waiting for the GIL
+        # while another thread reads)
+        group: list[tuple[_Column, np.ndarray]] = []
+        group_offsets: np.ndarray | None = None
         for c in self._columns[nflat:]:
             if c.width == 0:
                 continue
             offsets, values = self._jagged(arrays, parts, c.name, n)
-            # the branches of one collection share their offsets: the indices are made once for them
-            if previous is None or c.width != previous[1] or not np.array_equal(offsets, previous[0]):
-                source, target = _scatter_indices(np.diff(offsets), c.width, self.num_features, rows)
-                previous = offsets, c.width
-            # a float32 copy of the kept values, normalized in place
-            vals = values.astype(np.float32) if source is None else values[source].astype(np.float32, copy=False)
-            if c.offset:
-                vals -= np.float32(c.offset)
-            if c.scale != 1.0:
-                vals *= np.float32(c.scale)
-            finite = np.isfinite(vals)
-            if not finite.all():
-                vals[~finite] = self.pad_value
-            where = target + c.start
-            Xf[where] = vals
-            if Mf is not None:
-                Mf[where] = finite
+            if group and (c.width != group[0][0].width or not np.array_equal(offsets, group_offsets)):
+                self._fill_collection(group, group_offsets, X, M, rows, written)
+                group = []
+            if not group:
+                group_offsets = offsets
+            group.append((c, values))
+        if group:
+            self._fill_collection(group, group_offsets, X, M, rows, written)
+
+    def _fill_collection(
+        self,
+        group: list[tuple[_Column, np.ndarray]],
+        offsets: np.ndarray,
+        X: np.ndarray,
+        M: np.ndarray | None,
+        rows: np.ndarray,
+        written: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> None:
+        """Write jagged branches of one width that share ``offsets`` into rows ``rows`` of ``X`` and ``M``."""
+        width = group[0][0].width
+        source, target = _scatter_indices(np.diff(offsets), width, self.num_features, rows)
+        # a float32 copy of the kept values of every branch, one row per branch, normalized in place
+        vals = np.empty((len(group), target.size), dtype=np.float32)
+        for b, (_, values) in enumerate(group):
+            vals[b] = values if source is None else values[source]
+        if any(c.offset for c, _ in group):
+            vals -= np.array([[c.offset] for c, _ in group], dtype=np.float32)
+        if any(c.scale != 1.0 for c, _ in group):
+            vals *= np.array([[c.scale] for c, _ in group], dtype=np.float32)
+        finite = np.isfinite(vals)
+        if not finite.all():
+            vals[~finite] = self.pad_value
+        starts = np.array([[c.start] for c, _ in group], dtype=np.int64)
+        where = target + starts
+        X.reshape(-1)[where] = vals
+        if written is not None:
+            written.append((target, starts))
+        if M is not None:
+            M.reshape(-1)[where] = finite
 
     @staticmethod
     def _flat(arrays: ak.Array | Mapping[str, ak.Array], parts: dict, name: str, n: int) -> np.ndarray:

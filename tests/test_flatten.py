@@ -149,3 +149,37 @@ def test_record_arrays_and_mappings_flatten_alike(events):
             np.testing.assert_array_equal(X, Xo)
             np.testing.assert_array_equal(M, Mo)
     assert X[order.argsort()[3], flattener.columns("tag")].tolist() == [0.0]
+
+
+def test_a_reused_buffer_is_padded_again_where_the_chunk_before_wrote():
+    """Writing into a used buffer pads only the cells written last time: the result is as if fresh."""
+    first = ak.Array(
+        {
+            "met": np.array([1.0, 2.0, 3.0, 4.0], np.float32),
+            "jet_pt": ak.Array([[1.0, 2.0, 3.0], [4.0], [5.0, 6.0, 7.0, 8.0], []]),
+            "jet_eta": ak.Array([[0.1, 0.2, 0.3], [0.4], [0.5, 0.6, 0.7, 0.8], []]),
+            "mu_pt": ak.Array([[9.0, 9.5], [], [8.0], [7.0, 7.5]]),
+        }
+    )
+    second = ak.Array(  # fewer events, and lists where the first chunk had none
+        {
+            "met": np.array([5.0, 6.0, 7.0], np.float32),
+            "jet_pt": ak.Array([[], [1.5, 2.5], [3.5]]),
+            "jet_eta": ak.Array([[], [0.15, 0.25], [0.35]]),
+            "mu_pt": ak.Array([[1.0, 2.0, 3.0], [4.0], []]),
+        }
+    )
+    specs = _specs(**{name: ak.concatenate([first[name], second[name]]) for name in first.fields})
+    flattener = JaggedFlattener(specs, pad_value=-1.0, max_lengths={"jet_pt": 3, "jet_eta": 3})
+    buffer = np.empty((4, flattener.num_features), np.float32)
+    order = np.array([2, 0, 3, 1])
+    X, _, written = flattener._transform_into([first[:1], first[1:]], order, mask=False, buffer=buffer)
+    np.testing.assert_array_equal(X, flattener.transform(first, order=order, mask=False)[0])
+    assert written  # the cells of the jagged columns that hold values
+    X, M, written = flattener._transform_into(second, None, mask=True, buffer=buffer, written=written)
+    expected, expected_mask = flattener.transform(second)
+    np.testing.assert_array_equal(X, expected)
+    np.testing.assert_array_equal(M, expected_mask)
+    assert X.base is buffer or X.base is buffer.base
+    X, _, _ = flattener._transform_into(first, None, mask=False, buffer=buffer, written=written)
+    np.testing.assert_array_equal(X, flattener.transform(first, mask=False)[0])
