@@ -52,6 +52,7 @@ class _Decoded:
     evicted: bool = False
     w: np.ndarray | None = None
     refs: int = 0  # references to ``buffer`` when no batch looks into it (see RootSequence._recycle)
+    written: list[tuple[np.ndarray, np.ndarray]] | None = None  # the cells of ``buffer`` that are not padding
 
 
 class _Counter:
@@ -610,7 +611,7 @@ class RootSequence(keras.utils.PyDataset):
         self._futures: dict[tuple[int, int], Future[_Decoded]] = {}
         self._reads: dict[tuple[int, int], Future[Chunk]] = {}  # read ahead, not yet flattened
         self._cache: OrderedDict[tuple[int, int], _Decoded] = OrderedDict()
-        self._free: list[np.ndarray] = []
+        self._free: list[tuple[np.ndarray, Any]] = []  # reusable buffers and the cells written in them
         self._pool: WorkerPool | None = None
         self._free_slots: list[int] = []
         self._lent_slots: list[int] = []  # left the cache while a caller still held batches (views) of them
@@ -809,14 +810,18 @@ class RootSequence(keras.utils.PyDataset):
             order = np.random.default_rng([self.seed, epoch, chunk.index, 1]).permutation(len(chunk))
         n = len(chunk)
         with self._lock:
-            buffer = self._free.pop() if self._free else None
+            buffer, written = self._free.pop() if self._free else (None, None)
         if buffer is None or buffer.shape[0] < n:
-            buffer = np.empty((self._rows_per_chunk, self.num_features), dtype=np.float32)
-        X, M = self.flattener.transform(pieces, order=order, mask=self.with_mask, out=buffer[:n])
+            buffer, written = np.empty((self._rows_per_chunk, self.num_features), dtype=np.float32), None
+        # a reused buffer is padded again only where the chunk before wrote
+        X, M, written = self.flattener._transform_into(
+            pieces, order, mask=self.with_mask, buffer=buffer, written=written
+        )
         if order is not None:
             y = None if y is None else y[order]
             w = None if w is None else w[order]
-        decoded = _Decoded(X, M, y, buffer, w=w)
+        X.flags.writeable = False  # batches are views of the buffer, which is reused: not to be changed in place
+        decoded = _Decoded(X, M, y, buffer, w=w, written=written)
         del buffer, X  # counted as _recycle will count: the chunk's own references only
         decoded.refs = sys.getrefcount(decoded.buffer)
         return decoded
@@ -864,7 +869,11 @@ class RootSequence(keras.utils.PyDataset):
         X, M = self._pool.slots[slot]
         y = _gather([p[0] for p in parts], per_worker, n)
         w = _gather([p[1] for p in parts], per_worker, n)
-        return _Decoded(X[:n], None if M is None else M[:n], y, slot, w=w)
+        X, M = X[:n], None if M is None else M[:n]
+        for a in (X, M):  # batches are views of the shared buffer, which is reused
+            if a is not None:
+                a.flags.writeable = False
+        return _Decoded(X, M, y, slot, w=w)
 
     def _slot_refs(self, slot: int) -> int:
         """References to the arrays of shared buffer ``slot``: each batch cut from it (a view) holds one."""
@@ -912,7 +921,7 @@ class RootSequence(keras.utils.PyDataset):
             else:  # batches of it are still held: taken back once they are let go
                 self._lent_slots.append(decoded.buffer)
         elif decoded.buffer is not None and len(self._free) < 2 and sys.getrefcount(decoded.buffer) == decoded.refs:
-            self._free.append(decoded.buffer)
+            self._free.append((decoded.buffer, decoded.written))
         decoded.buffer = None
 
     def _prefetch(self, key: tuple[int, int], *, flatten: bool = True) -> None:

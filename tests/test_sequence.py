@@ -197,6 +197,8 @@ def test_batches_are_views_that_stay_intact_while_kept(two_files):
     expected = [tuple(np.array(a, copy=True) for a in reference[i % len(reference)]) for i in range(2 * len(reference))]
     kept = [seq[i % len(seq)] for i in range(len(seq))]  # every batch of the first epoch, held
     assert kept[0][0].base is not None  # a view, not a copy
+    with pytest.raises(ValueError, match="read-only"):  # the buffer is reused: not to be changed in place
+        kept[0][0][0, 0] = 1.0
     assert not seq._free  # no buffer went back to the pool while its batches are held
     for i in range(len(seq)):  # the second epoch, its batches dropped at once: buffers are reused
         np.testing.assert_array_equal(seq[i][0], expected[len(seq) + i][0])

@@ -152,6 +152,7 @@ def test_batches_kept_from_shared_buffers_stay_intact(two_files):
         kept = [seq[i] for i in range(n)]  # the first epoch, held
         seq.on_epoch_end()
         assert kept[0][0].base is not None  # a view
+        assert not kept[0][0].flags.writeable
         for i in range(n, 3 * n):  # two more epochs, dropped at once: the slots still free are reused
             np.testing.assert_array_equal(seq[i % n][0], expected[i][0])
             if i % n == n - 1:
