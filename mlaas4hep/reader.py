@@ -237,6 +237,13 @@ class ChunkReader:
     -----
     A reader is used by one thread at a time; after a ``fork`` it reopens its
     files, so copies in worker processes work.
+
+    Whole clusters (the entry ranges where every branch starts a basket) are
+    read, so that no basket is decompressed twice. When chunks are read one
+    after another (``k``, then ``k + 1`` or ``k - 1``, as an epoch reads them),
+    the clusters that the next ``read_ahead`` chunks (attribute, default 2)
+    need and that adjoin a read are read in the same call to uproot, which
+    has a fixed cost per call, and kept until those chunks take them.
     """
 
     def __init__(
@@ -287,9 +294,12 @@ class ChunkReader:
         self.bytes_read = 0
         self._open: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
         self._cluster_cache: dict[int, np.ndarray | None] = {}
-        self._segments: OrderedDict[tuple[int, int], tuple[ak.Array, int]] = OrderedDict()
+        # clusters read and still needed by other chunks: (block read with them, its first entry, chunks to come)
+        self._segments: OrderedDict[tuple[int, int], tuple[ak.Array, int, int]] = OrderedDict()
         self._executor: Any = None
         self.max_kept_clusters = 4 * len(self.sources) + 8
+        self.read_ahead = 2  # chunks ahead whose clusters are read along when they touch a read
+        self._last_chunk: int | None = None
         self._pid = os.getpid()
 
     @staticmethod
@@ -341,14 +351,18 @@ class ChunkReader:
             self._cluster_cache[i] = offsets
         return self._cluster_cache[i]
 
-    def _read_range(self, i: int, start: int, stop: int, names: list[str]) -> list[ak.Array]:
+    def _read_range(
+        self, i: int, start: int, stop: int, names: list[str], ahead: tuple[int, int] | None = None
+    ) -> list[ak.Array]:
         """Entries ``[start, stop)`` of file ``i`` as consecutive pieces, each basket decompressed once.
 
         A file's share of a chunk rarely ends on a basket boundary. Reading
         ``[start, stop)`` directly would decompress the boundary baskets once for
         each of the two chunks that share them; instead whole clusters are read,
-        and the clusters at the edges are kept until every chunk that needs them
-        has taken its part.
+        and those that other chunks need too are kept until every one of them
+        has taken its part. ``ahead`` (entries ``[lo, hi)``) names what the next
+        chunks will read: clusters of it that touch this read are read in the
+        same call (every call to uproot has a fixed cost) and kept for them.
         """
         tree = self._tree(i)
         offsets = self._clusters(i)
@@ -356,44 +370,75 @@ class ChunkReader:
             return [self._arrays(tree, names, start, stop)]
         first = int(np.searchsorted(offsets, start, side="right")) - 1
         last = int(np.searchsorted(offsets, stop, side="left"))
-        parts, j = [], first
-        while j < last:
-            cached = self._segments.pop((i, j), None)
-            if cached is not None:
-                arrays, users = cached
-                parts.append((int(offsets[j]), arrays))
-                if users > 1:
-                    self._segments[(i, j)] = (arrays, users - 1)
+        lo, hi = first, last  # the clusters to have: those of this read and the next ones that touch it
+        if ahead is not None:
+            lo = min(lo, int(np.searchsorted(offsets, ahead[0], side="right")) - 1)
+            hi = max(hi, int(np.searchsorted(offsets, ahead[1], side="left")))
+        blocks: list[tuple[ak.Array, int, int, int]] = []  # (block, its first entry, rows [a, b) of it)
+        j = lo
+        while j < hi:
+            kept = self._segments.pop((i, j), None)
+            if kept is not None:
+                block, entry0, users = kept
+                if first <= j < last:  # this read takes its part
+                    users -= 1
+                    blocks.append((block, entry0, int(offsets[j] - entry0), int(offsets[j + 1] - entry0)))
+                if users > 0:
+                    self._segments[(i, j)] = (block, entry0, users)
                 j += 1
                 continue
-            run_end = j + 1  # read consecutive missing clusters in one call
-            while run_end < last and (i, run_end) not in self._segments:
+            run_end = j + 1  # consecutive missing clusters in one call
+            while run_end < hi and (i, run_end) not in self._segments:
                 run_end += 1
+            if run_end <= first or j >= last:  # a run of the next chunks' clusters only: read when needed
+                j = run_end
+                continue
             block = self._arrays(tree, names, int(offsets[j]), int(offsets[run_end]))
-            for m in (j, run_end - 1):  # edge clusters may be shared with other chunks
-                users = self._cluster_users(i, m, offsets) - 1
-                if users > 0 and (m == first or m == last - 1):
-                    lo = int(offsets[m] - offsets[j])
-                    self._segments[(i, m)] = (block[lo : lo + int(offsets[m + 1] - offsets[m])], users)
-            parts.append((int(offsets[j]), block))
+            entry0 = int(offsets[j])
+            for m in range(j, run_end):
+                users = self._cluster_users(i, m, offsets) - (1 if first <= m < last else 0)
+                if users > 0:
+                    self._segments[(i, m)] = (block, entry0, users)
+            a, b = max(j, first), min(run_end, last)
+            blocks.append((block, entry0, int(offsets[a] - entry0), int(offsets[b] - entry0)))
             j = run_end
         while len(self._segments) > self.max_kept_clusters:
             self._segments.popitem(last=False)
-        # no ak.concatenate (it copies every field): the flattener takes the pieces as they are
+        # neighbouring rows of one block make one piece; no ak.concatenate (it copies every field):
+        # the flattener takes the pieces as they are
+        merged: list[list[Any]] = []
+        for block, entry0, a, b in blocks:
+            if merged and merged[-1][0] is block and merged[-1][3] == a:
+                merged[-1][3] = b
+            else:
+                merged.append([block, entry0, a, b])
         pieces = []
-        for lo, arrays in parts:
-            a, b = max(start - lo, 0), min(stop - lo, len(arrays))
+        for block, entry0, a, b in merged:
+            a, b = max(a, start - entry0), min(b, stop - entry0)
             if b > a:
-                pieces.append(arrays[a:b] if (a, b) != (0, len(arrays)) else arrays)
+                pieces.append(block[a:b] if (a, b) != (0, len(block)) else block)
         return pieces
 
-    def _read_retrying(self, i: int, start: int, stop: int, names: list[str]) -> list[ak.Array]:
+    def _entry_range(self, k: int, i: int) -> tuple[int, int] | None:
+        """Entries ``[start, stop)`` of file ``i`` that chunk ``k`` reads (None: none, or no such chunk)."""
+        if not 0 <= k < self.plan.n_chunks or not self.plan.counts[k, i]:
+            return None
+        start = int(self.plan.starts[k, i])
+        stop = start + int(self.plan.counts[k, i])
+        chosen = self.selected[i] if self.selected is not None else None
+        if chosen is not None:
+            return int(chosen[start]), int(chosen[stop - 1]) + 1
+        return start, stop
+
+    def _read_retrying(
+        self, i: int, start: int, stop: int, names: list[str], ahead: tuple[int, int] | None = None
+    ) -> list[ak.Array]:
         """:meth:`_read_range`, tried again with backoff when a remote file fails (the server went away)."""
         source = self.sources[i]
         attempts = 1 + (self.retries if source.is_remote else 0)
         for attempt in range(attempts):
             try:
-                return self._read_range(i, start, stop, names)
+                return self._read_range(i, start, stop, names, ahead)
             except MLaaS4HEPError as err:
                 # reopening a remote file that is still unreachable raises FileAccessError: retried too
                 if not (isinstance(err, FileAccessError) and attempts > 1):
@@ -460,6 +505,10 @@ class ChunkReader:
         contributing = np.flatnonzero(self.plan.counts[k])
         if files is not None:
             contributing = np.intersect1d(contributing, np.asarray(files, dtype=np.int64))
+        # chunks read one after another (an epoch's order) are read on in their direction: clusters
+        # that the next chunks need and that touch this read are read with it, in one call
+        step = k - self._last_chunk if self._last_chunk is not None and abs(k - self._last_chunk) == 1 else 0
+        self._last_chunk = k
         for i in contributing:
             start = int(self.plan.starts[k, i])
             stop = start + int(self.plan.counts[k, i])
@@ -467,7 +516,10 @@ class ChunkReader:
             if chosen is not None:  # selected events [start, stop): the entries that span them
                 chosen = chosen[start:stop]
                 start, stop = int(chosen[0]), int(chosen[-1]) + 1
-            parts = self._read_retrying(int(i), start, stop, names)
+            ahead = [self._entry_range(k + step * s, int(i)) for s in range(1, self.read_ahead + 1)] if step else []
+            ahead = [r for r in ahead if r is not None]
+            span = (min(r[0] for r in ahead), max(r[1] for r in ahead)) if ahead else None
+            parts = self._read_retrying(int(i), start, stop, names, span)
             if chosen is not None and len(chosen) < stop - start:
                 parts = _keep(parts, chosen - start)
             pieces.extend(parts)

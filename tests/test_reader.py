@@ -100,3 +100,40 @@ def test_reader_reads_rntuple_and_ttree_alike(tmp_path):
         reader = ChunkReader([FileSource(str(tmp_path / "rn.root"), tree)], ["x", "j"], chunk_size=20)
         xs = np.concatenate([ak.to_numpy(reader.read(k).pieces[0]["x"]) for k in range(len(reader))])
         assert xs.tolist() == list(range(n))
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward", "rotated"])
+def test_reader_decompresses_each_cluster_once_and_reads_ahead(make_tree, tmp_path, direction):
+    """Chunks read in order, either way, read every cluster once, in fewer calls than chunks x files."""
+    files = [
+        make_tree(tmp_path / "a.root", 2000, seed=1, file_id=0, basket=300),
+        make_tree(tmp_path / "b.root", 1300, seed=2, file_id=1, basket=200),
+    ]
+    reader = ChunkReader(parse_sources(files), ["uid", "Jet_pt"], chunk_size=400)
+    calls: list[tuple[str, int, int]] = []
+    read = reader._arrays
+
+    def spy(tree, names, start, stop):
+        calls.append((tree.file.file_path, start, stop))
+        return read(tree, names, start, stop)
+
+    reader._arrays = spy
+    n = len(reader)
+    order = {"forward": range(n), "backward": range(n - 1, -1, -1), "rotated": [(7 + s) % n for s in range(n)]}
+    seen = []
+    for k in order[direction]:
+        chunk = reader.read(k)
+        uid = np.concatenate([ak.to_numpy(p["uid"]) for p in chunk.pieces])
+        np.testing.assert_array_equal(uid, chunk.file_index * 1_000_000 + chunk.entry)
+        seen.append(uid)
+    seen = np.concatenate(seen)
+    assert len(seen) == 3300 and len(np.unique(seen)) == 3300
+    for path, entries, basket in ((files[0], 2000, 300), (files[1], 1300, 200)):
+        ranges = sorted((a, b) for p, a, b in calls if p == str(path))
+        covered = np.concatenate([np.arange(a, b) for a, b in ranges])
+        np.testing.assert_array_equal(covered, np.arange(entries))  # each entry (and cluster) read once
+        assert all(a % basket == 0 for a, _ in ranges)  # whole clusters
+    # 9 chunks over 7 + 7 clusters: clusters that the next chunks need are read along, a few per call
+    assert len(calls) <= 8
+    assert len(reader._segments) <= reader.max_kept_clusters
+    reader.close()
