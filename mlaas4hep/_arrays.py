@@ -5,7 +5,7 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
-__all__ = ["flat_values", "jagged_parts", "record_parts"]
+__all__ = ["flat_values", "jagged_parts", "record_parts", "row_range"]
 
 
 def flat_values(array: ak.Array) -> np.ndarray:
@@ -56,17 +56,35 @@ def record_parts(arrays: object) -> dict[str, tuple[np.ndarray | None, np.ndarra
     if not isinstance(arrays, ak.Array):
         return {}
     layout = arrays.layout
+    start = 0
+    if isinstance(layout, ak.contents.IndexedArray) and layout.backend.name == "cpu":
+        index = np.asarray(layout.index.data)  # rows start, start + 1, ... (see row_range): no copy needed
+        if not len(index) or not np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+            return {}
+        start, layout = int(index[0]), layout.content
     if not isinstance(layout, ak.contents.RecordArray) or layout.backend.name != "cpu" or layout.is_tuple:
         return {}
-    n = layout.length
+    n = len(arrays)
+    stop = start + n
     parts: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
     for name, field in zip(layout.fields, layout.contents, strict=True):
         if isinstance(field, ak.contents.NumpyArray) and field.data.ndim == 1:
-            parts[name] = (None, field.data[:n])
+            parts[name] = (None, field.data[start:stop])
         elif (
             isinstance(field, ak.contents.ListOffsetArray)
             and isinstance(field.content, ak.contents.NumpyArray)
             and field.content.data.ndim == 1
         ):
-            parts[name] = (field.offsets.data[: n + 1], field.content.data)
+            parts[name] = (field.offsets.data[start : stop + 1], field.content.data)
     return parts
+
+
+def row_range(arrays: ak.Array, start: int, stop: int) -> ak.Array:
+    """Rows ``[start, stop)`` of ``arrays``, as an index over them instead of a copy of every field's layout.
+
+    Equal to ``arrays[start:stop]``, but made in microseconds whatever the
+    number of fields (slicing a record array of 60 branches takes about a
+    millisecond); :func:`record_parts` reads it without a copy.
+    """
+    index = ak.index.Index64(np.arange(start, stop, dtype=np.int64))
+    return ak.Array(ak.contents.IndexedArray(index, arrays.layout), behavior=arrays.behavior)

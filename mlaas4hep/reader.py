@@ -26,6 +26,7 @@ import awkward as ak
 import numpy as np
 import uproot
 
+from ._arrays import row_range
 from .errors import FileAccessError, MLaaS4HEPError, ParameterError
 from .sources import FileSource, open_tree
 
@@ -416,7 +417,7 @@ class ChunkReader:
         for block, entry0, a, b in merged:
             a, b = max(a, start - entry0), min(b, stop - entry0)
             if b > a:
-                pieces.append(block[a:b] if (a, b) != (0, len(block)) else block)
+                pieces.append(row_range(block, a, b) if (a, b) != (0, len(block)) else block)
         return pieces
 
     def _entry_range(self, k: int, i: int) -> tuple[int, int] | None:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mlaas4hep import BranchSpec, JaggedFlattener, ParameterError, Specs
+from mlaas4hep._arrays import record_parts, row_range
 
 
 def _specs(**arrays: ak.Array) -> Specs:
@@ -144,7 +145,8 @@ def test_record_arrays_and_mappings_flatten_alike(events):
         mappings = [{name: piece[name] for name in piece.fields} for piece in pieces]
         optional = [{**m, "jet": ak.mask(m["jet"], np.ones(len(m["jet"]), bool))} for m in mappings]
         X, M = flattener.transform(pieces, order=order)
-        for other in (mappings, optional):
+        ranged = [row_range(arrays, 0, 1), row_range(arrays, 1, 4)]  # rows as an index over the record
+        for other in (mappings, optional, ranged):
             Xo, Mo = flattener.transform(other, order=order)
             np.testing.assert_array_equal(X, Xo)
             np.testing.assert_array_equal(M, Mo)
@@ -183,3 +185,18 @@ def test_a_reused_buffer_is_padded_again_where_the_chunk_before_wrote():
     assert X.base is buffer or X.base is buffer.base
     X, _, _ = flattener._transform_into(first, None, mask=False, buffer=buffer, written=written)
     np.testing.assert_array_equal(X, flattener.transform(first, mask=False)[0])
+
+
+def test_row_range_is_a_slice_that_record_parts_reads_in_place(events):
+    ranged = row_range(events, 1, 3)
+    assert ranged.tolist() == events[1:3].tolist()
+    parts = record_parts(ranged)
+    offsets, content = parts["jet"]
+    np.testing.assert_array_equal(np.diff(offsets), [0, 1])
+    assert content[offsets[0] : offsets[-1]].tolist() == [4.0]
+    np.testing.assert_array_equal(parts["met"][1], [20.0, 30.0])
+    # an index that is not a run of rows is left to the general path, which still flattens it right
+    shuffled = ak.Array(ak.contents.IndexedArray(ak.index.Index64(np.array([2, 0, 1])), events.layout))
+    assert record_parts(shuffled) == {}
+    flattener = JaggedFlattener(_specs(met=events["met"], jet=events["jet"]))
+    np.testing.assert_array_equal(flattener.transform(shuffled)[0], flattener.transform(events[[2, 0, 1]])[0])
