@@ -283,6 +283,10 @@ class RootSequence(keras.utils.PyDataset):
     ``workers > 1`` the batches are the same, but which thread serves which
     one, and so the order in which the model sees them, may vary from run to run.
 
+    **Batches are read-only views** of their chunk's matrix, not copies (copy
+    one to change it). A chunk's memory is reused only once no batch of it is
+    held anywhere, so batches a caller keeps stay as they were.
+
     Examples
     --------
     >>> from mlaas4hep import RootSequence
