@@ -420,16 +420,20 @@ class ChunkReader:
                 pieces.append(row_range(block, a, b) if (a, b) != (0, len(block)) else block)
         return pieces
 
-    def _entry_range(self, k: int, i: int) -> tuple[int, int] | None:
-        """Entries ``[start, stop)`` of file ``i`` that chunk ``k`` reads (None: none, or no such chunk)."""
+    def _share(self, k: int, i: int) -> tuple[int, int, np.ndarray | None] | None:
+        """Entries ``[start, stop)`` of file ``i`` that chunk ``k`` reads, and its selected entries among them.
+
+        The selected entries are None without a selection; the result is None
+        when the chunk takes nothing from the file, or there is no chunk ``k``.
+        """
         if not 0 <= k < self.plan.n_chunks or not self.plan.counts[k, i]:
             return None
         start = int(self.plan.starts[k, i])
         stop = start + int(self.plan.counts[k, i])
-        chosen = self.selected[i] if self.selected is not None else None
-        if chosen is not None:
-            return int(chosen[start]), int(chosen[stop - 1]) + 1
-        return start, stop
+        if self.selected is None:
+            return start, stop, None
+        chosen = self.selected[i][start:stop]  # selected events [start, stop): the entries that span them
+        return int(chosen[0]), int(chosen[-1]) + 1, chosen
 
     def _read_retrying(
         self, i: int, start: int, stop: int, names: list[str], ahead: tuple[int, int] | None = None
@@ -511,13 +515,8 @@ class ChunkReader:
         step = k - self._last_chunk if self._last_chunk is not None and abs(k - self._last_chunk) == 1 else 0
         self._last_chunk = k
         for i in contributing:
-            start = int(self.plan.starts[k, i])
-            stop = start + int(self.plan.counts[k, i])
-            chosen = self.selected[i] if self.selected is not None else None
-            if chosen is not None:  # selected events [start, stop): the entries that span them
-                chosen = chosen[start:stop]
-                start, stop = int(chosen[0]), int(chosen[-1]) + 1
-            ahead = [self._entry_range(k + step * s, int(i)) for s in range(1, self.read_ahead + 1)] if step else []
+            start, stop, chosen = self._share(k, int(i))
+            ahead = [self._share(k + step * s, int(i)) for s in range(1, self.read_ahead + 1)] if step else []
             ahead = [r for r in ahead if r is not None]
             span = (min(r[0] for r in ahead), max(r[1] for r in ahead)) if ahead else None
             parts = self._read_retrying(int(i), start, stop, names, span)
