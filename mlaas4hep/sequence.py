@@ -55,6 +55,13 @@ class _Decoded:
     written: list[tuple[np.ndarray, np.ndarray]] | None = None  # the cells of ``buffer`` that are not padding
 
 
+def _read_only(*arrays: np.ndarray | None) -> None:
+    """Mark a chunk's matrix and mask read-only: batches are views of buffers that are reused."""
+    for a in arrays:
+        if a is not None:
+            a.flags.writeable = False
+
+
 class _Counter:
     """Numbers the batch requests: the n-th request gets slot n.
 
@@ -824,7 +831,7 @@ class RootSequence(keras.utils.PyDataset):
         if order is not None:
             y = None if y is None else y[order]
             w = None if w is None else w[order]
-        X.flags.writeable = False  # batches are views of the buffer, which is reused: not to be changed in place
+        _read_only(X, M)
         decoded = _Decoded(X, M, y, buffer, w=w, written=written)
         del buffer, X  # counted as _recycle will count: the chunk's own references only
         decoded.refs = sys.getrefcount(decoded.buffer)
@@ -874,9 +881,7 @@ class RootSequence(keras.utils.PyDataset):
         y = _gather([p[0] for p in parts], per_worker, n)
         w = _gather([p[1] for p in parts], per_worker, n)
         X, M = X[:n], None if M is None else M[:n]
-        for a in (X, M):  # batches are views of the shared buffer, which is reused
-            if a is not None:
-                a.flags.writeable = False
+        _read_only(X, M)
         return _Decoded(X, M, y, slot, w=w)
 
     def _slot_refs(self, slot: int) -> int:
