@@ -8,7 +8,7 @@ ROOT_VENV := .venv-root
 ROOT_STAMP := $(ROOT_VENV)/.installed
 ROOT_PKG ?= root
 
-.PHONY: setup system-deps demo test bench bench-root docs clean
+.PHONY: setup system-deps demo test lint bench bench-root docs clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,13 @@ system-deps:
 
 test: setup system-deps
 	cd tests && ../$(BIN)/python -m pytest -c ../pyproject.toml --rootdir .. $(PYTEST_ARGS) .
+
+# The gate every commit passes: ruff (lint and format), mypy --strict on the package, and the size limits
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python .ci/sizes.py mlaas4hep
 
 docs: setup
 	$(BIN)/python -m mkdocs build --strict -f docs/mkdocs.yml
