@@ -1,0 +1,104 @@
+"""The batch contract (mlaas4hep.epochs): which epoch and slot each batch index names."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mlaas4hep.epochs import EpochTracker
+
+
+@given(n=st.integers(1, 30), by_arrival=st.booleans(), data=st.data())
+def test_the_indices_of_an_epoch_name_its_slots_once_each(n, by_arrival, data):
+    tracker = EpochTracker(n, by_arrival=by_arrival, shared=False)
+    tracker.begin_epoch()
+    order = data.draw(st.permutations(range(n)))
+    # repeats within the epoch (another thread, a second look) name the same slot
+    repeats = data.draw(st.lists(st.sampled_from(order[: n // 2]), max_size=5)) if n > 1 else []
+    seen: dict[int, tuple[int, int]] = {}
+    for i in [*order[: n // 2], *repeats, *order[n // 2 :]]:
+        got = tracker.assign(i)
+        assert seen.setdefault(i, got) == got
+    assert sorted(slot for _, slot in seen.values()) == list(range(n))
+    if by_arrival:  # slots in the order the indices were first asked for: chunks read one after another
+        assert [seen[i][1] for i in order] == list(range(n))
+    else:
+        assert all(seen[i] == (0, i) for i in range(n))
+    assert tracker.completed == 1 and tracker.epoch == 0
+    tracker.end_epoch()
+    assert tracker.epoch == 1 and tracker.assign(order[0])[0] == 1
+
+
+def test_asking_again_after_a_whole_epoch_starts_the_next():
+    tracker = EpochTracker(3, by_arrival=True, shared=False)
+    tracker.begin_epoch()
+    assert [tracker.assign(i) for i in (2, 0, 1)] == [(0, 0), (0, 1), (0, 2)]
+    assert tracker.assign(2) == (1, 0)  # TensorFlow asks for the next epoch before on_epoch_end
+    tracker.end_epoch()  # ... which then does not end that next epoch
+    assert tracker.epoch == 1 and tracker.assign(0) == (1, 1)
+
+
+def test_requests_outside_an_epoch_are_forgotten_those_within_kept():
+    tracker = EpochTracker(4, by_arrival=True, shared=False)
+    tracker.assign(0), tracker.assign(1)  # a probe, or a look in a notebook
+    tracker.end_epoch()  # Keras' reset before the first epoch
+    tracker.begin_epoch()
+    assert tracker.assign(3) == (0, 0)  # the epoch starts from its first slot again
+    tracker.assign(2)
+    tracker.end_epoch()  # not served whole (steps_per_epoch, an interrupted fit): it carries on
+    tracker.begin_epoch()
+    assert tracker.assign(2) == (0, 1) and tracker.assign(0) == (0, 2) and tracker.assign(1) == (0, 3)
+    assert tracker.completed == 1
+
+
+def test_threads_draw_distinct_slots():
+    n = 400
+    tracker = EpochTracker(n, by_arrival=True, shared=False)
+    got: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def ask(indices: range) -> None:
+        for i in indices:
+            slot = tracker.assign(i)
+            with lock:
+                got.append(slot)
+
+    threads = [threading.Thread(target=ask, args=(range(k, n, 4),)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(s for _, s in got) == list(range(n)) and {e for e, _ in got} == {0}
+
+
+def _child(tracker: EpochTracker, indices: list[int], out: multiprocessing.Queue) -> None:
+    out.put([tracker.assign(i) for i in indices])
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="forks")
+def test_a_shared_tracker_is_one_across_forked_processes():
+    tracker = EpochTracker(6, by_arrival=True, shared=True)
+    tracker.assign(5)
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    children = [context.Process(target=_child, args=(tracker, idx, out)) for idx in ([0, 1], [2, 3, 4])]
+    for c in children:
+        c.start()
+    slots = [s for _ in children for _, s in out.get(timeout=30)]
+    for c in children:
+        c.join(10)
+    assert sorted(slots) == [1, 2, 3, 4, 5] and tracker.completed == 1
+    tracker.end_epoch()
+    assert tracker.epoch == 1
+
+
+def test_a_local_tracker_pickles_with_its_state():
+    tracker = EpochTracker(3, by_arrival=False, shared=False)
+    tracker.assign(1)
+    copy = pickle.loads(pickle.dumps(tracker))
+    assert copy.assign(1) == (0, 1) and copy.assign(0) == (0, 0)
