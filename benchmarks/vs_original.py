@@ -80,12 +80,12 @@ def bench_original(cfg: Config) -> list[Result]:
 
     buffer = np.empty((n_chunk, flattener.num_features), dtype=np.float32)
     # as RootSequence does: the buffer is padded again only where the conversion before wrote
-    _, _, written = flattener._transform_into(chunk.pieces, None, mask=True, buffer=buffer)
+    _, _, written = flattener.transform_into(chunk.pieces, None, mask=True, buffer=buffer)
 
     def convert() -> None:
         nonlocal written
         for _ in range(CONVERSIONS):
-            _, _, written = flattener._transform_into(chunk.pieces, None, mask=True, buffer=buffer, written=written)
+            _, _, written = flattener.transform_into(chunk.pieces, None, mask=True, buffer=buffer, written=written)
 
     def pipeline() -> float:
         """Seconds of a steady epoch of RootSequence(workers=2)."""

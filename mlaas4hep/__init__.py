@@ -23,12 +23,14 @@ from .errors import (
     SpecsMismatchWarning,
     TreeError,
 )
+from .first_pass import SpecBuilder
 from .flatten import JaggedFlattener
+from .plan import ChunkPlan
 from .preproc import load_preproc, translate_preproc
-from .reader import ChunkPlan, ChunkReader
+from .reader import ChunkReader
 from .selection import Selection
 from .sources import FileSource
-from .specs import BranchSpec, SpecBuilder, Specs
+from .specs import BranchSpec, Specs
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,7 @@ __all__ = ["flat_values", "jagged_parts", "record_parts", "row_range"]
 
 def flat_values(array: ak.Array) -> np.ndarray:
     """One number per event as a numpy array (booleans become uint8)."""
-    values = ak.to_numpy(array, allow_missing=False)
+    values: np.ndarray = ak.to_numpy(array, allow_missing=False)
     if values.dtype == np.bool_:
         values = values.view(np.uint8)
     return values

@@ -136,7 +136,7 @@ def format_specs_table(specs: Any) -> str:
 
 
 def _specs(args: argparse.Namespace) -> int:
-    from .specs import SpecBuilder
+    from .first_pass import SpecBuilder
     from .workflow import read_list
 
     files = [f for value in args.files for f in read_list(value, "FILE")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import awkward as ak
 import numpy as np
@@ -187,14 +188,14 @@ class JaggedFlattener:
             if out.shape != (n, self.num_features) or out.dtype != np.float32:
                 msg = f"out must be a float32 array of shape {(n, self.num_features)}, got {out.dtype} {out.shape}"
                 raise ParameterError(msg)
-        X, M, _ = self._transform_into(arrays, order, mask=mask, buffer=out)
+        X, M, _ = self.transform_into(arrays, order, mask=mask, buffer=out)
         return X, M
 
     def _sizes(self, arrays: ak.Array | Mapping[str, ak.Array] | Sequence[ak.Array]) -> list[int]:
-        pieces = list(arrays) if isinstance(arrays, (list, tuple)) else [arrays]
+        pieces: list[Any] = list(arrays) if isinstance(arrays, (list, tuple)) else [arrays]
         return [len(p[self._columns[0].name]) for p in pieces]
 
-    def _transform_into(
+    def transform_into(
         self,
         arrays: ak.Array | Mapping[str, ak.Array] | Sequence[ak.Array],
         order: np.ndarray | None,
@@ -238,7 +239,7 @@ class JaggedFlattener:
         self._fill_pieces(pieces, X, M, rows, sizes, now_written)
         return X, M, now_written
 
-    def _write_rows(
+    def write_rows(
         self,
         pieces: Sequence[ak.Array | Mapping[str, ak.Array]],
         X: np.ndarray,
@@ -305,13 +306,15 @@ class JaggedFlattener:
             if c.width == 0:
                 continue
             offsets, values = self._jagged(arrays, parts, c.name, n)
-            if group and (c.width != group[0][0].width or not np.array_equal(offsets, group_offsets)):
+            if group_offsets is not None and (
+                c.width != group[0][0].width or not np.array_equal(offsets, group_offsets)
+            ):
                 self._fill_collection(group, group_offsets, X, M, rows, written)
-                group = []
-            if not group:
+                group, group_offsets = [], None
+            if group_offsets is None:
                 group_offsets = offsets
             group.append((c, values))
-        if group:
+        if group_offsets is not None:
             self._fill_collection(group, group_offsets, X, M, rows, written)
 
     def _fill_collection(
@@ -346,20 +349,28 @@ class JaggedFlattener:
             M.reshape(-1)[where] = finite
 
     @staticmethod
-    def _flat(arrays: ak.Array | Mapping[str, ak.Array], parts: dict, name: str, n: int) -> np.ndarray:
+    def _flat(
+        arrays: ak.Array | Mapping[str, ak.Array],
+        parts: dict[str, tuple[np.ndarray | None, np.ndarray]],
+        name: str,
+        n: int,
+    ) -> np.ndarray:
         """One number per event of branch ``name`` (from ``parts``, the record's buffers, when there)."""
-        offsets, values = parts.get(name, (0, None))
-        if offsets is None and len(values) == n:
+        offsets, values = parts.get(name, (None, None))
+        if offsets is None and values is not None and len(values) == n:
             return values.view(np.uint8) if values.dtype == np.bool_ else values
         return flat_values(JaggedFlattener._get(arrays, name, n))
 
     @staticmethod
     def _jagged(
-        arrays: ak.Array | Mapping[str, ak.Array], parts: dict, name: str, n: int
+        arrays: ak.Array | Mapping[str, ak.Array],
+        parts: dict[str, tuple[np.ndarray | None, np.ndarray]],
+        name: str,
+        n: int,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(offsets, values)`` of jagged branch ``name``: offsets from 0 into the values of its ``n`` events."""
         offsets, content = parts.get(name, (None, None))
-        if offsets is not None and len(offsets) == n + 1:
+        if offsets is not None and content is not None and len(offsets) == n + 1:
             values = content[offsets[0] : offsets[-1]]
             if offsets[0]:
                 offsets = offsets - offsets[0]

@@ -278,7 +278,9 @@ def feature_sample(sequence: Any, *, chunk: int = 0, max_events: int = 20_000) -
     Parameters
     ----------
     sequence : RootSequence
-        Where to read from (its reader and flattener are used; its batches are not touched).
+        Where to read from: a reader of its own over the sequence's dataset
+        (aliases computed as for training), and its flattener; the sequence's
+        batches and background reading are not touched.
     chunk : int
         Which chunk of the sequence's plan to read.
     max_events : int
@@ -290,9 +292,15 @@ def feature_sample(sequence: Any, *, chunk: int = 0, max_events: int = 20_000) -
         ``names``, ``raw``, ``normalized``, ``mask`` (arrays of shape
         ``(n_events, len(names))``) and ``labels`` (shape ``(n_events,)`` or None).
     """
-    flattener = sequence.flattener
-    read = sequence.reader.read(chunk)
+    dataset = sequence.dataset
+    flattener = dataset.flattener
+    reader = dataset.reader()
+    try:
+        read = reader.read(chunk)
+    finally:
+        reader.close()
     X, M = flattener.transform(read.pieces)
+    assert M is not None  # transform makes the mask by default
     columns, names = [], []
     for branch in flattener.branches:
         cols = flattener.columns(branch)

@@ -1,15 +1,11 @@
-"""Reading events in chunks that mix all files in proportion to their size.
+"""Reading chunks of events from ROOT files: the only module of the data path that does IO with uproot.
 
-:class:`ChunkPlan` decides, from entry counts alone, which entries of which file
-make up each chunk; :class:`ChunkReader` reads a chunk of the plan with uproot.
-
-The plan follows the original MLaaS4HEP's ``next_mix_files``: chunk ``k`` takes
-about ``chunk_size * N_i / N`` events from file ``i``. Counts are apportioned
-with the largest-remainder rule on the events each file has left, so that
-
-* every chunk but the last holds exactly ``chunk_size`` events,
-* every selected entry of every file is in exactly one chunk, and
-* each file's share of a chunk differs from its proportional share by less than one.
+:class:`ChunkReader` reads chunk ``k`` of a :class:`~mlaas4hep.plan.ChunkPlan`:
+for every file that contributes, the entries the plan gives it (or, with a
+cut, the entries of its selected events), as awkward arrays of the branches
+asked for, with the derived branches (aliases) computed on each piece. Whole
+clusters are read, each decompressed once per epoch, and remote files are
+retried with backoff.
 """
 
 from __future__ import annotations
@@ -27,151 +23,15 @@ import numpy as np
 import uproot
 
 from ._arrays import row_range
+from ._checks import check_int, check_number
 from .errors import FileAccessError, MLaaS4HEPError, ParameterError
-from .sources import FileSource, open_tree
+from .plan import ChunkPlan
+from .selection import Selection
+from .sources import FileSource, open_tree, opened_tree
 
-__all__ = ["Chunk", "ChunkPlan", "ChunkReader", "apportion", "split_entries"]
+__all__ = ["Chunk", "ChunkReader"]
 
 log = logging.getLogger(__name__)
-
-
-def apportion(total: int, weights: Sequence[int] | np.ndarray) -> np.ndarray:
-    """Split ``total`` into integer parts proportional to ``weights``.
-
-    Largest-remainder (Hamilton) rounding: parts sum to ``total`` exactly and
-    each differs from its exact share by less than one; ties go to the lower index.
-    A part never exceeds its weight when ``total <= sum(weights)``.
-
-    Examples
-    --------
-    >>> apportion(10_000, [476_963, 491_653]).tolist()
-    [4924, 5076]
-    """
-    w = np.asarray(weights, dtype=np.int64)
-    wsum = int(w.sum())
-    if total < 0 or wsum <= 0:
-        if total == 0:
-            return np.zeros_like(w)
-        msg = f"cannot apportion {total} events over weights {w.tolist()}"
-        raise ParameterError(msg)
-    # integer arithmetic for the floor, so large totals stay exact
-    parts = (w * total) // wsum
-    left = total - int(parts.sum())
-    if left:
-        remainder = w * total - parts * wsum
-        order = np.lexsort((np.arange(len(w)), -remainder))
-        parts[order[:left]] += 1
-    return parts
-
-
-def split_entries(n: int, validation_split: float, test_split: float) -> dict[str | None, tuple[int, int]]:
-    """Entry ranges ``(start, stop)`` of one file's ``n`` used events for each subset.
-
-    The events are cut in order: training first, then ``validation_split`` of
-    them for validation, then the last ``test_split`` for testing; the key
-    ``None`` (no split) covers them all.
-
-    Examples
-    --------
-    >>> split_entries(100, 0.2, 0.1)["validation"]
-    (70, 90)
-    """
-    n_test = int(n * test_split)
-    n_val = int(n * validation_split)
-    return {
-        None: (0, n),
-        "training": (0, n - n_val - n_test),
-        "validation": (n - n_val - n_test, n - n_test),
-        "test": (n - n_test, n),
-    }
-
-
-@dataclass(frozen=True)
-class ChunkPlan:
-    """Which entries of each file make up each chunk.
-
-    ``starts[k, i]`` and ``counts[k, i]`` give the first entry and the number of
-    entries that chunk ``k`` reads from file ``i``; entries of a file are taken
-    in order, so chunk ``k`` reads ``[starts[k, i], starts[k, i] + counts[k, i])``.
-    """
-
-    starts: np.ndarray
-    counts: np.ndarray
-
-    @classmethod
-    def build(
-        cls, ranges: Sequence[tuple[int, int]], chunk_size: int, *, files_per_chunk: int | None = None
-    ) -> ChunkPlan:
-        """Plan chunks of ``chunk_size`` over the entry ``ranges`` ``[(start, stop), ...]`` of each file.
-
-        ``chunk_size=-1`` puts every event in one chunk.
-
-        ``files_per_chunk`` (default: all files) bounds the files a chunk reads,
-        for datasets of many files: the files are dealt round-robin into
-        ``ceil(n_files / files_per_chunk)`` groups (file ``i`` into group
-        ``i % n_groups``, so that each group takes files from all over the list,
-        e.g. from both the signal and the background files when the list holds
-        them in blocks). Chunks mix the files of one group in proportion to their
-        entries, group after group; a chunk that finishes a group continues with
-        the next one, so it reads at most two groups. Every chunk but the last
-        still holds exactly ``chunk_size`` events and every entry is in one chunk.
-        """
-        if files_per_chunk is not None and (
-            not isinstance(files_per_chunk, (int, np.integer))
-            or isinstance(files_per_chunk, bool)
-            or files_per_chunk <= 0
-        ):
-            msg = f"files_per_chunk must be a positive integer or None (all files), got {files_per_chunk!r}"
-            raise ParameterError(msg)
-        lo = np.array([r[0] for r in ranges], dtype=np.int64)
-        hi = np.array([r[1] for r in ranges], dtype=np.int64)
-        left = hi - lo
-        if (left < 0).any():
-            msg = f"entry ranges must have start <= stop, got {list(ranges)}"
-            raise ParameterError(msg)
-        n = int(left.sum())
-        if chunk_size == -1:
-            chunk_size = max(n, 1)
-        if chunk_size <= 0:
-            msg = f"chunk_size must be positive or -1 (all events in one chunk), got {chunk_size!r}"
-            raise ParameterError(msg)
-        n_chunks = -(-n // chunk_size)
-        starts = np.zeros((n_chunks, len(ranges)), dtype=np.int64)
-        counts = np.zeros((n_chunks, len(ranges)), dtype=np.int64)
-        position = lo.copy()
-        n_groups = 1 if files_per_chunk is None else -(-len(ranges) // int(files_per_chunk))
-        groups = [np.arange(g, len(ranges), n_groups) for g in range(n_groups)]
-        group = 0
-        for k in range(n_chunks):
-            need = min(chunk_size, int(left.sum()))
-            part = np.zeros(len(ranges), dtype=np.int64)
-            while need:  # the current group, then the next ones while the chunk is not full
-                members = groups[group]
-                take = min(need, int(left[members].sum()))
-                part[members] += apportion(take, left[members])
-                need -= take
-                if take == int(left[members].sum()):
-                    group += 1
-            starts[k] = position
-            counts[k] = part
-            position += part
-            left -= part
-        return cls(starts, counts)
-
-    @property
-    def n_chunks(self) -> int:
-        """Number of chunks."""
-        return int(self.counts.shape[0])
-
-    @property
-    def sizes(self) -> np.ndarray:
-        """Events in each chunk."""
-        return self.counts.sum(axis=1)
-
-    @property
-    def n_events(self) -> int:
-        """Events over all chunks."""
-        return int(self.counts.sum())
 
 
 @dataclass
@@ -179,11 +39,13 @@ class Chunk:
     """Events of one chunk, as read: one awkward array per file that contributes.
 
     ``labels`` has one value per event (from the per-file labels or the label
-    branch), ``file_index`` and ``entry`` say where each event came from.
+    branch), ``file_index`` and ``entry`` say where each event came from. A
+    piece is an awkward record array, or a mapping of branch name to values
+    when aliases were derived on it.
     """
 
     index: int
-    pieces: list[ak.Array]
+    pieces: list[Any]
     labels: np.ndarray | None
     file_index: np.ndarray
     entry: np.ndarray
@@ -200,9 +62,9 @@ class ChunkReader:
     sources : sequence of FileSource
         Files (and trees) to read.
     branches : sequence of str
-        Branches to read; nothing else is decompressed.
-    chunk_size : int
-        Events per chunk (``-1``: one chunk with everything).
+        Branches to read (or aliases of ``selection`` to compute); nothing else is decompressed.
+    chunk_size : int, optional
+        Events per chunk (``-1``: one chunk with everything); needed unless ``plan`` is given.
     ranges : sequence of (start, stop), optional
         Entry range to use in each file; default all entries (given by ``entries``).
     entries : sequence of int, optional
@@ -233,6 +95,12 @@ class ChunkReader:
     retry_backoff : float
         Seconds to wait before the first retry; the wait doubles after each
         (default 0.5: waits of 0.5, 1 and 2 seconds).
+    plan : ChunkPlan, optional
+        The plan to read, instead of one made from ``chunk_size`` and ``ranges``.
+    selection : Selection, optional
+        Aliases (and a cut, which the reader does not apply: give ``selected``):
+        names of aliases among ``branches`` are computed on every piece read,
+        from the file branches they need, which are read in their place.
 
     Notes
     -----
@@ -252,9 +120,10 @@ class ChunkReader:
         sources: Sequence[FileSource],
         branches: Sequence[str],
         *,
-        chunk_size: int,
+        chunk_size: int | None = None,
         ranges: Sequence[tuple[int, int]] | None = None,
         entries: Sequence[int] | None = None,
+        plan: ChunkPlan | None = None,
         labels: Sequence[float] | None = None,
         label_branch: str | None = None,
         max_open_files: int = 8,
@@ -262,35 +131,27 @@ class ChunkReader:
         files_per_chunk: int | None = None,
         retries: int = 3,
         retry_backoff: float = 0.5,
+        selection: Selection | None = None,
     ) -> None:
         self.sources = list(sources)
-        self.branches = list(branches)
         self.label_branch = label_branch
+        self.selection = selection if selection is not None else Selection()
+        names = list(dict.fromkeys(branches))
+        self.derive = [name for name in names if name in self.selection.aliases]
+        # the file branches to read: those asked for, and those the aliases are computed from
+        self.branches = self.selection.branches(names, cut=False)
         if labels is not None and len(labels) != len(self.sources):
             msg = f"got {len(labels)} labels for {len(self.sources)} files; give one label per file"
             raise ParameterError(msg)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
-        if ranges is None:
-            if entries is None:
-                entries = [self._entries(s) for s in self.sources]
-            ranges = [(0, int(n)) for n in entries]
         if selected is not None and len(selected) != len(self.sources):
             msg = f"got selected entries for {len(selected)} files, not {len(self.sources)}"
             raise ParameterError(msg)
         self.selected = None if selected is None else [None if s is None else np.asarray(s, np.int64) for s in selected]
-        self.plan = ChunkPlan.build(ranges, chunk_size, files_per_chunk=files_per_chunk)
-        if not isinstance(max_open_files, (int, np.integer)) or isinstance(max_open_files, bool) or max_open_files <= 0:
-            msg = f"max_open_files must be a positive integer, got {max_open_files!r}"
-            raise ParameterError(msg)
-        self.max_open_files = int(max_open_files)
-        if not isinstance(retries, (int, np.integer)) or isinstance(retries, bool) or retries < 0:
-            msg = f"retries must be a non-negative integer, got {retries!r}"
-            raise ParameterError(msg)
-        if not isinstance(retry_backoff, (int, float)) or not retry_backoff >= 0:
-            msg = f"retry_backoff must be a non-negative number of seconds, got {retry_backoff!r}"
-            raise ParameterError(msg)
-        self.retries = int(retries)
-        self.retry_backoff = float(retry_backoff)
+        self.plan = plan if plan is not None else self._plan(chunk_size, ranges, entries, files_per_chunk)
+        self.max_open_files = check_int(max_open_files, "max_open_files")
+        self.retries = check_int(retries, "retries", minimum=0)
+        self.retry_backoff = check_number(retry_backoff, "retry_backoff", what="a non-negative number of seconds")
         self.reads = 0
         self.bytes_read = 0
         self._open: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
@@ -303,13 +164,27 @@ class ChunkReader:
         self._last_chunk: int | None = None
         self._pid = os.getpid()
 
+    def _plan(
+        self,
+        chunk_size: int | None,
+        ranges: Sequence[tuple[int, int]] | None,
+        entries: Sequence[int] | None,
+        files_per_chunk: int | None,
+    ) -> ChunkPlan:
+        """The plan of the chunks, from entry ranges, or from the files' entries (opening them if not given)."""
+        if chunk_size is None:
+            msg = "ChunkReader needs a plan or a chunk_size"
+            raise ParameterError(msg)
+        if ranges is None:
+            if entries is None:
+                entries = [self._entries(s) for s in self.sources]
+            ranges = [(0, int(n)) for n in entries]
+        return ChunkPlan.build(ranges, chunk_size, files_per_chunk=files_per_chunk)
+
     @staticmethod
     def _entries(source: FileSource) -> int:
-        file, obj = open_tree(source)
-        try:
-            return int(obj.num_entries)
-        finally:
-            file.close()
+        with opened_tree(source) as tree:
+            return int(tree.num_entries)
 
     def __len__(self) -> int:
         return self.plan.n_chunks
@@ -426,13 +301,14 @@ class ChunkReader:
         The selected entries are None without a selection; the result is None
         when the chunk takes nothing from the file, or there is no chunk ``k``.
         """
-        if not 0 <= k < self.plan.n_chunks or not self.plan.counts[k, i]:
+        events = self.plan.share(k, i)
+        if events is None:
             return None
-        start = int(self.plan.starts[k, i])
-        stop = start + int(self.plan.counts[k, i])
-        if self.selected is None:
+        start, stop = events
+        chosen = None if self.selected is None else self.selected[i]
+        if chosen is None:
             return start, stop, None
-        chosen = self.selected[i][start:stop]  # selected events [start, stop): the entries that span them
+        chosen = chosen[start:stop]  # selected events [start, stop): the entries that span them
         return int(chosen[0]), int(chosen[-1]) + 1, chosen
 
     def _read_retrying(
@@ -449,7 +325,7 @@ class ChunkReader:
                 if not (isinstance(err, FileAccessError) and attempts > 1):
                     raise
                 error: Exception = err
-            except Exception as err:  # uproot raises OSError, ValueError, DeserializationError...
+            except Exception as err:  # noqa: BLE001 - uproot raises OSError, ValueError, DeserializationError...
                 self._forget(i)
                 error = err
             if attempt + 1 == attempts:
@@ -497,15 +373,15 @@ class ChunkReader:
             file.close()
 
     def read(self, k: int, files: Sequence[int] | None = None) -> Chunk:
-        """Read chunk ``k`` of the plan (only the shares of ``files``, given as indices, if given)."""
+        """Read chunk ``k`` of the plan (only the shares of ``files``, given as indices, if given).
+
+        The pieces hold the branches asked for (aliases among them computed),
+        the label branch if any, and the file branches the aliases need.
+        """
         if not 0 <= k < len(self):
             msg = f"chunk index {k} out of range for {len(self)} chunks"
             raise IndexError(msg)
         t0 = time.perf_counter()
-        names = self.branches + (
-            [self.label_branch] if self.label_branch and self.label_branch not in self.branches else []
-        )
-        pieces, labels, file_index, entries = [], [], [], []
         bytes_before = self.bytes_read
         contributing = np.flatnonzero(self.plan.counts[k])
         if files is not None:
@@ -514,16 +390,13 @@ class ChunkReader:
         # that the next chunks need and that touch this read are read with it, in one call
         step = k - self._last_chunk if self._last_chunk is not None and abs(k - self._last_chunk) == 1 else 0
         self._last_chunk = k
-        for i in contributing:
-            start, stop, chosen = self._share(k, int(i))
-            ahead = [self._share(k + step * s, int(i)) for s in range(1, self.read_ahead + 1)] if step else []
-            ahead = [r for r in ahead if r is not None]
-            span = (min(r[0] for r in ahead), max(r[1] for r in ahead)) if ahead else None
-            parts = self._read_retrying(int(i), start, stop, names, span)
-            if chosen is not None and len(chosen) < stop - start:
-                parts = _keep(parts, chosen - start)
-            pieces.extend(parts)
-            entry = np.arange(start, stop, dtype=np.int64) if chosen is None else chosen
+        pieces: list[Any] = []
+        labels: list[np.ndarray] = []
+        file_index: list[np.ndarray] = []
+        entries: list[np.ndarray] = []
+        for i in contributing.tolist():
+            parts, entry = self._read_share(k, i, step)
+            pieces.extend(self._derived(part) for part in parts)
             file_index.append(np.full(len(entry), i, dtype=np.int32))
             entries.append(entry)
             if self.label_branch:
@@ -537,20 +410,47 @@ class ChunkReader:
             np.concatenate(file_index) if file_index else np.zeros(0, np.int32),
             np.concatenate(entries) if entries else np.zeros(0, np.int64),
         )
-        dt = time.perf_counter() - t0
         self.reads += 1
-        nbytes = self.bytes_read - bytes_before  # decoded from the file for this chunk (kept clusters not counted)
+        self._log_read(chunk, self.bytes_read - bytes_before, time.perf_counter() - t0)
+        return chunk
+
+    @property
+    def names(self) -> list[str]:
+        """The file branches each read takes: those asked for (or that the aliases need), and the label branch."""
+        label = [self.label_branch] if self.label_branch and self.label_branch not in self.branches else []
+        return self.branches + label
+
+    def _read_share(self, k: int, i: int, step: int) -> tuple[list[ak.Array], np.ndarray]:
+        """File ``i``'s pieces of chunk ``k`` and their entry numbers (reading on by ``step`` chunks' needs)."""
+        share = self._share(k, i)
+        assert share is not None  # the file contributes to the chunk
+        start, stop, chosen = share
+        ahead = [self._share(k + step * s, i) for s in range(1, self.read_ahead + 1)] if step else []
+        spans = [r for r in ahead if r is not None]
+        span = (min(r[0] for r in spans), max(r[1] for r in spans)) if spans else None
+        parts = self._read_retrying(i, start, stop, self.names, span)
+        if chosen is not None and len(chosen) < stop - start:
+            parts = _keep(parts, chosen - start)
+        return parts, np.arange(start, stop, dtype=np.int64) if chosen is None else chosen
+
+    def _derived(self, piece: ak.Array) -> Any:
+        """``piece`` with the aliases asked for added (a mapping of branch name to values), or as it is."""
+        if not self.derive:
+            return piece
+        return {**{f: piece[f] for f in piece.fields}, **self.selection.derive(piece, self.derive, len(piece))}
+
+    def _log_read(self, chunk: Chunk, nbytes: int, dt: float) -> None:
+        # nbytes: decoded from the file for this chunk (clusters kept from an earlier read not counted)
         log.info(
             "read chunk %d: %d entries, %d branches, %.1f MB, %.3f sec, %.1f MB/sec, %.1f kHz",
-            k,
+            chunk.index,
             len(chunk),
-            len(names),
+            len(self.names),
             nbytes / 1e6,
             dt,
             nbytes / 1e6 / dt if dt else 0.0,
             len(chunk) / 1e3 / dt if dt else 0.0,
         )
-        return chunk
 
 
 def _keep(parts: list[ak.Array], rows: np.ndarray) -> list[ak.Array]:

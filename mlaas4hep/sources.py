@@ -7,10 +7,11 @@ processes receive copies of them).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,19 @@ import uproot
 from ._remote import open_options
 from .errors import FileAccessError, TreeError
 
-__all__ = ["DEFAULT_TREE", "BranchInfo", "FileSource", "open_tree", "parse_sources"]
+__all__ = [
+    "DEFAULT_TREE",
+    "BranchInfo",
+    "FileInfo",
+    "FileSource",
+    "describe_branches",
+    "describe_file",
+    "inspect_file",
+    "open_file",
+    "open_tree",
+    "opened_tree",
+    "parse_sources",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +43,6 @@ DEFAULT_TREE = "Events"
 
 _REMOTE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _WITH_TREE = re.compile(r"^(?P<path>.+\.root):(?P<tree>[^/:]+)$")
-
-#: Kinds of branch that become features.
-FEATURE_KINDS = ("flat", "jagged")
 
 
 @dataclass(frozen=True)
@@ -193,6 +203,16 @@ def open_tree(source: FileSource) -> tuple[Any, Any]:
     return file, obj
 
 
+@contextlib.contextmanager
+def opened_tree(source: FileSource) -> Iterator[Any]:
+    """``with opened_tree(source) as tree:``: the tree of :func:`open_tree`, its file closed on leaving."""
+    file, tree = open_tree(source)
+    try:
+        yield tree
+    finally:
+        file.close()
+
+
 def file_uuid(file: Any) -> str | None:
     """The ROOT file's UUID as a string, or None if uproot cannot tell."""
     try:
@@ -249,8 +269,40 @@ def describe_branches(obj: Any) -> list[BranchInfo]:
     return infos
 
 
-def split_unusable(infos: Sequence[BranchInfo]) -> tuple[list[BranchInfo], list[BranchInfo]]:
-    """Split branch infos into (usable as features, unusable)."""
-    good = [i for i in infos if i.kind in FEATURE_KINDS]
-    bad = [i for i in infos if i.kind not in FEATURE_KINDS]
-    return good, bad
+@dataclass(frozen=True)
+class FileInfo:
+    """What opening a file (reading no data) tells: its entries, branches and fingerprint.
+
+    ``size`` and ``mtime`` (bytes, seconds since the epoch) are None for remote
+    files, ``uuid`` when uproot cannot tell the file's ROOT UUID.
+    """
+
+    source: FileSource
+    entries: int
+    branches: tuple[BranchInfo, ...]
+    size: int | None = None
+    mtime: float | None = None
+    uuid: str | None = None
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """Each branch's kind, by name."""
+        return {b.name: b.kind for b in self.branches}
+
+
+def describe_file(source: FileSource, file: Any, tree: Any) -> FileInfo:
+    """The :class:`FileInfo` of ``source``, opened by :func:`open_tree` as ``(file, tree)``."""
+    size = mtime = None
+    if not source.is_remote:
+        stat = os.stat(source.location)
+        size, mtime = stat.st_size, stat.st_mtime
+    return FileInfo(source, int(tree.num_entries), tuple(describe_branches(tree)), size, mtime, file_uuid(file))
+
+
+def inspect_file(source: FileSource) -> FileInfo:
+    """Open ``source`` once, reading no data, and describe it (see :class:`FileInfo`)."""
+    file, tree = open_tree(source)
+    try:
+        return describe_file(source, file, tree)
+    finally:
+        file.close()

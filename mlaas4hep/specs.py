@@ -1,10 +1,10 @@
-"""Specs: what the first pass over the files learns about every branch.
+"""Specs: what the first pass over the files learns about every branch, and their JSON form.
 
-:class:`SpecBuilder` reads the selected branches of all files once, in steps of
-bounded size, and returns :class:`Specs`: per branch its kind, dtype, range,
+:class:`Specs` holds per branch (:class:`BranchSpec`) its kind, dtype, range,
 mean and standard deviation, and for jagged branches the distribution of list
-lengths; per file its entries and a fingerprint. Specs round-trip through JSON
-and are reused while the fingerprints still match the files.
+lengths; per file (:class:`FileSpec`) its entries and a fingerprint. Specs
+round-trip through JSON (and read the original MLaaS4HEP's ``global-specs.json``).
+:class:`~mlaas4hep.first_pass.SpecBuilder` makes them.
 
 Statistics are kept in a form that merges associatively (count, mean, sum of
 squared deviations, min, max, length histogram), so specs of parts of a dataset
@@ -13,15 +13,11 @@ combine into the specs of the whole.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import math
 import os
 import threading
-import time
-import warnings
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,13 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import flat_values, jagged_parts
-from .errors import BranchError, ParameterError, SkippedBranchWarning, SpecsError, SpecsMismatchWarning, TreeError
-from .executors import map_files
-from .selection import Selection, encode_mask, kind_of
-from .sources import DEFAULT_TREE, BranchInfo, FileSource, describe_branches, file_uuid, open_tree, parse_sources
+from .errors import BranchError, ParameterError, SpecsError
+from .sources import FileInfo
 
-__all__ = ["DEFAULT_EXCLUDE", "BranchSpec", "FileSpec", "SpecBuilder", "Specs"]
+__all__ = ["DEFAULT_EXCLUDE", "QUANTILES", "BranchSpec", "FileSpec", "Specs"]
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +39,6 @@ QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
 """Length quantiles reported for jagged branches."""
 
 _FORMAT = "mlaas4hep-specs"
-
-# Specs made in this process, by file fingerprints and branch selection: building a
-# training and a validation sequence over the same files makes one first pass, not two.
-_RECENT: OrderedDict[tuple[tuple[Any, ...], str], Specs] = OrderedDict()
 _VERSION = 1
 
 
@@ -227,6 +216,11 @@ class FileSpec:
     selected: int | None = None
     mask: str | None = None
 
+    @classmethod
+    def from_info(cls, info: FileInfo) -> FileSpec:
+        """The fingerprint of a file as :func:`~mlaas4hep.sources.inspect_file` saw it."""
+        return cls(info.source.location, info.source.tree, info.entries, info.size, info.mtime, info.uuid)
+
     @property
     def events(self) -> int:
         """Events this file contributes: those passing the cut, or all its entries."""
@@ -246,16 +240,6 @@ class FileSpec:
         elif self.mtime is not None and other.mtime is not None and self.mtime != other.mtime:
             return f"{other.path} was modified after the specs were made"
         return None
-
-
-def fingerprint(source: FileSource, file: Any, entries: int) -> FileSpec:
-    """Describe a file well enough to notice when it changes."""
-    size = mtime = None
-    path = source.location
-    if not source.is_remote:
-        stat = os.stat(path)
-        size, mtime = stat.st_size, stat.st_mtime
-    return FileSpec(path, source.tree, int(entries), size, mtime, file_uuid(file))
 
 
 @dataclass(frozen=True)
@@ -317,7 +301,7 @@ class Specs:
             return None
         if len(files) != len(self.files):
             return f"specs describe {len(self.files)} files, {len(files)} given"
-        for mine, theirs in zip(self.files, files):
+        for mine, theirs in zip(self.files, files, strict=True):
             reason = mine.mismatch(theirs)
             if reason:
                 return reason
@@ -430,360 +414,3 @@ def _from_original(data: Mapping[str, Any]) -> Specs:
             declared_max_length=int(data["jdim"][name]),
         )
     return Specs(branches)
-
-
-def _match(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def select_branches(
-    infos: Sequence[BranchInfo],
-    include: Sequence[str] | None,
-    exclude: Sequence[str],
-    where: str,
-) -> tuple[list[BranchInfo], dict[str, str]]:
-    """Apply include/exclude patterns; return usable branches and skipped ones with reasons.
-
-    A branch named explicitly in ``include`` (not through a glob pattern) that
-    cannot become a feature is an error rather than a warning.
-    """
-    by_name = {i.name: i for i in infos}
-    if include:
-        exact = [p for p in include if not any(c in p for c in "*?[")]
-        missing = [p for p in exact if p not in by_name]
-        if missing:
-            msg = f"branches {missing} not found in {where}"
-            raise BranchError(msg)
-        for p in include:
-            if p not in exact and not any(fnmatch.fnmatchcase(n, p) for n in by_name):
-                msg = f"pattern {p!r} matches no branch in {where}"
-                raise BranchError(msg)
-        chosen = [i for i in infos if _match(i.name, include)]
-        bad_exact = [by_name[p] for p in exact if by_name[p].kind not in ("flat", "jagged")]
-        if bad_exact:
-            what = ", ".join(f"{i.name!r} ({i.kind})" for i in bad_exact)
-            msg = f"selected branches cannot become numeric features: {what} in {where}"
-            raise BranchError(msg)
-    else:
-        chosen = list(infos)
-    chosen = [i for i in chosen if not _match(i.name, exclude)]
-    usable = [i for i in chosen if i.kind in ("flat", "jagged")]
-    skipped = {i.name: i.kind for i in chosen if i.kind not in ("flat", "jagged")}
-    return usable, skipped
-
-
-class SpecBuilder:
-    """First pass over the input files: learn every selected branch's specs.
-
-    Parameters
-    ----------
-    files : path, URL, or sequence of them
-        Input files; ``"file.root:tree"`` names the tree per file.
-    tree : str
-        Tree name for files that do not name one (default ``"Events"``).
-    branches : sequence of str, optional
-        Branches to use: names or glob patterns, as uproot's ``filter_name``.
-        Default: every numeric flat or jagged branch.
-    exclude : sequence of str
-        Names or patterns to leave out; default ``("run", "event", "luminosityBlock")``.
-    redirector : str
-        Prefix for bare file names (the original's ``redirector``).
-    step_size : int or str
-        Events per read, or a size such as ``"100 MB"`` as in :func:`uproot.iterate`;
-        memory stays bounded by one step whatever the file size.
-    common_branches : bool
-        When the files' selected branches differ, use those common to all files
-        instead of raising :class:`~mlaas4hep.errors.BranchError` (default False).
-    cut : str, optional
-        Keep only the events where this expression is true, e.g.
-        ``"(nMuon >= 1) & any(Jet_pt > 30)"`` (see :class:`~mlaas4hep.selection.Selection`).
-        The statistics are those of the surviving events, and each file's
-        :class:`FileSpec` records how many survive and which.
-    aliases : mapping of str to str, optional
-        Derived branches, e.g. ``{"log_Jet_pt": "log(Jet_pt)"}``: features like
-        any other (flat or jagged by their values) unless ``exclude`` names them.
-    executor : {"threads", "serial"}, concurrent.futures.Executor, dask.distributed.Client, or None
-        Where the files are scanned, one task per file (see :func:`mlaas4hep.executors.map_files`):
-        None or ``"threads"`` is a local thread pool with a thread per core
-        (uproot releases the GIL while it decompresses); a ``dask.distributed.Client``
-        runs the same scan on any Dask cluster (``pip install mlaas4hep[dask]``).
-        The per-file statistics are merged in file order, so the specs are the
-        same, to the last bit, whatever the executor.
-    progress : bool or None
-        Show a bar over the files (tqdm, when installed); None (default) shows
-        one for scans of 20 files or more when stderr is a terminal. Without a
-        bar, progress is logged at INFO level.
-
-    Notes
-    -----
-    The builder is sent to Dask workers with each task, so it holds plain data
-    only (the executor itself is left behind).
-
-    Examples
-    --------
-    >>> specs = SpecBuilder(["sig.root", "bkg.root"], exclude=["run", "event"]).build()  # doctest: +SKIP
-    >>> from dask.distributed import Client  # doctest: +SKIP
-    >>> specs = SpecBuilder(files, executor=Client("tcp://scheduler:8786")).build("specs.json")  # doctest: +SKIP
-    >>> specs.summary()  # doctest: +SKIP
-    '20000 events, (18-flat, 48-jagged) branches, 1801 attrs'
-    """
-
-    def __init__(
-        self,
-        files: str | os.PathLike[str] | Iterable[str | os.PathLike[str] | FileSource],
-        *,
-        tree: str = DEFAULT_TREE,
-        branches: Sequence[str] | None = None,
-        exclude: Sequence[str] = DEFAULT_EXCLUDE,
-        redirector: str = "",
-        step_size: int | str = "100 MB",
-        common_branches: bool = False,
-        executor: Any = None,
-        progress: bool | None = None,
-        cut: str | None = None,
-        aliases: Mapping[str, str] | None = None,
-    ) -> None:
-        self.cuts = Selection(cut, aliases or {})
-        self.sources = parse_sources(files, tree, redirector)
-        if not self.sources:
-            msg = "no input files given"
-            raise ParameterError(msg)
-        if isinstance(branches, str):
-            branches = [branches]
-        if isinstance(exclude, str):
-            exclude = [exclude]
-        self.include = [b for b in branches if b not in self.cuts.aliases] or None if branches else None
-        self.exclude = list(exclude or ())
-        self.step_size = step_size
-        self.common_branches = bool(common_branches)
-        self.executor = executor
-        self.progress = progress
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["executor"] = None  # a Dask client or a pool stays with the caller
-        return state
-
-    def _map(self, fn: Any, *args: Any, desc: str) -> list[Any]:
-        """``[fn(source, *args) for source in self.sources]`` on the builder's executor."""
-        return map_files(fn, self.sources, *args, executor=self.executor, progress=self.progress, desc=desc)
-
-    def fingerprints(self) -> list[FileSpec]:
-        """Open each file (without reading data) and describe it, on the builder's executor."""
-        return self._map(_fingerprint_task, desc="fingerprints")
-
-    def build(self, cache: str | os.PathLike[str] | None = None) -> Specs:
-        """Return specs of the files, from ``cache`` when it still matches them.
-
-        Parameters
-        ----------
-        cache : path, optional
-            JSON file to reuse and (re)write. A cache made from other files, or
-            from files that changed since, is rebuilt with a
-            :class:`~mlaas4hep.errors.SpecsMismatchWarning`.
-        """
-        if cache is not None and Path(cache).exists():
-            cached = Specs.load(cache)
-            reason = self._reuse_problem(cached)
-            if reason is None:
-                log.info("reusing specs from %s", cache)
-                return cached
-            warnings.warn(f"rebuilding specs: {os.fspath(cache)!r} {reason}", SpecsMismatchWarning, stacklevel=2)
-        key = (tuple(self.fingerprints()), json.dumps(self.selection, sort_keys=True))
-        specs = _RECENT.get(key)
-        if specs is None:
-            specs = self._scan()
-            _RECENT[key] = specs
-            while len(_RECENT) > 8:
-                _RECENT.popitem(last=False)
-        else:
-            log.info("reusing specs made in this session for the same files and selection")
-        if specs.skipped:
-            warnings.warn(
-                "skipping branches that cannot become numeric features: "
-                + ", ".join(f"{n} ({k})" for n, k in sorted(specs.skipped.items())),
-                SkippedBranchWarning,
-                stacklevel=2,
-            )
-        if cache is not None:
-            specs.save(cache)
-        return specs
-
-    def _reuse_problem(self, cached: Specs) -> str | None:
-        if not cached.files:
-            return "has no file fingerprints"
-        reason = cached.mismatch(self.fingerprints())
-        if reason:
-            return f"does not match the input files: {reason}"
-        if cached.selection != self.selection:
-            return f"was made with another branch selection ({dict(cached.selection)} instead of {self.selection})"
-        return None
-
-    @property
-    def selection(self) -> dict[str, list[str] | None]:
-        """The include and exclude patterns, as recorded in the specs."""
-        selection: dict[str, Any] = {"branches": self.include, "exclude": self.exclude}
-        if self.common_branches:
-            selection["common_branches"] = True
-        selection.update(self.cuts.to_dict())  # specs made without the cut are not reused with it
-        return selection
-
-    def _scan(self) -> Specs:
-        t0 = time.perf_counter()
-        include = self._common_include()
-        parts = self._map(_scan_task, self, include, desc="first pass")
-        total = parts[0]
-        for part in parts[1:]:  # in file order, whatever order the tasks finished in
-            total = total.merge(part)
-        log.info("first pass: %s in %.2f s", total.summary(), time.perf_counter() - t0)
-        return total
-
-    def _usable(
-        self, source: FileSource, obj: Any, include: Sequence[str] | None
-    ) -> tuple[list[BranchInfo], dict[str, str]]:
-        if int(obj.num_entries) == 0:
-            msg = f"tree {source.tree!r} in {source.path!r} has 0 entries"
-            raise TreeError(msg)
-        infos = describe_branches(obj)
-        _check_selection(self.cuts, infos, str(source))
-        usable, skipped = select_branches(infos, include, self.exclude, str(source))
-        if not usable:
-            msg = f"no numeric branch left to use in {source} after include={include} exclude={self.exclude}"
-            raise BranchError(msg)
-        return usable, skipped
-
-    def _common_include(self) -> list[str] | None:
-        """Check, before reading data, that every file has the same selected branches.
-
-        Returns the include list to scan with: the user's, or with
-        ``common_branches`` the names common to all files when they differ.
-        """
-        names: list[list[str]] = self._map(_usable_task, self, self.include, desc="branches")
-        union = sorted(set().union(*names))
-        if all(len(n) == len(union) for n in names):
-            return self.include
-        common = [n for n in names[0] if all(n in other for other in names)]
-        if not self.common_branches:
-            lacks = "; ".join(
-                f"{s.path} lacks {sorted(set(union) - set(n))}"
-                for s, n in zip(self.sources, names)
-                if len(n) < len(union)
-            )
-            msg = (
-                f"branch sets differ: {lacks}; select branches present in every file, "
-                f"or pass common_branches=True to use the {len(common)} common to all"
-            )
-            raise BranchError(msg)
-        if not common:
-            msg = f"no branch common to all of {[s.path for s in self.sources]}"
-            raise BranchError(msg)
-        log.info(
-            "using the %d branches common to all files; leaving out %s", len(common), sorted(set(union) - set(common))
-        )
-        return common
-
-    def _scan_file(self, source: FileSource, include: Sequence[str] | None) -> Specs:
-        file, obj = open_tree(source)
-        try:
-            entries = int(obj.num_entries)
-            usable, skipped = self._usable(source, obj, include)
-            kinds = {i.name: i for i in usable}
-            derived = [a for a in self.cuts.aliases if not _match(a, self.exclude)]
-            read = list(dict.fromkeys([*kinds, *self.cuts.branches(derived)]))
-            masks: list[np.ndarray] = []
-            parts: dict[str, BranchSpec] = {}
-            t0 = time.perf_counter()
-            for arrays in obj.iterate(filter_name=read, step_size=self.step_size, library="ak"):
-                step_kinds = kinds
-                if self.cuts:
-                    arrays, step_kinds, keep = _apply_selection(self.cuts, arrays, kinds, derived)
-                    masks.append(keep)
-                for name, info in step_kinds.items():
-                    if info.kind == "jagged":
-                        counts, values = jagged_parts(arrays[name])
-                        step = BranchSpec.from_values(name, "jagged", info.dtype, values, counts)
-                    else:
-                        step = BranchSpec.from_values(name, "flat", info.dtype, flat_values(arrays[name]))
-                    parts[name] = parts[name].merge(step) if name in parts else step
-            log.info(
-                "scanned %s: %d entries, %d branches in %.2f s", source, entries, len(kinds), time.perf_counter() - t0
-            )
-            described = fingerprint(source, file, entries)
-            if self.cuts.cut is not None:
-                mask = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
-                described = replace(described, selected=int(np.count_nonzero(mask)), mask=encode_mask(mask))
-                log.info("cut %r keeps %d of %d entries of %s", self.cuts.cut, described.selected, entries, source)
-            return Specs(parts, (described,), skipped, self.selection)
-        finally:
-            file.close()
-
-
-def scan_selection(
-    sources: Sequence[FileSource], selection: Selection, step_size: int | str = "100 MB"
-) -> list[np.ndarray]:
-    """Which entries of each file pass ``selection``'s cut: one boolean array per file.
-
-    Reads only the branches the cut needs, in steps of ``step_size``; used when
-    the specs at hand did not record the cut's result for these files.
-    """
-    masks = []
-    for source in sources:
-        file, obj = open_tree(source)
-        try:
-            _check_selection(selection, describe_branches(obj), str(source))
-            steps = obj.iterate(filter_name=selection.branches(), step_size=step_size, library="ak")
-            parts = [selection.mask(arrays, len(arrays)) for arrays in steps]
-        finally:
-            file.close()
-        masks.append(np.concatenate(parts) if parts else np.zeros(0, dtype=bool))
-    return masks
-
-
-def _check_selection(cuts: Selection, infos: Sequence[BranchInfo], where: str) -> None:
-    """The cut and aliases name only branches of the file, and no alias hides a branch."""
-    names = {i.name for i in infos}
-    cuts.check(names, where)
-    hidden = sorted(set(cuts.aliases) & names)
-    if hidden:
-        msg = f"aliases {hidden} have the names of branches of {where}; give them other names"
-        raise BranchError(msg)
-
-
-def _apply_selection(
-    cuts: Selection, arrays: Any, kinds: Mapping[str, BranchInfo], derived: Sequence[str]
-) -> tuple[dict[str, Any], dict[str, BranchInfo], np.ndarray]:
-    """One step of the first pass after the cut, with the derived branches: (arrays, kinds, mask)."""
-    n = len(arrays)
-    keep = cuts.mask(arrays, n)
-    everything = keep.all()
-    kept: dict[str, Any] = {name: arrays[name] if everything else arrays[name][keep] for name in kinds}
-    step_kinds = dict(kinds)
-    for name, values in cuts.derive(arrays, derived, n).items():
-        kind, dtype = kind_of(name, values)
-        kept[name] = values if everything else values[keep]
-        step_kinds[name] = BranchInfo(name, kind, dtype)
-    return kept, step_kinds, keep
-
-
-# -- per-file tasks: top-level functions, so that Dask and process pools can pickle them ---------
-def _fingerprint_task(source: FileSource) -> FileSpec:
-    """Open ``source`` (reading no data) and describe it."""
-    file, obj = open_tree(source)
-    try:
-        return fingerprint(source, file, obj.num_entries)
-    finally:
-        file.close()
-
-
-def _usable_task(source: FileSource, builder: SpecBuilder, include: Sequence[str] | None) -> list[str]:
-    """Names of the branches of ``source`` that ``builder`` would use."""
-    file, obj = open_tree(source)
-    try:
-        return [i.name for i in builder._usable(source, obj, include)[0]]
-    finally:
-        file.close()
-
-
-def _scan_task(source: FileSource, builder: SpecBuilder, include: Sequence[str] | None) -> Specs:
-    """Specs of one file: the unit of work of the first pass, merged in file order afterwards."""
-    return builder._scan_file(source, include)

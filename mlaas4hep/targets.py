@@ -182,6 +182,7 @@ class Outputs:
             Labels (integers as floats; one-hot encoding happens per batch) or targets.
         w : float32 array of shape (n,), or None when unweighted
         """
+        y: np.ndarray | None
         if self.targets:
             columns = [np.concatenate([flat_values(_get(p, t, "target")) for p in pieces]) for t in self.targets]
             y = (columns[0] if self.single_target else np.stack(columns, axis=1)).astype(np.float32, copy=False)
@@ -238,7 +239,9 @@ def totals_by_class(labels: np.ndarray, weights: np.ndarray | None, num_classes:
     return np.bincount(np.asarray(labels).astype(np.int64), weights=weights, minlength=num_classes or 0)
 
 
-def per_file_totals(labels: Sequence[float], counts: np.ndarray, file_weights: np.ndarray | None) -> np.ndarray:
+def per_file_totals(
+    labels: Sequence[float] | np.ndarray, counts: np.ndarray, file_weights: np.ndarray | None
+) -> np.ndarray:
     """Class totals when each file has one label and no event-weight branch: no data to read."""
     weights = np.asarray(counts, dtype=np.float64) * (1.0 if file_weights is None else file_weights)
     return np.bincount(np.asarray(labels).astype(np.int64), weights=weights)

@@ -31,7 +31,7 @@ import numpy as np
 from ._json import read_json
 from .errors import FileAccessError, ParameterError
 from .preproc import Preprocessing, load_preproc, translate_preproc
-from .reader import apportion, split_entries
+from .plan import apportion, split_entries
 from .specs import DEFAULT_EXCLUDE, Specs
 
 __all__ = [

@@ -28,7 +28,7 @@ def _same(a: Specs, b: Specs) -> None:
 
 def _build(files, executor, **kw) -> Specs:
     # step_size in events, so each file is scanned in several steps (the partials merge within files too)
-    return SpecBuilder(files, exclude=["run"], step_size=100, executor=executor, **kw)._scan()
+    return SpecBuilder(files, exclude=["run"], step_size=100, executor=executor, **kw).scan()
 
 
 def test_threads_and_pools_equal_serial(five_files):
@@ -111,7 +111,7 @@ def test_local_cluster_with_two_processes_equals_serial(five_files):
     ):
         on_dask = _build(five_files, client)
         # the whole build (fingerprints and branch check too) runs there
-        built = SpecBuilder(five_files, exclude=["run"], step_size=100, executor=client, progress=True)._scan()
+        built = SpecBuilder(five_files, exclude=["run"], step_size=100, executor=client, progress=True).scan()
         workers = client.run(lambda: __import__("os").getpid())
     assert len(set(workers.values())) == 2
     _same(serial, on_dask)

@@ -8,7 +8,7 @@ sizes, nevts, validation splits and shuffling; then the same under
 from __future__ import annotations
 
 import os
-import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +43,18 @@ def _expected(entries: list[int], nevts: int, split: float | None, subset: str |
 
 
 def _epoch(seq: RootSequence, order) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One epoch's batches asked for in ``order``, returned in the order of the epoch's stream.
+
+    A shuffled sequence gives the ``s``-th index asked for the ``s``-th batch of
+    the stream; one in order gives index ``i`` batch ``i``.
+    """
     col = seq.feature_names.index("uid")
     out = []
     for i in order:
         x, y = seq[int(i)]
         out.append((x[:, col].astype(np.int64), y))
     seq.on_epoch_end()
-    return out
+    return out if seq.shuffle else [out[j] for j in np.argsort(np.asarray(order))]
 
 
 def _check_once(batches, expected: set[int], batch_size: int) -> np.ndarray:
@@ -136,14 +141,14 @@ BATCH, CHUNK, EPOCHS = 16, 64, 2
 
 
 class _Recorded(RootSequence):
-    """Writes, for every batch it serves, its request number and uids to a file (works across processes)."""
+    """Writes, for every batch it serves, when, its index and its uids to a file (works across processes)."""
 
     record_dir: str = ""
 
-    def _batch(self, request: int):
-        X, y = super()._batch(request)
+    def __getitem__(self, index):
+        X, y = super().__getitem__(index)
         col = self.feature_names.index("uid")
-        name = f"{request:06d}-{os.getpid()}-{threading.get_ident()}-{np.random.default_rng().integers(2**62)}"
+        name = f"{time.monotonic_ns():020d}-{int(index):05d}-{os.getpid()}-{np.random.default_rng().integers(2**62)}"
         np.save(Path(self.record_dir) / f"{name}.npy", np.stack([X[:, col].astype(np.int64), y.astype(np.int64)]))
         return X, y
 
@@ -170,23 +175,23 @@ def test_fit_with_two_workers_serves_each_event_once_per_epoch(tmp_path, use_mul
     )
     seq.record_dir = str(tmp_path)
     _model(seq.num_features).fit(seq, epochs=EPOCHS, verbose=0)
-    by_request: dict[int, list[np.ndarray]] = {}
-    for path in tmp_path.glob("*.npy"):
-        by_request.setdefault(int(path.name.split("-")[0]), []).append(np.load(path))
-    if use_multiprocessing:  # the epochs are served by worker processes (the parent serves only Keras' probe)
-        parent = [int(p.name.split("-")[0]) for p in tmp_path.glob("*.npy") if p.name.split("-")[1] == str(os.getpid())]
-        assert len(parent) <= 2
+    paths = sorted(tmp_path.glob("*.npy"))  # in the order they were served
+    records = [(int(p.name.split("-")[1]), int(p.name.split("-")[2]), np.load(p)) for p in paths]
     n = len(seq)
-    # every request of both epochs was served; a request served twice (Keras' probe of
-    # batches 0 and 1, forgotten before epoch 1) gave the same batch both times
-    assert set(range(EPOCHS * n)) <= set(by_request)
-    assert sum(len(v) for r, v in by_request.items() if r < EPOCHS * n) <= EPOCHS * n + 2
-    for batches in by_request.values():
-        for b in batches[1:]:
-            np.testing.assert_array_equal(b, batches[0])
+    # Keras' probe of batches 0 and 1, from this process, forgotten before the first epoch ...
+    probe, served = records[:2], records[2:]
+    assert [r[0] for r in probe] == [0, 1] and all(r[1] == os.getpid() for r in probe)
+    if use_multiprocessing:  # ... the epochs are served by Keras' worker processes
+        assert all(r[1] != os.getpid() for r in served[: EPOCHS * n])
+    # ... whose first batches are the probe's: the same stream, the chunk read once
+    for _, _, a in probe:
+        assert any(np.array_equal(a, b) for _, _, b in served[:n])
+    assert len(served) >= EPOCHS * n  # and perhaps the first batches of a next epoch, asked for ahead
     everything = {f * ID + e for f, n_f in enumerate(ENTRIES) for e in range(n_f)}
     for epoch in range(EPOCHS):
-        served = np.concatenate([by_request[r][0] for r in range(epoch * n, (epoch + 1) * n)], axis=1)
-        ids, labels = served[0] - 10 * ID, served[1]
+        batches = served[epoch * n : (epoch + 1) * n]
+        assert sorted(r[0] for r in batches) == list(range(n))  # every index once
+        data = np.concatenate([r[2] for r in batches], axis=1)
+        ids, labels = data[0] - 10 * ID, data[1]
         assert len(ids) == len(everything) and set(ids.tolist()) == everything
         np.testing.assert_array_equal(labels, np.where(ids // ID == 1, 1, 0))

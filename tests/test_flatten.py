@@ -175,15 +175,15 @@ def test_a_reused_buffer_is_padded_again_where_the_chunk_before_wrote():
     flattener = JaggedFlattener(specs, pad_value=-1.0, max_lengths={"jet_pt": 3, "jet_eta": 3})
     buffer = np.empty((4, flattener.num_features), np.float32)
     order = np.array([2, 0, 3, 1])
-    X, _, written = flattener._transform_into([first[:1], first[1:]], order, mask=False, buffer=buffer)
+    X, _, written = flattener.transform_into([first[:1], first[1:]], order, mask=False, buffer=buffer)
     np.testing.assert_array_equal(X, flattener.transform(first, order=order, mask=False)[0])
     assert written  # the cells of the jagged columns that hold values
-    X, M, written = flattener._transform_into(second, None, mask=True, buffer=buffer, written=written)
+    X, M, written = flattener.transform_into(second, None, mask=True, buffer=buffer, written=written)
     expected, expected_mask = flattener.transform(second)
     np.testing.assert_array_equal(X, expected)
     np.testing.assert_array_equal(M, expected_mask)
     assert X.base is buffer or X.base is buffer.base
-    X, _, _ = flattener._transform_into(first, None, mask=False, buffer=buffer, written=written)
+    X, _, _ = flattener.transform_into(first, None, mask=False, buffer=buffer, written=written)
     np.testing.assert_array_equal(X, flattener.transform(first, mask=False)[0])
 
 

@@ -12,11 +12,10 @@ import uproot
 
 pytest.importorskip("keras")
 
+import mlaas4hep.first_pass
 import mlaas4hep.reader
-import mlaas4hep.sequence
-import mlaas4hep.specs
+import mlaas4hep.sources
 from mlaas4hep import RootSequence, SpecBuilder, Specs
-from mlaas4hep.reader import ChunkPlan
 
 N_FILES, ENTRIES = 1000, 20
 ID = 1000  # uid = file * ID + entry
@@ -63,7 +62,7 @@ class _Handles:
                 self.peak = max(self.peak, self.now)
             return file, obj
 
-        for module in (mlaas4hep.reader, mlaas4hep.sequence, mlaas4hep.specs):
+        for module in (mlaas4hep.reader, mlaas4hep.sources, mlaas4hep.first_pass):
             monkeypatch.setattr(module, "open_tree", counting)
 
     def reset(self) -> None:
@@ -86,8 +85,8 @@ def test_an_epoch_over_1000_files_keeps_few_files_open(many_files, monkeypatch, 
     fds = _fds()
     cache = tmp_path / "specs.json"
     specs = SpecBuilder(many_files, branches=["uid", "x"], executor="threads", progress=False).build(cache)
-    # fingerprints, branch check and scan: three opens per file, each closed at once
-    assert handles.opens == 3 * N_FILES and handles.now == 0
+    # the branch check (and fingerprint), then the scan: two opens per file, each closed at once
+    assert handles.opens == 2 * N_FILES and handles.now == 0
     assert handles.peak <= (os.cpu_count() or 1)
     assert [f.entries for f in specs.files] == [ENTRIES] * N_FILES
 
@@ -96,7 +95,7 @@ def test_an_epoch_over_1000_files_keeps_few_files_open(many_files, monkeypatch, 
     seq = RootSequence(
         many_files, specs=specs, batch_size=100, chunk_size=1000, files_per_chunk=50, max_open_files=16, seed=1, **kw
     )
-    assert handles.opens == 0  # the plan comes from the entries the specs recorded
+    assert handles.opens == N_FILES  # each file opened once, to check it, reading no data
     plan = seq.reader.plan
     assert plan.n_chunks == 20 and np.count_nonzero(plan.counts, axis=1).max() <= 2 * 50
     # round-robin groups keep both labels in every chunk
@@ -126,19 +125,6 @@ def test_an_epoch_over_1000_files_keeps_few_files_open(many_files, monkeypatch, 
     handles.reset()  # a second sequence on the same cache: the cache is checked, nothing is scanned again
     again = RootSequence(many_files, specs=cache, batch_size=100, chunk_size=1000, files_per_chunk=50, seed=1, **kw)
     assert handles.opens == N_FILES and handles.now == 0 and again.specs == specs
-
-
-def test_groups_keep_the_plan_exact():
-    ranges = [(0, n) for n in (7, 0, 13, 5, 9, 11, 3)]
-    for per in (1, 2, 3, 7, 100):
-        plan = ChunkPlan.build(ranges, 6, files_per_chunk=per)
-        assert plan.n_events == 48 and (plan.sizes[:-1] == 6).all()
-        np.testing.assert_array_equal(plan.counts.sum(axis=0), [7, 0, 13, 5, 9, 11, 3])
-        groups = -(-len(ranges) // per)
-        for k in range(plan.n_chunks):  # a chunk reads at most two groups
-            assert len({i % groups for i in np.flatnonzero(plan.counts[k])}) <= 2
-    whole = ChunkPlan.build(ranges, 6)
-    np.testing.assert_array_equal(ChunkPlan.build(ranges, 6, files_per_chunk=7).counts, whole.counts)
 
 
 def test_concurrent_readers_of_a_shared_specs_cache(two_files, tmp_path):

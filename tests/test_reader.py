@@ -4,71 +4,9 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from mlaas4hep import ChunkPlan, ChunkReader, FileSource, ParameterError
-from mlaas4hep.reader import apportion
+from mlaas4hep import ChunkReader, FileSource
 from mlaas4hep.sources import parse_sources
-
-
-def test_apportion_matches_the_original_example():
-    # the seed's two files: 476963 and 491653 events, 10k-event chunks -> 4924 + 5076
-    assert apportion(10_000, [476_963, 491_653]).tolist() == [4924, 5076]
-
-
-@given(st.lists(st.integers(0, 10_000), min_size=1, max_size=6), st.integers(0, 100_000))
-def test_apportion_sums_exactly_and_is_fair(weights, total):
-    if sum(weights) == 0:
-        return
-    total = min(total, sum(weights))
-    parts = apportion(total, weights)
-    assert parts.sum() == total
-    exact = np.asarray(weights) * total / sum(weights)
-    assert np.all(np.abs(parts - exact) < 1)
-    assert np.all(parts <= np.asarray(weights))
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, 3000), min_size=1, max_size=5).filter(lambda w: sum(w) > 0), st.integers(1, 4000))
-def test_plan_reads_every_entry_once_in_full_chunks(entries, chunk_size):
-    plan = ChunkPlan.build([(0, n) for n in entries], chunk_size)
-    sizes = plan.sizes
-    assert plan.n_events == sum(entries)
-    assert np.all(sizes[:-1] == chunk_size)
-    assert 0 < sizes[-1] <= chunk_size
-    for i, n in enumerate(entries):
-        # contiguous, in order, covering [0, n) exactly once
-        nonzero = plan.counts[:, i] > 0
-        starts, counts = plan.starts[nonzero, i], plan.counts[nonzero, i]
-        assert counts.sum() == n
-        if n == 0:
-            continue
-        assert np.array_equal(starts, np.concatenate([[0], np.cumsum(counts)[:-1]]))
-        # proportional within one event of the exact share
-        share = sizes * n / sum(entries)
-        assert np.all(np.abs(plan.counts[:, i] - share) < 2)
-
-
-def test_plan_respects_entry_ranges_and_one_chunk_mode():
-    plan = ChunkPlan.build([(100, 200), (0, 300)], -1)
-    assert plan.n_chunks == 1
-    assert plan.starts.tolist() == [[100, 0]]
-    assert plan.counts.tolist() == [[100, 300]]
-    with pytest.raises(ParameterError, match="chunk_size"):
-        ChunkPlan.build([(0, 10)], 0)
-
-
-def test_parse_sources_tree_suffix_and_redirector(tmp_path):
-    local = tmp_path / "a.root"
-    local.touch()
-    sources = parse_sources(
-        [str(local), "b.root:tree", "root://host:1094//store/c.root:Events"], redirector="root://redir/"
-    )
-    assert sources[0] == FileSource(str(local), "Events")
-    assert sources[1] == FileSource("root://redir/b.root", "tree")
-    assert sources[2] == FileSource("root://host:1094//store/c.root", "Events")
-    assert sources[2].is_remote and not sources[0].is_remote
 
 
 def test_reader_reads_each_entry_once_with_labels(two_files):

@@ -32,15 +32,22 @@ def test_every_event_once_per_epoch_with_its_label(two_files, shuffle):
     rng = np.random.default_rng(0)
     epochs = []
     for _ in range(2):
-        ids, labels = _ids(seq, rng.permutation(len(seq)))  # any order, as Keras asks
+        order = rng.permutation(len(seq))  # any order, as Keras asks
+        col = seq.feature_names.index("uid")
+        batches = [seq[int(i)] for i in order]
+        ids = np.concatenate([x[:, col] for x, _ in batches]).astype(np.int64)
+        labels = np.concatenate([y for _, y in batches])
         assert len(ids) == 3000 and len(np.unique(ids)) == 3000
         np.testing.assert_array_equal(labels, np.where(ids < 1_000_000, 1.0, 0.0))
-        epochs.append(ids)
+        # shuffled: the stream in the order the indices were asked for; in order: in the order of the indices
+        by_index = np.concatenate([batches[j][0][:, col] for j in np.argsort(order)]).astype(np.int64)
+        epochs.append(ids if shuffle else by_index)
         seq.on_epoch_end()
     if shuffle:
         assert not np.array_equal(epochs[0], epochs[1])
-    else:
+    else:  # index i names the same events every epoch, in the files' order
         np.testing.assert_array_equal(epochs[0], epochs[1])
+        assert all(np.array_equal(np.sort(epochs[0][p : p + 500]), epochs[0][p : p + 500]) for p in (0, 500))
     # chunks are mixed in proportion: each 500-event chunk holds 200 + 300 events
     first = epochs[0][:500]
     assert (first < 1_000_000).sum() == 200
@@ -66,7 +73,8 @@ def test_requests_outside_an_epoch_are_previews(two_files):
     early = seq[0]
     seq.on_epoch_end()
     assert seq.epoch == 1
-    rest = _ids(seq, range(len(seq) - 1))[0]
+    np.testing.assert_array_equal(seq[0][0], early[0])  # index 0 still names the same events
+    rest = _ids(seq, range(1, len(seq)))[0]
     col = seq.feature_names.index("uid")
     both = np.concatenate([early[0][:, col].astype(np.int64), rest])
     assert len(np.unique(both)) == 3000
@@ -149,7 +157,7 @@ def test_fit_reads_each_chunk_once_per_epoch_under_keras_shuffling(two_files):
 @pytest.mark.parametrize("processes", [True, False], ids=["worker-processes", "keras-threads"])
 def test_fit_with_two_workers_serves_each_event_once(two_files, processes, monkeypatch):
     if not processes:  # where worker processes cannot be forked, Keras fetches in two threads
-        monkeypatch.setattr("mlaas4hep.sequence.fork_supported", lambda: False)
+        monkeypatch.setattr("mlaas4hep.pipeline.fork_supported", lambda: False)
     seq = _make(two_files, batch_size=50, chunk_size=300, workers=2, seed=5)
     assert (seq.worker_processes, seq.workers) == ((2, 1) if processes else (0, 2))
     model = _model(seq.num_features)
@@ -199,10 +207,10 @@ def test_batches_are_views_that_stay_intact_while_kept(two_files):
     assert kept[0][0].base is not None  # a view, not a copy
     with pytest.raises(ValueError, match="read-only"):  # the buffer is reused: not to be changed in place
         kept[0][0][0, 0] = 1.0
-    assert not seq._free  # no buffer went back to the pool while its batches are held
+    assert not seq.pipeline.buffers.free  # no buffer went back to the pool while its batches are held
     for i in range(len(seq)):  # the second epoch, its batches dropped at once: buffers are reused
         np.testing.assert_array_equal(seq[i][0], expected[len(seq) + i][0])
-    assert seq._free
+    assert seq.pipeline.buffers.free
     for got, want in zip(kept, expected, strict=False):
         for a, b in zip(got, want, strict=True):
             np.testing.assert_array_equal(a, b)
@@ -214,7 +222,7 @@ def test_shuffled_epochs_read_neighbouring_chunks_and_keep_little(two_files):
     n = len(seq.reader)
     firsts, directions = set(), set()
     for epoch in range(8):
-        order, _ = seq._order(epoch)
+        order, _ = seq.layout.order(epoch)
         assert sorted(order) == list(range(n))
         steps = set(np.diff(order) % n)
         assert len(steps) == 1 and steps <= {1, n - 1}

@@ -142,7 +142,7 @@ def test_second_build_in_a_session_reuses_the_first_pass(tmp_path, make_tree, mo
     files = [make_tree(tmp_path / "m1.root", 80, seed=11), make_tree(tmp_path / "m2.root", 90, seed=12)]
     first = SpecBuilder(files).build()
     scans = []
-    monkeypatch.setattr(SpecBuilder, "_scan", lambda self: scans.append(self) or first)
+    monkeypatch.setattr(SpecBuilder, "_scan", lambda self, infos: scans.append(self) or first)
     again = SpecBuilder(files).build()
     assert again is first and scans == []
     SpecBuilder(files, branches=["MET_pt"]).build()  # another selection: a new first pass

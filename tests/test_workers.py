@@ -11,7 +11,6 @@ import pytest
 from conftest import write_tree
 
 from mlaas4hep import RootSequence
-from mlaas4hep._workers import balance
 from mlaas4hep.errors import FileAccessError, MLaaS4HEPError
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes are forked")
@@ -67,7 +66,7 @@ def test_workers_serve_the_same_batches_as_threads(three_files, options):
     with_workers = RootSequence(three_files, workers=2, specs=with_threads.specs, **kw)
     try:
         expected, got = _batches(with_threads), _batches(with_workers)
-        assert with_workers._pool is not None and len(with_workers._pool.groups) == 2
+        assert with_workers.pipeline.workers is not None and len(with_workers.pipeline.workers.groups) == 2
         assert len(expected) == len(got) == 2 * len(with_threads)
         for a, b in zip(expected, got, strict=True):
             for u, v in zip(_flat(a), _flat(b), strict=True):
@@ -80,19 +79,13 @@ def test_workers_serve_the_same_batches_as_threads(three_files, options):
         with_workers.close()
 
 
-def test_files_are_dealt_by_events():
-    assert balance([700, 1100, 500], 2) == [[1], [0, 2]]
-    assert balance([5, 0, 5], 4) == [[0], [2]]  # no worker for an empty file, none left idle
-    assert balance([1, 2, 3, 4], 1) == [[0, 1, 2, 3]]
-
-
 def test_more_workers_than_files_start_one_per_file(two_files):
     seq = RootSequence(two_files, labels=[1, 0], chunk_size=500, batch_size=100, workers=4)
     try:
         seq[0]
-        assert seq._pool is not None and sorted(i for g in seq._pool.groups for i in g) == [0, 1]
+        assert seq.pipeline.workers is not None and sorted(i for g in seq.pipeline.workers.groups for i in g) == [0, 1]
         assert seq.worker_processes == 2 and seq.workers == 1  # Keras fetches in one thread
-        assert len(seq._pool.groups) == 2
+        assert len(seq.pipeline.workers.groups) == 2
     finally:
         seq.close()
 
@@ -100,7 +93,7 @@ def test_more_workers_than_files_start_one_per_file(two_files):
 def test_close_stops_the_workers(two_files):
     seq = RootSequence(two_files, labels=[1, 0], chunk_size=500, batch_size=100, workers=2)
     seq[0]
-    processes = list(seq._pool._procs)
+    processes = seq.pipeline.workers.processes
     assert all(p.is_alive() for p in processes)
     seq.close()
     assert not any(p.is_alive() for p in processes)
@@ -122,8 +115,9 @@ def test_a_worker_that_dies_is_reported(two_files):
     seq = RootSequence(two_files, labels=[1, 0], chunk_size=300, batch_size=100, workers=2, prefetch=0)
     try:
         seq[0]
-        os.kill(seq._pool._procs[0].pid, signal.SIGKILL)
-        seq._pool._procs[0].join(5)
+        worker = seq.pipeline.workers.processes[0]
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(5)
         with pytest.raises(MLaaS4HEPError, match=r"worker process 0 .* died"):
             _serve_epoch(seq)
     finally:
@@ -136,7 +130,7 @@ def test_keras_multiprocessing_or_one_file_fall_back_sensibly(two_files):
     one = RootSequence(two_files[:1], labels=[1], chunk_size=500, batch_size=100, workers=2)
     try:
         one[0]
-        assert one._pool is not None and one._pool.groups == [[0]]
+        assert one.pipeline.workers is not None and one.pipeline.workers.groups == [[0]]
     finally:
         one.close()
         seq.close()
@@ -160,9 +154,9 @@ def test_batches_kept_from_shared_buffers_stay_intact(two_files):
         for got, want in zip(kept, expected, strict=False):
             for a, b in zip(got, want, strict=True):
                 np.testing.assert_array_equal(a, b)
-        assert seq._lent_slots  # the slots of the kept batches were not refilled
+        assert seq.pipeline.buffers.lent  # the slots of the kept batches were not refilled
         del kept, got, a
-        assert all(seq._slot_refs(s) == seq._slot_refs_free for s in seq._lent_slots)  # free to take back
+        assert all(seq.pipeline.buffers.unused(s) for s in seq.pipeline.buffers.lent)  # free to take back
         for i in range(n):  # and taken back when needed
             np.testing.assert_array_equal(seq[i][0], expected[3 * n + i][0])
     finally:

@@ -1,8 +1,8 @@
-"""Worker processes that read and flatten chunks on several cores (``RootSequence(workers=N)``, N > 1).
+"""Worker processes that read and flatten chunks on several cores (the pipeline's ``processes > 1``).
 
 Threads cannot do this: most of uproot's and awkward's work holds Python's
 interpreter lock, so a reading thread and a flattening thread mostly take turns.
-Worker processes run truly in parallel. Each is forked from the sequence and
+Worker processes run truly in parallel. Each is forked from the pipeline and
 owns a share of the files, balanced by events; for every chunk, each worker
 reads its files' shares, flattens them straight into the chunk's buffer in
 shared memory (at the rows the chunk's shuffle gives those events), and sends
@@ -20,44 +20,41 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
 from .errors import MLaaS4HEPError
+from .flatten import JaggedFlattener
+from .reader import ChunkReader
+from .targets import Outputs
 
-__all__ = ["WorkerPool", "balance", "fork_supported"]
+__all__ = ["ChunkJob", "WorkerPool", "fork_supported"]
 
 log = logging.getLogger(__name__)
 
 
 def fork_supported() -> bool:
-    """Whether worker processes can be forked here (Linux; elsewhere the sequence uses threads)."""
+    """Whether worker processes can be forked here (Linux; elsewhere the pipeline uses threads)."""
     return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
 
-def balance(events: Sequence[int], n_groups: int) -> list[list[int]]:
-    """Deal file indices into ``n_groups`` groups of about equal ``events``.
+@dataclass
+class ChunkJob:
+    """What a worker needs to turn its files' share of a chunk into rows of the chunk's matrix."""
 
-    Largest file first, each to the group with the fewest events so far; files
-    with no events are left out, and so are groups that would be empty.
+    reader: ChunkReader
+    outputs: Outputs
+    flattener: JaggedFlattener
 
-    Examples
-    --------
-    >>> balance([100, 103, 0, 40], 2)
-    [[1], [0, 3]]
-    """
-    totals = [0] * n_groups
-    groups: list[list[int]] = [[] for _ in range(n_groups)]
-    for i in sorted(range(len(events)), key=lambda i: (-events[i], i)):
-        if events[i] <= 0:
-            continue
-        g = min(range(n_groups), key=lambda g: (totals[g], g))
-        groups[g].append(i)
-        totals[g] += int(events[i])
-    return [sorted(g) for g in groups if g]
+    def fill(self, k: int, files: list[int], X: np.ndarray, M: np.ndarray | None, rows: np.ndarray) -> tuple[Any, Any]:
+        """Read the shares of ``files`` of chunk ``k`` and flatten them into ``rows``; return their ``(y, w)``."""
+        chunk = self.reader.read(k, files)
+        y, w = self.outputs.extract(chunk.pieces, chunk.file_index, chunk.labels)
+        self.flattener.write_rows(chunk.pieces, X, M, rows)
+        return y, w
 
 
 def _shared(shape: tuple[int, int], dtype: type) -> np.ndarray:
@@ -67,7 +64,8 @@ def _shared(shape: tuple[int, int], dtype: type) -> np.ndarray:
     """
     size = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
     # made straight on the mapping, so that every view of it refers to this array (and can be counted)
-    return np.ndarray(shape, dtype=dtype, buffer=mmap.mmap(-1, size))
+    array: np.ndarray = np.ndarray(shape, dtype=dtype, buffer=mmap.mmap(-1, size))
+    return array
 
 
 class WorkerPool:
@@ -75,8 +73,8 @@ class WorkerPool:
 
     Parameters
     ----------
-    sequence : RootSequence
-        The sequence whose reader, selection, outputs and flattener the workers use (copied by the fork).
+    job : ChunkJob
+        What the workers read and flatten with (copied into each by the fork).
     groups : list of list of int
         File indices of each worker.
     n_slots : int
@@ -89,7 +87,7 @@ class WorkerPool:
 
     def __init__(
         self,
-        sequence: Any,
+        job: ChunkJob,
         groups: list[list[int]],
         n_slots: int,
         rows: int,
@@ -114,7 +112,7 @@ class WorkerPool:
                 for files in groups:
                     parent, child = context.Pipe()
                     process = context.Process(
-                        target=_serve, args=(sequence, files, child, self.slots), name="mlaas4hep-worker", daemon=True
+                        target=_serve, args=(job, files, child, self.slots), name="mlaas4hep-worker", daemon=True
                     )
                     process.start()
                     child.close()
@@ -123,6 +121,11 @@ class WorkerPool:
         finally:
             gc.unfreeze()
         log.info("started %d worker processes for files %s", len(groups), groups)
+
+    @property
+    def processes(self) -> list[Any]:
+        """The worker processes (``multiprocessing.Process``), one per group of files."""
+        return list(self._procs)
 
     def run(self, k: int, slot: int, rows: list[np.ndarray]) -> list[tuple[Any, Any]]:
         """Have every worker flatten its files' share of chunk ``k`` into ``slot``; return their ``(y, w)``.
@@ -194,7 +197,7 @@ class WorkerPool:
         self._conns, self._procs = [], []
 
 
-def _serve(sequence: Any, files: list[int], conn: Connection, slots: list[tuple[np.ndarray, Any]]) -> None:
+def _serve(job: ChunkJob, files: list[int], conn: Connection, slots: list[tuple[np.ndarray, Any]]) -> None:
     """A worker's loop: read and flatten the shares of ``files`` of each chunk asked for, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # an interrupt is the parent's to handle
     while True:
@@ -203,15 +206,12 @@ def _serve(sequence: Any, files: list[int], conn: Connection, slots: list[tuple[
         except (EOFError, OSError):  # the parent is gone
             return
         if task is None:
-            sequence.reader.close()
+            job.reader.close()
             return
         k, slot, rows = task
         try:
-            chunk = sequence.reader.read(k, files)
-            pieces = sequence._derive(chunk.pieces)
-            y, w = sequence.outputs.extract(pieces, chunk.file_index, chunk.labels)
             X, M = slots[slot]
-            sequence.flattener._write_rows(pieces, X, M, rows)
+            y, w = job.fill(k, files, X, M, rows)
             conn.send(("ok", slot, y, w))
         except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent, which raises it
             try:
