@@ -1,30 +1,34 @@
 """Which events a batch index names: the ``seq[i]`` contract of :class:`~mlaas4hep.RootSequence`.
 
 Keras' ``fit`` asks for the batch indices of an epoch in a random order (its
-default ``shuffle=True``), from several threads or processes, and the
-TensorFlow backend asks for the next epoch's first indices before it calls
-``on_epoch_end``. :class:`EpochTracker` maps each request to ``(epoch, slot)``
-so that
+default ``shuffle=True``), from several threads or processes; the TensorFlow
+backend probes indices 0 and 1 before the first epoch, and asks for the next
+epoch's first indices before it calls ``on_epoch_end``; an interrupted ``fit``
+leaves an epoch half served. :class:`EpochTracker` maps each request to
+``(epoch, slot)``, a slot being a batch of the epoch's stream, so that
 
-* within an epoch an index always names the same slot (batch of the epoch's
-  stream), from any thread, in any order;
-* the ``n`` indices of an epoch name the ``n`` slots once each, so every event
-  is served exactly once however the indices are asked for, and however many
-  of them a probe, an interrupted ``fit`` or a loop that broke off asked for;
+* within an epoch an index always names the same slot, from any thread, in any order;
+* the ``n`` indices of an epoch name its ``n`` slots once each, so a pass of
+  ``fit`` over every index serves every event exactly once;
 * with ``by_arrival=True`` (shuffled sequences) an index is given the next
-  slot not yet given when it is first asked for, so that the slots, and the
+  slot not yet given when it is first asked for, so that slots, and the
   chunks they lie in, are served one after another whatever order Keras asks
-  in; with ``by_arrival=False`` (sequences in order) index ``i`` is slot ``i``;
-* an epoch ends once all its indices were asked for, when ``on_epoch_end`` is
-  called or an index is asked for a second time: the next epoch begins;
-* requests made outside an epoch (before ``on_epoch_begin``, or after
-  ``on_epoch_end``) that do not complete one, such as the TensorFlow backend's
-  probe of batches 0 and 1 or a look at ``seq[0]`` in a notebook, are
-  forgotten at the next ``on_epoch_end``: the epoch starts again from its first
-  slot, whose chunk is then already read. Requests within an epoch are never
-  forgotten: an epoch that ``on_epoch_end`` finds unfinished (Keras'
-  ``steps_per_epoch``, the next epoch's first batches asked for ahead of time,
-  an interrupted ``fit``) carries on.
+  in; with ``by_arrival=False`` (sequences in order) index ``i`` is slot ``i``.
+
+Epochs and passes. A *pass* is what Keras asks for between ``on_epoch_begin``
+and ``on_epoch_end``. An index asked for a second time in one pass names the
+same slot while the epoch has slots left to give; once every slot is given, it
+begins the next epoch (the TensorFlow backend reading ahead). An index that an
+earlier, unfinished pass asked for (an interrupted ``fit``) names its slot
+again in the next pass, which thus completes that epoch with every event once.
+``on_epoch_end`` begins the next epoch if every slot was given; otherwise it
+forgets the requests made outside a pass (a probe, a look at ``seq[0]``, a loop
+that broke off) and keeps those made within one. Keras' ``steps_per_epoch``
+(passes shorter than the sequence) is told apart from an interrupted ``fit`` by
+the second pass that ends unfinished: from then on the epoch's passes are one.
+So ``steps_per_epoch`` serves every event exactly once per epoch when it is at
+most half the batches; a larger one can serve a few batches of an epoch twice
+when its indices run out within its second pass.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ from typing import Any
 import numpy as np
 
 __all__ = ["EpochTracker"]
+
+# the tracker's state: one array of int64, shared between processes when asked to
+# counters and flags; then n slots, then n "asked in this pass" marks
+_EPOCH, _GIVEN, _ASKED, _CROSSED, _SHORT, _STEPS = range(6)
+_HEAD = 6
 
 
 class EpochTracker:
@@ -54,71 +63,96 @@ class EpochTracker:
 
     def __init__(self, n: int, *, by_arrival: bool, shared: bool) -> None:
         self.n, self.by_arrival, self.shared = int(n), bool(by_arrival), bool(shared)
-        # state[0]: the epoch; state[1]: indices given a slot in it; state[2 + i]: slot of index i, or -1
+        size = _HEAD + 2 * self.n
         if shared:
-            self._array: Any = multiprocessing.Array("q", self.n + 2)
+            self._array: Any = multiprocessing.Array("q", size)
             self._lock: Any = self._array.get_lock()
             self._state = np.frombuffer(memoryview(self._array.get_obj()), dtype=np.int64)
         else:
             self._array = None
             self._lock = threading.Lock()
-            self._state = np.zeros(self.n + 2, dtype=np.int64)
-        self._state[2:] = -1
-        self._in_epoch = False
-
-    def begin_epoch(self) -> None:
-        """The start of an epoch (Keras' ``on_epoch_begin``): requests from now on are kept."""
-        self._in_epoch = True
+            self._state = np.zeros(size, dtype=np.int64)
+        self._slots = self._state[_HEAD : _HEAD + self.n]
+        self._asked = self._state[_HEAD + self.n :]
+        self._slots[:] = -1
+        self._in_pass = False
 
     def assign(self, index: int) -> tuple[int, int]:
         """The ``(epoch, slot)`` that batch index ``index`` (in ``[0, n)``) names now."""
         state = self._state
         with self._lock:
-            slot = int(state[2 + index])
-            if slot >= 0 and state[1] == self.n:  # every index was asked for: a new epoch begins
+            if self._asked[index] and state[_GIVEN] == self.n:  # asked again once every slot is given
                 self._advance()
-                slot = -1
+                state[_CROSSED] = 1
+            slot = int(self._slots[index])
             if slot < 0:
-                slot = int(state[1]) if self.by_arrival else index
-                state[2 + index] = slot
-                state[1] += 1
-            return int(state[0]), slot
+                slot = int(state[_GIVEN]) if self.by_arrival else index
+                self._slots[index] = slot
+                state[_GIVEN] += 1
+            if not self._asked[index]:
+                self._asked[index] = 1
+                state[_ASKED] += 1
+            return int(state[_EPOCH]), slot
+
+    def begin_epoch(self) -> None:
+        """The start of a pass (Keras' ``on_epoch_begin``)."""
+        with self._lock:
+            # a new pass, unless the epoch began in the last one (read ahead) or passes are shorter than epochs
+            if not self._state[_CROSSED] and not self._state[_STEPS]:
+                self._asked[:] = 0
+                self._state[_ASKED] = 0
+            self._state[_CROSSED] = 0
+        self._in_pass = True
 
     def end_epoch(self) -> None:
-        """The end of an epoch (Keras' ``on_epoch_end``).
+        """The end of a pass (Keras' ``on_epoch_end``).
 
-        The next epoch begins if this one was served whole; if not, requests
-        made outside an epoch are forgotten, and those made within one kept.
+        The next epoch begins if every slot of this one was given; if not,
+        requests made outside a pass are forgotten, and those made within one kept.
         """
+        state = self._state
         with self._lock:
-            if self._state[1] == self.n:
+            if state[_GIVEN] == self.n:
                 self._advance()
-            elif not self._in_epoch:
-                self._state[1] = 0
-                self._state[2:] = -1
-        self._in_epoch = False
+                state[_STEPS] = 0  # the pass ended with its epoch
+            elif not self._in_pass:
+                self._forget()
+            elif not state[_CROSSED]:
+                state[_SHORT] += 1  # a pass ended before its epoch: an interrupted fit, or steps_per_epoch
+                if state[_SHORT] == 2:  # steps_per_epoch: Keras goes on through the epoch's indices
+                    self._asked[:] = self._slots >= 0
+                    state[_ASKED] = state[_GIVEN]
+                    state[_STEPS] = 1
+        self._in_pass = False
+
+    def _forget(self) -> None:
+        self._state[_GIVEN] = self._state[_ASKED] = 0
+        self._slots[:] = -1
+        self._asked[:] = 0
 
     def _advance(self) -> None:
-        self._state[0] += 1
-        self._state[1] = 0
-        self._state[2:] = -1
+        self._state[_EPOCH] += 1
+        self._state[_SHORT] = 0
+        self._forget()
 
     @property
     def epoch(self) -> int:
         """The epoch being served (epochs begun before it were served whole)."""
-        return int(self._state[0])
+        return int(self._state[_EPOCH])
 
     @property
     def completed(self) -> int:
-        """Epochs every index of which has been asked for."""
+        """Epochs every slot of which has been given."""
         with self._lock:
-            return int(self._state[0]) + int(self._state[1] == self.n)
+            return int(self._state[_EPOCH]) + int(self._state[_GIVEN] == self.n)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
+        for key in ("_slots", "_asked"):
+            state.pop(key)
         if not self.shared:
             state["_lock"] = None
-        else:  # the shared array travels (only to processes being started); the view is made anew
+        else:  # the shared array travels (only to processes being started); the views are made anew
             state["_state"] = None
         return state
 
@@ -128,3 +162,5 @@ class EpochTracker:
             self._lock = threading.Lock()
         else:
             self._state = np.frombuffer(memoryview(self._array.get_obj()), dtype=np.int64)
+        self._slots = self._state[_HEAD : _HEAD + self.n]
+        self._asked = self._state[_HEAD + self.n :]

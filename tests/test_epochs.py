@@ -102,3 +102,39 @@ def test_a_local_tracker_pickles_with_its_state():
     tracker.assign(1)
     copy = pickle.loads(pickle.dumps(tracker))
     assert copy.assign(1) == (0, 1) and copy.assign(0) == (0, 0)
+
+
+def test_a_pass_after_an_interrupted_one_completes_its_epoch():
+    """The interrupted pass's indices, asked again late in the next pass, name their slots: no event twice."""
+    tracker = EpochTracker(6, by_arrival=True, shared=False)
+    tracker.begin_epoch()
+    early = [tracker.assign(i) for i in (4, 2)]  # then the fit is interrupted: no on_epoch_end
+    tracker.assign(0), tracker.assign(1)  # the next fit's probe
+    tracker.end_epoch()  # ... and its reset
+    tracker.begin_epoch()
+    got = {i: tracker.assign(i) for i in (0, 5, 1, 3, 2)}
+    assert tracker.completed == 1  # every slot given, but index 4 not yet asked in this pass
+    got[4] = tracker.assign(4)
+    assert got[4] == early[0] and got[2] == early[1]
+    assert sorted(s for _, s in got.values()) == list(range(6)) and {e for e, _ in got.values()} == {0}
+    assert tracker.assign(3) == (1, 0)  # asked again in this pass, once the epoch is whole: the next epoch
+
+
+@given(n=st.integers(2, 25), data=st.data())
+def test_passes_shorter_than_the_epoch_go_on_through_it(n, data):
+    """Keras' steps_per_epoch: one permutation of the indices after another, cut into passes of ``steps``.
+
+    Told apart from an interrupted fit by the second short pass, so exact for
+    ``steps`` up to half the epoch (the first epoch's indices cannot run out before).
+    """
+    steps = data.draw(st.integers(1, n // 2))
+    tracker = EpochTracker(n, by_arrival=True, shared=False)
+    requests = [i for _ in range(3) for i in data.draw(st.permutations(range(n)))]
+    served: list[tuple[int, int]] = []
+    for start in range(0, len(requests), steps):
+        tracker.begin_epoch()
+        served.extend(tracker.assign(i) for i in requests[start : start + steps])
+        tracker.end_epoch()
+    for epoch in range(3):  # each permutation of the indices is one epoch, each slot once
+        part = served[epoch * n : (epoch + 1) * n]
+        assert {e for e, _ in part} == {epoch} and sorted(s for _, s in part) == list(range(n))

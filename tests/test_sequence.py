@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -238,3 +240,98 @@ def test_shuffled_epochs_read_neighbouring_chunks_and_keep_little(two_files):
     assert kept <= 2 * len(two_files)  # an edge cluster per file and direction, never the whole epoch's
     for file, _ in seq.reader._open.values():  # uproot's own array cache is not filled either
         assert len(file.file.array_cache) == 0
+
+
+# -- the batch contract, through model.fit ------------------------------------------------------
+def _uids(batch: tuple, col: int) -> np.ndarray:
+    return batch[0][:, col].astype(np.int64)
+
+
+def test_an_index_names_the_same_events_within_an_epoch_from_any_thread(two_files):
+    seq = _make(two_files, batch_size=40, chunk_size=300, seed=2)
+    col = seq.feature_names.index("uid")
+    order = np.random.default_rng(1).permutation(len(seq))
+    first: dict[int, np.ndarray] = {}
+    lock = threading.Lock()
+
+    def ask(indices) -> None:
+        for i in indices:
+            ids = _uids(seq[int(i)], col)
+            with lock:
+                if int(i) in first:
+                    np.testing.assert_array_equal(ids, first[int(i)])
+                first.setdefault(int(i), ids)
+
+    last = order[-1]
+    halves = [order[: len(order) // 2], order[len(order) // 2 : -1]]
+    threads = [threading.Thread(target=ask, args=([*h, *h[:5]],)) for h in halves]  # each asks some twice
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ask(order[:10])  # asked again by another thread: the same events
+    ask([last])  # the last index of the epoch
+    ids = np.concatenate(list(first.values()))
+    assert len(first) == len(seq) and len(ids) == 3000 and len(np.unique(ids)) == 3000
+    assert seq.epoch == 1
+
+
+def test_peeks_then_a_full_loop_serve_every_event_once(two_files):
+    seq = _make(two_files, batch_size=50, chunk_size=400, seed=3)
+    col = seq.feature_names.index("uid")
+    peeks = [_uids(seq[i], col) for i in range(3)]
+    loop = [_uids(seq[i], col) for i in range(len(seq))]
+    for a, b in zip(peeks, loop, strict=False):
+        np.testing.assert_array_equal(a, b)
+    ids = np.concatenate(loop)
+    assert len(ids) == 3000 and len(np.unique(ids)) == 3000
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if batch == 5:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_fit_does_not_leak_into_the_next(two_files):
+    seq = _make(two_files, batch_size=50, chunk_size=300, seed=4)
+    col = seq.feature_names.index("uid")
+    model = _model(seq.num_features)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(seq, epochs=2, verbose=0, callbacks=[_Interrupt()])
+    served: list[tuple[int, np.ndarray]] = []
+    original = type(seq).__getitem__
+
+    def spy(self, index):
+        batch = original(self, index)
+        served.append((int(index), _uids(batch, col)))
+        return batch
+
+    seq.__class__ = type("Spied", (type(seq),), {"__getitem__": spy})
+    model.fit(seq, epochs=1, verbose=0)
+    probe, epoch = served[:2], served[2 : 2 + len(seq)]
+    assert [i for i, _ in probe] == [0, 1]
+    assert sorted(i for i, _ in epoch) == list(range(len(seq)))
+    ids = np.concatenate([ids for _, ids in epoch])
+    assert len(ids) == 3000 and len(np.unique(ids)) == 3000  # every event once, none from the broken epoch twice
+
+
+def test_predict_lines_up_with_the_labels_and_the_files(two_files):
+    kw = {"batch_size": 64, "chunk_size": 300, "validation_split": 0.3, "seed": 5}
+    train = _make(two_files, subset="training", **kw)
+    val = _make(two_files, subset="validation", specs=train.specs, **kw)
+    assert not val.shuffle  # in order by default
+    col = val.feature_names.index("uid")
+    model = keras.Sequential([keras.Input((val.num_features,)), keras.layers.Lambda(lambda x: x[:, col : col + 1])])
+    predicted = model.predict(val, verbose=0).ravel().astype(np.int64)
+    np.testing.assert_array_equal(predicted, model.predict(val, verbose=0).ravel().astype(np.int64))
+    labels = np.concatenate([val[i][1] for i in range(len(val))])
+    np.testing.assert_array_equal(labels, np.where(predicted < 1_000_000, 1.0, 0.0))
+    # in the files' order: chunk after chunk, each file's share of it entry after entry
+    plan = val.dataset.plan
+    expected = [
+        i * 1_000_000 + np.arange(plan.starts[k, i], plan.starts[k, i] + plan.counts[k, i])
+        for k in range(plan.n_chunks)
+        for i in range(len(two_files))
+    ]
+    np.testing.assert_array_equal(predicted, np.concatenate(expected))

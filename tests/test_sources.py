@@ -24,8 +24,6 @@ def test_parse_sources_tree_suffix_and_redirector(tmp_path):
     assert sources[2].is_remote and not sources[0].is_remote
 
 
-
-
 def test_inspect_file_describes_a_file_without_reading_data(two_files):
     (source,) = parse_sources(two_files[:1])
     info = inspect_file(source)
