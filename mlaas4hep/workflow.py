@@ -31,7 +31,6 @@ import numpy as np
 from ._json import read_json
 from .errors import FileAccessError, ParameterError
 from .preproc import Preprocessing, load_preproc, translate_preproc
-from .reader import apportion, split_entries
 from .specs import DEFAULT_EXCLUDE, Specs
 
 __all__ = [
@@ -391,27 +390,8 @@ def load_params(path: str | os.PathLike[str]) -> WorkflowParams:
 # -- the three-way split ----------------------------------------------------------------------
 
 
-def split_ranges(
-    entries: Sequence[int], nevts: int, validation_split: float, test_split: float
-) -> dict[str, list[tuple[int, int]]]:
-    """Entry ranges of each file for the training, validation and test parts.
-
-    Each file's used entries (all, or its share of ``nevts``) are cut in order:
-    the first ones train, then ``validation_split`` of them validate, and the
-    last ``test_split`` of them test, so the parts never overlap.
-    """
-    total = int(sum(entries))
-    used = np.asarray(entries, dtype=np.int64) if nevts == -1 or nevts >= total else apportion(nevts, entries)
-    parts: dict[str, list[tuple[int, int]]] = {"training": [], "validation": [], "test": []}
-    for n in used.tolist():
-        ranges = split_entries(n, validation_split, test_split)
-        for name, part in parts.items():
-            part.append(ranges[name])
-    return parts
-
-
 def _make_sequence(part: str, fractions: tuple[float, float], **kwargs: Any) -> Any:
-    """A RootSequence serving one part of the three-way split (see :func:`split_ranges`)."""
+    """A RootSequence serving one part of the three-way split: ``"training"``, ``"validation"`` or ``"test"``."""
     from .sequence import RootSequence
 
     validation_split, test_split = fractions

@@ -15,7 +15,7 @@ from mlaas4hep.cli import main, workflow_main
 from mlaas4hep.datasets import make_demo_files
 from mlaas4hep.errors import FileAccessError, ParameterError
 from mlaas4hep.specs import Specs
-from mlaas4hep.workflow import DEFAULT_PARAMS, WorkflowParams, load_params, parse_labels, read_list, split_ranges
+from mlaas4hep.workflow import DEFAULT_PARAMS, WorkflowParams, load_params, parse_labels, read_list
 
 # The original's keras_model.py, in Keras 3 spelling (learning_rate instead of lr) and nothing else.
 SEED_KERAS_MODEL = '''\
@@ -180,15 +180,6 @@ def test_params_file_errors(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ParameterError, match="not a JSON object"):
         load_params(tmp_path / "list.json")
-
-
-def test_split_ranges_do_not_overlap():
-    parts = split_ranges([1000, 1030], -1, 0.2, 0.2)
-    for i, n in enumerate((1000, 1030)):
-        train, val, test = (parts[p][i] for p in ("training", "validation", "test"))
-        assert train[0] == 0 and train[1] == val[0] and val[1] == test[0] and test[1] == n
-    parts = split_ranges([1000, 1030], 500, 0.2, 0.0)
-    assert sum(b for _, b in parts["validation"]) == 500 and all(a == b for a, b in parts["test"])
 
 
 # -- specs ----------------------------------------------------------------------------------------
