@@ -12,7 +12,6 @@ after :func:`quiet_tensorflow` has silenced TensorFlow's C++ and absl logs.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import inspect
 import json
@@ -28,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from ._json import read_json
 from .errors import FileAccessError, ParameterError
+from .params import DEFAULT_PARAMS, WorkflowParams, load_params
 from .preproc import Preprocessing, load_preproc, translate_preproc
-from .specs import DEFAULT_EXCLUDE, Specs
+from .specs import Specs
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -48,26 +47,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PARAMS: dict[str, Any] = {
-    "nevts": -1,
-    "shuffle": True,
-    "chunk_size": 10_000,
-    "epochs": 5,
-    "batch_size": 100,
-    "identifier": "",
-    "branch": "Events",
-    "selected_branches": "",
-    "exclude_branches": list(DEFAULT_EXCLUDE),
-    "hist": "",
-    "redirector": "",
-    "verbose": 1,
-    "validation_split": 0.2,
-    "test_split": 0.2,
-    "seed": None,
-    "normalization": "minmax",
-}
-"""Every key params.json may hold, with its default (the first twelve are the original's)."""
 
 
 def quiet_tensorflow(verbose: int = 0) -> None:
@@ -237,154 +216,6 @@ def load_model_function(path: str | os.PathLike[str]) -> Callable[[int], Any]:
     doc = (function.__doc__ or "").strip().splitlines()
     log.info("load %s %s %s", path, function, doc[0] if doc else "")
     return function
-
-
-# -- params.json ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WorkflowParams:
-    """Contents of params.json, checked; see :data:`DEFAULT_PARAMS` and the user guide."""
-
-    nevts: int = -1
-    shuffle: bool = True
-    chunk_size: int = 10_000
-    epochs: int = 5
-    batch_size: int = 100
-    identifier: tuple[str, ...] = ()
-    branch: str = "Events"
-    selected_branches: tuple[str, ...] = ()
-    exclude_branches: tuple[str, ...] = DEFAULT_EXCLUDE
-    hist: str = ""
-    redirector: str = ""
-    verbose: int = 1
-    validation_split: float = 0.2
-    test_split: float = 0.2
-    seed: int | None = None
-    normalization: str | None = "minmax"
-
-    @property
-    def exclude(self) -> list[str]:
-        """Branches left out of the features: ``exclude_branches`` and ``identifier``."""
-        return list(dict.fromkeys([*self.exclude_branches, *self.identifier]))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "params") -> WorkflowParams:
-        """Check ``data`` (a parsed params.json) and fill in defaults.
-
-        Raises
-        ------
-        ParameterError
-            For an unknown key (naming the closest valid one) or a value of the wrong type.
-        """
-        unknown = [k for k in data if k not in DEFAULT_PARAMS]
-        if unknown:
-            key = unknown[0]
-            close = difflib.get_close_matches(key, list(DEFAULT_PARAMS), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {sorted(DEFAULT_PARAMS)}"
-            msg = f"{where}: unknown key {key!r}{hint}"
-            raise ParameterError(msg)
-        merged = {**DEFAULT_PARAMS, **data}
-
-        def integer(key: str, minimum: int, allow_minus_one: bool = False) -> int:
-            value = merged[key]
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            if not ok or (value < minimum and not (allow_minus_one and value == -1)):
-                extra = " or -1" if allow_minus_one else ""
-                msg = f"{where}: {key!r} must be an integer >= {minimum}{extra}, got {value!r}"
-                raise ParameterError(msg)
-            return int(value)
-
-        def fraction(key: str) -> float:
-            value = merged[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                msg = f"{where}: {key!r} must be a number in [0, 1), got {value!r}"
-                raise ParameterError(msg)
-            return float(value)
-
-        def names(key: str) -> tuple[str, ...]:
-            value = merged[key]
-            if value is None:
-                return ()
-            if isinstance(value, str):
-                return tuple(v.strip() for v in value.split(",") if v.strip())
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                return tuple(v.strip() for v in value if v.strip())
-            msg = f"{where}: {key!r} must be a comma-separated string or a list of strings, got {value!r}"
-            raise ParameterError(msg)
-
-        def text(key: str) -> str:
-            value = merged[key]
-            if value is None:
-                return ""
-            if not isinstance(value, str):
-                msg = f"{where}: {key!r} must be a string, got {value!r}"
-                raise ParameterError(msg)
-            return value
-
-        if not isinstance(merged["shuffle"], bool):
-            msg = f"{where}: 'shuffle' must be true or false, got {merged['shuffle']!r}"
-            raise ParameterError(msg)
-        seed = merged["seed"]
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            msg = f"{where}: 'seed' must be an integer or null, got {seed!r}"
-            raise ParameterError(msg)
-        normalization = merged["normalization"]
-        if normalization not in ("minmax", "standard", None):
-            msg = f'{where}: \'normalization\' must be "minmax", "standard" or null, got {normalization!r}'
-            raise ParameterError(msg)
-        params = cls(
-            nevts=integer("nevts", 1, allow_minus_one=True),
-            shuffle=merged["shuffle"],
-            chunk_size=integer("chunk_size", 1, allow_minus_one=True),
-            epochs=integer("epochs", 1),
-            batch_size=integer("batch_size", 1),
-            identifier=names("identifier"),
-            branch=text("branch") or "Events",
-            selected_branches=names("selected_branches"),
-            exclude_branches=names("exclude_branches"),
-            hist=text("hist"),
-            redirector=text("redirector"),
-            verbose=integer("verbose", 0),
-            validation_split=fraction("validation_split"),
-            test_split=fraction("test_split"),
-            seed=seed,
-            normalization=normalization,
-        )
-        if params.validation_split + params.test_split >= 1:
-            msg = (
-                f"{where}: validation_split + test_split must be below 1, got "
-                f"{params.validation_split} + {params.test_split}"
-            )
-            raise ParameterError(msg)
-        return params
-
-
-def load_params(path: str | os.PathLike[str]) -> WorkflowParams:
-    """Read and check a params.json file.
-
-    Parameters
-    ----------
-    path : path
-        JSON object with the keys of :data:`DEFAULT_PARAMS` (any subset).
-
-    Returns
-    -------
-    WorkflowParams
-
-    Raises
-    ------
-    FileAccessError
-        If the file does not exist.
-    ParameterError
-        If it is not a JSON object, or a key is unknown or has a wrong value.
-    """
-    where = os.fspath(path)
-    data = read_json(path, "--params", "params file")
-    if not isinstance(data, dict):
-        msg = f"--params: {where!r} holds a {type(data).__name__}, not a JSON object"
-        raise ParameterError(msg)
-    return WorkflowParams.from_dict(data, where)
 
 
 # -- the three-way split ----------------------------------------------------------------------

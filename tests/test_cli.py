@@ -13,9 +13,9 @@ import pytest
 
 from mlaas4hep.cli import main, workflow_main
 from mlaas4hep.datasets import make_demo_files
-from mlaas4hep.errors import FileAccessError, ParameterError
+from mlaas4hep.errors import ParameterError
 from mlaas4hep.specs import Specs
-from mlaas4hep.workflow import DEFAULT_PARAMS, WorkflowParams, load_params, parse_labels, read_list
+from mlaas4hep.workflow import parse_labels, read_list
 
 # The original's keras_model.py, in Keras 3 spelling (learning_rate instead of lr) and nothing else.
 SEED_KERAS_MODEL = '''\
@@ -139,47 +139,6 @@ def test_parse_labels(tmp_path):
     assert parse_labels("is_signal") == "is_signal"
     with pytest.raises(ParameterError, match="not a number"):
         parse_labels("1,signal")
-
-
-def test_params_defaults_and_seed_example(tmp_path):
-    path = tmp_path / "params.json"
-    path.write_text(json.dumps({**SEED_PARAMS, "identifier": "run,event"}))
-    params = load_params(path)
-    assert params.nevts == 3000 and params.hist == "pdfs" and params.branch == "Events"
-    assert params.identifier == ("run", "event")
-    assert params.exclude == ["run", "event", "luminosityBlock"]
-    assert params.validation_split == 0.2 and params.test_split == 0.2
-    assert WorkflowParams.from_dict({"chunk_size": -1}).chunk_size == -1
-    assert set(DEFAULT_PARAMS) >= set(SEED_PARAMS)
-
-
-@pytest.mark.parametrize(
-    ("data", "match"),
-    [
-        ({"nevt": 10}, "unknown key 'nevt'; did you mean 'nevts'"),
-        ({"exclude_branch": []}, "did you mean 'exclude_branches'"),
-        ({"bogus_thing": 1}, "unknown key 'bogus_thing'; valid keys"),
-        ({"epochs": 0}, "'epochs' must be an integer >= 1"),
-        ({"shuffle": "yes"}, "'shuffle' must be true or false"),
-        ({"chunk_size": -2}, "'chunk_size'"),
-        ({"validation_split": 0.6, "test_split": 0.5}, "must be below 1"),
-        ({"exclude_branches": [1, 2]}, "'exclude_branches'"),
-    ],
-)
-def test_params_errors_name_the_key(tmp_path, data, match):
-    path = tmp_path / "params.json"
-    path.write_text(json.dumps(data))
-    with pytest.raises(ParameterError, match=match) as info:
-        load_params(path)
-    assert str(path) in str(info.value)
-
-
-def test_params_file_errors(tmp_path):
-    with pytest.raises(FileAccessError, match="nope.json"):
-        load_params(tmp_path / "nope.json")
-    (tmp_path / "list.json").write_text("[1, 2]")
-    with pytest.raises(ParameterError, match="not a JSON object"):
-        load_params(tmp_path / "list.json")
 
 
 # -- specs ----------------------------------------------------------------------------------------
