@@ -13,9 +13,8 @@ import pytest
 
 from mlaas4hep.cli import main, workflow_main
 from mlaas4hep.datasets import make_demo_files
-from mlaas4hep.errors import ParameterError
 from mlaas4hep.specs import Specs
-from mlaas4hep.workflow import parse_labels, read_list
+from mlaas4hep.workflow import parse_labels
 
 # The original's keras_model.py, in Keras 3 spelling (learning_rate instead of lr) and nothing else.
 SEED_KERAS_MODEL = '''\
@@ -114,31 +113,6 @@ def _script(name: str) -> list[str]:
         return [str(path)]
     function = {"workflow": "workflow_main", "mlaas4hep": "main"}[name]
     return [sys.executable, "-c", f"import sys; from mlaas4hep.cli import {function}; sys.exit({function}())"]
-
-
-# -- inputs ---------------------------------------------------------------------------------------
-
-
-def test_read_list_file_and_commas(tmp_path):
-    listing = tmp_path / "files.txt"
-    listing.write_text("# signal first\na.root\n\n  b.root  # background\n")
-    assert read_list(str(listing)) == ["a.root", "b.root"]
-    assert read_list("a.root, b.root,") == ["a.root", "b.root"]
-    assert read_list(["x.root"]) == ["x.root"]
-    with pytest.raises(ParameterError, match="missing.txt"):
-        read_list("missing.txt")
-    with pytest.raises(ParameterError, match="no entry"):
-        read_list(" , ")
-
-
-def test_parse_labels(tmp_path):
-    listing = tmp_path / "labels.txt"
-    listing.write_text("1\n0\n")
-    assert parse_labels(str(listing)) == [1.0, 0.0]
-    assert parse_labels("1,0") == [1.0, 0.0]
-    assert parse_labels("is_signal") == "is_signal"
-    with pytest.raises(ParameterError, match="not a number"):
-        parse_labels("1,signal")
 
 
 # -- specs ----------------------------------------------------------------------------------------
