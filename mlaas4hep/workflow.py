@@ -3,8 +3,10 @@
 :func:`run_workflow` does what the original ``workflow.py`` did: a first pass
 over the files (the specs), training of the user's Keras model on chunks of
 events, and the test-set loss, accuracy and AUC at the end, with optional
-plots. The command line (:mod:`mlaas4hep.cli`) only parses arguments and calls
-these functions.
+plots. Its inputs are read by :mod:`mlaas4hep.inputs` (list files, the model
+file) and :mod:`mlaas4hep.params` (params.json), whose functions are
+re-exported here. The command line (:mod:`mlaas4hep.cli`) only parses
+arguments and calls these functions.
 
 Keras (and TensorFlow) are imported only when a model is loaded or trained,
 after :func:`quiet_tensorflow` has silenced TensorFlow's C++ and absl logs.
@@ -105,17 +107,6 @@ def import_keras(verbose: int = 0) -> Any:
     return keras
 
 
-# -- the three-way split ----------------------------------------------------------------------
-
-
-def _make_sequence(part: str, fractions: tuple[float, float], **kwargs: Any) -> Any:
-    """A RootSequence serving one part of the three-way split: ``"training"``, ``"validation"`` or ``"test"``."""
-    from .sequence import RootSequence
-
-    validation_split, test_split = fractions
-    return RootSequence(validation_split=validation_split or None, test_split=test_split or None, subset=part, **kwargs)
-
-
 # -- training ---------------------------------------------------------------------------------
 
 
@@ -194,32 +185,6 @@ class WorkflowResult:
     model_path: Path | None = None
 
 
-def _categorical_classes(model: Any) -> int | None:
-    """Number of classes when ``model`` is compiled with a categorical (not sparse) cross-entropy loss."""
-    loss = getattr(model, "loss", None)
-    name = loss if isinstance(loss, str) else getattr(loss, "name", None) or getattr(loss, "__name__", "")
-    if name not in ("categorical_crossentropy", "CategoricalCrossentropy"):
-        return None
-    try:
-        classes = int(model.output_shape[-1])
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return classes if classes > 1 else None
-
-
-def _predict(model: Any, seq: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and model outputs over one full pass of ``seq``."""
-    ys, ps = [], []
-    for i in range(len(seq)):
-        X, y = seq[i][:2]  # batches may carry sample weights too
-        y = np.asarray(y)
-        # several classes: the last class against the rest, as the scores below
-        ys.append(y[:, -1] if y.ndim == 2 and y.shape[1] > 1 else y.ravel())
-        ps.append(np.asarray(model.predict_on_batch(X)).reshape(len(X), -1)[:, -1])
-    seq.on_epoch_end()
-    return np.concatenate(ys), np.concatenate(ps)
-
-
 def run_workflow(
     files: Sequence[str | os.PathLike[str]],
     labels: Sequence[float] | str,
@@ -268,23 +233,84 @@ def run_workflow(
     set evaluated at the end. With ``test_split`` 0 the test metrics are those
     of the validation set.
     """
-    if params is None:
-        params = WorkflowParams()
-    elif isinstance(params, (str, os.PathLike)):
-        params = load_params(params)
-    elif isinstance(params, Mapping):
-        params = WorkflowParams.from_dict(params)
+    params = _as_params(params)
     if fout is not None and Path(fout).suffix not in (".keras", ".h5"):
         msg = f"--fout: {os.fspath(fout)!r} must end in .keras (or .h5), as keras.Model.save requires"
         raise ParameterError(msg)
     keras = import_keras(params.verbose)
     model_function = model if callable(model) else load_model_function(model)
-    if preproc is not None and not isinstance(preproc, Preprocessing):
-        preproc = load_preproc(preproc) if isinstance(preproc, (str, os.PathLike)) else translate_preproc(preproc)
+    preproc = _as_preproc(preproc)
     log.info("model parameters: %s", json.dumps({k: getattr(params, k) for k in DEFAULT_PARAMS}, default=list))
 
     if params.seed is not None:
         keras.utils.set_random_seed(params.seed)
+    sequences: list[Any] = []
+    try:
+        train, val, test = _make_sequences(files, labels, params, specs, preproc, sequences)
+        plots: list[Path] = []
+        hist_dir = Path(params.hist) if params.hist else None
+        if hist_dir is not None:
+            from .plotting import plot_sequence_features
+
+            hist_dir.mkdir(parents=True, exist_ok=True)
+            plots.append(plot_sequence_features(train, hist_dir / "features.pdf"))
+        ml_model = _build_model(model_function, sequences, params.verbose)
+        history = _train(ml_model, train, val, params)
+        evaluation, name = (test, "test") if test is not None else (val, "validation")
+        metrics: dict[str, float] = {}
+        roc_auc = None
+        curve = None
+        if evaluation is not None:
+            metrics, y_true, scores = _evaluate(ml_model, evaluation, name)
+            roc_auc = metrics["roc_auc"]
+            curve = (y_true, scores, name)
+        if hist_dir is not None:
+            plots += _plot_results(hist_dir, curve, history, type(ml_model).__name__)
+            log.info("wrote plots %s", ", ".join(map(str, plots)))
+        model_path = _save(ml_model, fout)
+        return WorkflowResult(ml_model, train.specs, history, metrics, roc_auc, plots, model_path)
+    finally:
+        for seq in sequences:
+            seq.close()
+
+
+# -- the steps of run_workflow ----------------------------------------------------------------
+
+
+def _as_params(params: WorkflowParams | Mapping[str, Any] | str | os.PathLike[str] | None) -> WorkflowParams:
+    """``params`` as :class:`WorkflowParams`: the defaults for None, a params.json path read and checked."""
+    if params is None:
+        return WorkflowParams()
+    if isinstance(params, (str, os.PathLike)):
+        return load_params(params)
+    if isinstance(params, Mapping):
+        return WorkflowParams.from_dict(params)
+    return params
+
+
+def _as_preproc(preproc: str | os.PathLike[str] | Mapping[str, Any] | Preprocessing | None) -> Preprocessing | None:
+    """``preproc`` as :class:`~mlaas4hep.preproc.Preprocessing`: a preproc.json path or contents translated."""
+    if preproc is None or isinstance(preproc, Preprocessing):
+        return preproc
+    if isinstance(preproc, (str, os.PathLike)):
+        return load_preproc(preproc)
+    return translate_preproc(preproc)
+
+
+def _make_sequences(
+    files: Sequence[str | os.PathLike[str]],
+    labels: Sequence[float] | str,
+    params: WorkflowParams,
+    specs: str | os.PathLike[str] | Specs | None,
+    preproc: Preprocessing | None,
+    opened: list[Any],
+) -> tuple[Any, Any | None, Any | None]:
+    """The training, validation and test sequences (None for a part of size 0).
+
+    The training sequence makes (or reuses) the specs, which the other two
+    share. Each sequence is appended to ``opened`` as soon as it exists, for
+    the caller to close even when a later one fails.
+    """
     t0 = time.perf_counter()
     common: dict[str, Any] = {
         "files": list(files),
@@ -310,96 +336,145 @@ def run_workflow(
         **common,
     )
     log.info("--- first pass: %s", train.specs.summary())
-    sequences = [train]
-    try:
-        val = test = None
-        if params.validation_split:
-            val = _make_sequence("validation", fractions, specs=train.specs, shuffle=False, **common)
-            sequences.append(val)
-        if params.test_split:
-            test = _make_sequence("test", fractions, specs=train.specs, shuffle=False, **common)
-            sequences.append(test)
-        log.info(
-            "init sequences in %.2f s: training on %d events (%d batches), validating on %d, testing on %d",
-            time.perf_counter() - t0,
-            train.n_events,
-            len(train),
-            val.n_events if val is not None else 0,
-            test.n_events if test is not None else 0,
-        )
-        plots: list[Path] = []
-        hist_dir = Path(params.hist) if params.hist else None
-        if hist_dir is not None:
-            from .plotting import plot_sequence_features
+    opened.append(train)
+    val = test = None
+    if params.validation_split:
+        val = _make_sequence("validation", fractions, specs=train.specs, shuffle=False, **common)
+        opened.append(val)
+    if params.test_split:
+        test = _make_sequence("test", fractions, specs=train.specs, shuffle=False, **common)
+        opened.append(test)
+    log.info(
+        "init sequences in %.2f s: training on %d events (%d batches), validating on %d, testing on %d",
+        time.perf_counter() - t0,
+        train.n_events,
+        len(train),
+        val.n_events if val is not None else 0,
+        test.n_events if test is not None else 0,
+    )
+    return train, val, test
 
-            hist_dir.mkdir(parents=True, exist_ok=True)
-            plots.append(plot_sequence_features(train, hist_dir / "features.pdf"))
 
-        ml_model = model_function(train.num_features)
-        classes = _categorical_classes(ml_model)
-        if classes:  # as the original: a categorical cross-entropy loss gets one-hot labels
-            log.info("categorical cross-entropy loss: one-hot labels over %d classes", classes)
-            for seq in sequences:
-                seq.outputs.enable_one_hot(classes)
-        if params.verbose >= 1 and hasattr(ml_model, "summary"):
-            try:
-                ml_model.summary(print_fn=lambda line, *a, **k: log.info("%s", line))
-            except ValueError:  # a subclassed model that is not built yet has no summary
-                log.info("model %s", type(ml_model).__name__)
-        callback = _history_callback()
-        t1 = time.perf_counter()
-        returned = fit_model(
-            ml_model,
-            train,
-            val,
-            epochs=params.epochs,
-            verbose=1 if params.verbose >= 2 else 0,
-            callbacks=[callback],
-        )
-        log.info("####Time for training: %.2f s", time.perf_counter() - t1)
-        history = callback.history or dict(getattr(returned, "history", None) or {})
+def _make_sequence(part: str, fractions: tuple[float, float], **kwargs: Any) -> Any:
+    """A RootSequence serving one part of the three-way split: ``"training"``, ``"validation"`` or ``"test"``."""
+    from .sequence import RootSequence
 
-        evaluation = test if test is not None else val
-        metrics: dict[str, float] = {}
-        roc_auc = None
-        if evaluation is not None:
-            name = "test" if test is not None else "validation"
-            if hasattr(ml_model, "evaluate"):
-                results = ml_model.evaluate(evaluation, verbose=0, return_dict=True)
-                metrics = {k: float(v) for k, v in results.items()}
-            y_true, scores = _predict(ml_model, evaluation)
-            if np.unique(y_true).size > 2:  # integer labels of several classes: the last one against the rest
-                y_true = (y_true == y_true.max()).astype(np.float32)
-            from .plotting import auc_score, roc_curve
+    validation_split, test_split = fractions
+    return RootSequence(validation_split=validation_split or None, test_split=test_split or None, subset=part, **kwargs)
 
-            fpr, tpr, _ = roc_curve(y_true, scores)
-            roc_auc = auc_score(fpr, tpr)
-            metrics["roc_auc"] = roc_auc
-            log.info("%s set (%d events):", name, evaluation.n_events)
-            for key, value in metrics.items():
-                log.info("%s : %s", key, value)
-            if hist_dir is not None:
-                from .plotting import plot_roc
 
-                plot_roc(y_true, scores, hist_dir / "roc.pdf", title=f"ROC on the {name} set")
-                plots.append(hist_dir / "roc.pdf")
-        if hist_dir is not None:
-            if history:
-                from .plotting import plot_history
+def _build_model(model_function: Callable[[int], Any], sequences: Sequence[Any], verbose: int) -> Any:
+    """The user's model for the features of ``sequences[0]`` (the training one).
 
-                plot_history(history, hist_dir / "history.pdf")
-                plots.append(hist_dir / "history.pdf")
-            else:
-                log.warning("no training history to plot: %s.fit passed no callbacks", type(ml_model).__name__)
-            log.info("wrote plots %s", ", ".join(map(str, plots)))
-        model_path = None
-        if fout is not None:
-            model_path = Path(fout)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # Keras' notes on saving subclassed models
-                ml_model.save(model_path)
-            log.info("saved model to %s", model_path)
-        return WorkflowResult(ml_model, train.specs, history, metrics, roc_auc, plots, model_path)
-    finally:
+    A categorical cross-entropy loss gets one-hot labels from every sequence.
+    """
+    ml_model = model_function(sequences[0].num_features)
+    classes = _categorical_classes(ml_model)
+    if classes:  # as the original: a categorical cross-entropy loss gets one-hot labels
+        log.info("categorical cross-entropy loss: one-hot labels over %d classes", classes)
         for seq in sequences:
-            seq.close()
+            seq.outputs.enable_one_hot(classes)
+    if verbose >= 1 and hasattr(ml_model, "summary"):
+        try:
+            ml_model.summary(print_fn=lambda line, *a, **k: log.info("%s", line))
+        except ValueError:  # a subclassed model that is not built yet has no summary
+            log.info("model %s", type(ml_model).__name__)
+    return ml_model
+
+
+def _categorical_classes(model: Any) -> int | None:
+    """Number of classes when ``model`` is compiled with a categorical (not sparse) cross-entropy loss."""
+    loss = getattr(model, "loss", None)
+    name = loss if isinstance(loss, str) else getattr(loss, "name", None) or getattr(loss, "__name__", "")
+    if name not in ("categorical_crossentropy", "CategoricalCrossentropy"):
+        return None
+    try:
+        classes = int(model.output_shape[-1])
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return classes if classes > 1 else None
+
+
+def _train(ml_model: Any, train: Any, val: Any | None, params: WorkflowParams) -> dict[str, list[float]]:
+    """Fit the model for ``params.epochs``, one log line per epoch; the metrics of every epoch."""
+    callback = _history_callback()
+    t1 = time.perf_counter()
+    returned = fit_model(
+        ml_model,
+        train,
+        val,
+        epochs=params.epochs,
+        verbose=1 if params.verbose >= 2 else 0,
+        callbacks=[callback],
+    )
+    log.info("####Time for training: %.2f s", time.perf_counter() - t1)
+    history: dict[str, list[float]] = callback.history or dict(getattr(returned, "history", None) or {})
+    return history
+
+
+def _evaluate(ml_model: Any, evaluation: Any, name: str) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """The compiled metrics and ``roc_auc`` on the ``name`` set, logged; with its labels and scores."""
+    metrics: dict[str, float] = {}
+    if hasattr(ml_model, "evaluate"):
+        results = ml_model.evaluate(evaluation, verbose=0, return_dict=True)
+        metrics = {k: float(v) for k, v in results.items()}
+    y_true, scores = _predict(ml_model, evaluation)
+    if np.unique(y_true).size > 2:  # integer labels of several classes: the last one against the rest
+        y_true = (y_true == y_true.max()).astype(np.float32)
+    from .plotting import auc_score, roc_curve
+
+    fpr, tpr, _ = roc_curve(y_true, scores)
+    metrics["roc_auc"] = auc_score(fpr, tpr)
+    log.info("%s set (%d events):", name, evaluation.n_events)
+    for key, value in metrics.items():
+        log.info("%s : %s", key, value)
+    return metrics, y_true, scores
+
+
+def _predict(model: Any, seq: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and model outputs over one full pass of ``seq``."""
+    ys, ps = [], []
+    for i in range(len(seq)):
+        X, y = seq[i][:2]  # batches may carry sample weights too
+        y = np.asarray(y)
+        # several classes: the last class against the rest, as the scores below
+        ys.append(y[:, -1] if y.ndim == 2 and y.shape[1] > 1 else y.ravel())
+        ps.append(np.asarray(model.predict_on_batch(X)).reshape(len(X), -1)[:, -1])
+    seq.on_epoch_end()
+    return np.concatenate(ys), np.concatenate(ps)
+
+
+def _plot_results(
+    hist_dir: Path,
+    curve: tuple[np.ndarray, np.ndarray, str] | None,
+    history: Mapping[str, Sequence[float]],
+    model_name: str,
+) -> list[Path]:
+    """The ROC curve (of the evaluated set, if any) and the training history, written into ``hist_dir``."""
+    plots = []
+    if curve is not None:
+        from .plotting import plot_roc
+
+        y_true, scores, name = curve
+        plot_roc(y_true, scores, hist_dir / "roc.pdf", title=f"ROC on the {name} set")
+        plots.append(hist_dir / "roc.pdf")
+    if history:
+        from .plotting import plot_history
+
+        plot_history(history, hist_dir / "history.pdf")
+        plots.append(hist_dir / "history.pdf")
+    else:
+        log.warning("no training history to plot: %s.fit passed no callbacks", model_name)
+    return plots
+
+
+def _save(ml_model: Any, fout: str | os.PathLike[str] | None) -> Path | None:
+    """Save the model to ``fout``, if given; the path saved to."""
+    if fout is None:
+        return None
+    model_path = Path(fout)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Keras' notes on saving subclassed models
+        ml_model.save(model_path)
+    log.info("saved model to %s", model_path)
+    return model_path

@@ -14,7 +14,6 @@ import pytest
 from mlaas4hep.cli import main, workflow_main
 from mlaas4hep.datasets import make_demo_files
 from mlaas4hep.specs import Specs
-from mlaas4hep.workflow import parse_labels
 
 # The original's keras_model.py, in Keras 3 spelling (learning_rate instead of lr) and nothing else.
 SEED_KERAS_MODEL = '''\
@@ -57,34 +56,6 @@ SEED_PARAMS = {
     "redirector": "",
     "verbose": 1,
 }
-
-# A keras.Model subclass with its own fit(x_train, y_train, **kwds), as the original's models.py.
-SUBCLASS_MODEL = """\
-import keras
-
-CALLS = []
-
-
-class MyModel(keras.Model):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def call(self, x, training=False):
-        return self.inner(x, training=training)
-
-    def fit(self, x_train, y_train, **kwds):
-        CALLS.append((type(x_train).__name__, y_train, sorted(kwds)))
-        return super().fit(x_train, y_train, **kwds)
-
-
-def model(idim):
-    inner = keras.Sequential([keras.Input(shape=(idim,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(1, activation="sigmoid")])
-    my_model = MyModel(inner)
-    my_model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy", keras.metrics.AUC(name="auc")])
-    return my_model
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -200,32 +171,6 @@ def test_seed_recipe_runs_as_the_original(demo_files, tmp_path):
     for name in ("features.pdf", "history.pdf", "roc.pdf"):
         data = (tmp_path / "pdfs" / name).read_bytes()
         assert data.startswith(b"%PDF-") and len(data) > 1000
-
-
-def test_subclass_fit_receives_the_sequences(tmp_path, make_tree, caplog):
-    from mlaas4hep.workflow import run_workflow
-
-    files = [make_tree(tmp_path / f"f{i}.root", 1500, seed=i, file_id=i) for i in range(2)]
-    (tmp_path / "my_model.py").write_text(SUBCLASS_MODEL)
-    params = {"epochs": 2, "chunk_size": 500, "batch_size": 50, "verbose": 1, "seed": 1, "exclude_branches": "run,uid"}
-    result = run_workflow(files, [1, 0], tmp_path / "my_model.py", params)
-    module = sys.modules[type(result.model).__module__]
-    assert module.CALLS == [("RootSequence", None, ["callbacks", "epochs", "validation_data", "verbose"])]
-    assert len(result.history["loss"]) == 2 and "val_auc" in result.history
-    assert set(result.metrics) >= {"loss", "accuracy", "auc", "roc_auc"}
-    assert 0.5 < result.metrics["roc_auc"] <= 1
-    assert "--- first pass:" in caplog.text and "Epoch 2/2" in caplog.text
-
-
-def test_label_branch_and_one_chunk(tmp_path, make_tree):
-    from mlaas4hep.models import seed_model
-    from mlaas4hep.workflow import run_workflow
-
-    files = [make_tree(tmp_path / f"f{i}.root", 1000, seed=i, file_id=i) for i in range(2)]
-    params = {"epochs": 1, "chunk_size": -1, "verbose": 0, "test_split": 0, "identifier": ["uid", "run"]}
-    result = run_workflow(files, parse_labels("flag"), seed_model, params)
-    assert "flag" not in result.specs.names and "uid" not in result.specs.names
-    assert set(result.metrics) >= {"loss", "roc_auc"}  # test_split 0: metrics of the validation set
 
 
 @pytest.mark.slow
