@@ -1,7 +1,8 @@
 """Command-line interface: ``mlaas4hep demo|specs|workflow`` and the original ``workflow`` command.
 
 This module only parses arguments, sets up logging and prints; the work is done
-by :mod:`mlaas4hep.workflow`, :mod:`mlaas4hep.specs` and :mod:`mlaas4hep.datasets`.
+by :mod:`mlaas4hep.workflow`, :mod:`mlaas4hep.specs` and :mod:`mlaas4hep.datasets`,
+with the inputs read by :mod:`mlaas4hep.inputs` and :mod:`mlaas4hep.params`.
 ``mlaas4hep specs`` never imports Keras or TensorFlow.
 """
 
@@ -71,7 +72,8 @@ def run_demo(
     """Write the demo files, run the workflow with the recipe's model on them, return the test-set metrics."""
     from .datasets import make_demo_files
     from .models import seed_model
-    from .workflow import WorkflowParams, run_workflow
+    from .params import WorkflowParams
+    from .workflow import run_workflow
 
     files = make_demo_files(directory, n_events=n_events, seed=seed, overwrite=False)
     params = WorkflowParams(
@@ -136,8 +138,8 @@ def format_specs_table(specs: Any) -> str:
 
 
 def _specs(args: argparse.Namespace) -> int:
+    from .inputs import read_list
     from .specs import SpecBuilder
-    from .workflow import read_list
 
     files = [f for value in args.files for f in read_list(value, "FILE")]
     branches = read_list(args.branches, "--branches") if args.branches else None
@@ -158,7 +160,8 @@ def _specs(args: argparse.Namespace) -> int:
 
 
 def _workflow(args: argparse.Namespace) -> int:
-    from .workflow import WorkflowParams, load_params, parse_labels, read_list
+    from .inputs import parse_labels, read_list
+    from .params import WorkflowParams, load_params
 
     if args.dtype not in (None, "root"):
         msg = f"--dtype={args.dtype!r}: only ROOT files are supported (--dtype=root)"

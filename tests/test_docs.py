@@ -27,7 +27,7 @@ def test_docs_build_strict(tmp_path):
 
 
 def test_every_params_key_is_documented():
-    from mlaas4hep.workflow import DEFAULT_PARAMS
+    from mlaas4hep.params import DEFAULT_PARAMS
 
     text = (ROOT / "docs" / "pages" / "workflow.md").read_text()
     missing = [key for key in DEFAULT_PARAMS if f"| `{key}` |" not in text]

@@ -142,3 +142,11 @@ def test_fit_without_history_skips_its_plot(tmp_path, make_tree, caplog):
     assert result.plots == [hist / "features.pdf", hist / "roc.pdf"]
     assert all(p.read_bytes().startswith(b"%PDF-") for p in result.plots)
     assert result.model_path is None
+
+
+def test_inputs_and_params_are_still_importable_from_workflow():
+    from mlaas4hep import inputs, params, workflow
+
+    for module in (inputs, params):
+        for name in module.__all__:
+            assert name in workflow.__all__ and getattr(workflow, name) is getattr(module, name)
