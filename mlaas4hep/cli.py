@@ -27,10 +27,10 @@ log = logging.getLogger("mlaas4hep")
 _HANDLER_MARK = "_mlaas4hep_cli"
 
 
-class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only from Python 3.11 on
     """Writes to whatever ``sys.stdout`` is when a record is emitted (it may be replaced, e.g. by pytest)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stdout
 
@@ -131,7 +131,7 @@ def format_specs_table(specs: Any) -> str:
     lines = []
     for row in (header, *rows):
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2])]
-        cells += [c.rjust(w) for c, w in zip(row[3:], widths[3:])]
+        cells += [c.rjust(w) for c, w in zip(row[3:], widths[3:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
