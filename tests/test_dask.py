@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import sys
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -93,6 +95,26 @@ def test_progress_is_logged_without_a_bar(caplog):
             range(30, 0, -1)
         )
     assert "numbers: 30 of 30 done" in caplog.text
+
+
+def test_progress_bar_counts_every_item(monkeypatch):
+    """With tqdm installed, progress=True draws a bar that counts every item and is closed at the end."""
+    bars = []
+
+    class Bar:
+        def __init__(self, **kwargs):
+            self.kwargs, self.n, self.closed = kwargs, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setitem(sys.modules, "tqdm.auto", types.SimpleNamespace(tqdm=Bar))
+    assert map_files(abs, [-1, -2, -3], executor="serial", progress=True, desc="numbers") == [1, 2, 3]
+    assert [(b.kwargs, b.n, b.closed) for b in bars] == [({"total": 3, "desc": "numbers", "unit": "file"}, 3, True)]
 
 
 @pytest.mark.slow
