@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
@@ -40,11 +43,14 @@ def model(idim):
 """
 
 
-def test_subclass_fit_receives_the_sequences(tmp_path, make_tree, caplog):
+def test_subclass_fit_receives_the_sequences(
+    tmp_path: Path, make_tree: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
     files = [make_tree(tmp_path / f"f{i}.root", 1500, seed=i, file_id=i) for i in range(2)]
     (tmp_path / "my_model.py").write_text(SUBCLASS_MODEL)
     params = {"epochs": 2, "chunk_size": 500, "batch_size": 50, "verbose": 1, "seed": 1, "exclude_branches": "run,uid"}
-    result = run_workflow(files, [1, 0], tmp_path / "my_model.py", params)
+    with caplog.at_level(logging.INFO, logger="mlaas4hep"):
+        result = run_workflow(files, [1, 0], tmp_path / "my_model.py", params)
     module = sys.modules[type(result.model).__module__]
     assert module.CALLS == [("RootSequence", None, ["callbacks", "epochs", "validation_data", "verbose"])]
     assert len(result.history["loss"]) == 2 and "val_auc" in result.history
@@ -53,7 +59,7 @@ def test_subclass_fit_receives_the_sequences(tmp_path, make_tree, caplog):
     assert "--- first pass:" in caplog.text and "Epoch 2/2" in caplog.text
 
 
-def test_label_branch_and_one_chunk(tmp_path, make_tree):
+def test_label_branch_and_one_chunk(tmp_path: Path, make_tree: Callable[..., Path]) -> None:
     from mlaas4hep.models import seed_model
 
     files = [make_tree(tmp_path / f"f{i}.root", 1000, seed=i, file_id=i) for i in range(2)]
@@ -63,22 +69,22 @@ def test_label_branch_and_one_chunk(tmp_path, make_tree):
     assert set(result.metrics) >= {"loss", "roc_auc"}  # test_split 0: metrics of the validation set
 
 
-def test_fout_must_end_in_keras_or_h5(tmp_path):
+def test_fout_must_end_in_keras_or_h5(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match=r"--fout: .*model\.pt.* must end in \.keras"):
         run_workflow(["a.root"], [1], lambda idim: None, {}, fout=tmp_path / "model.pt")
 
 
-def test_sequences_are_closed_when_the_model_fails(two_files, monkeypatch):
+def test_sequences_are_closed_when_the_model_fails(two_files: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     from mlaas4hep.sequence import RootSequence
 
-    closed = []
+    closed: list[str | None] = []
     close = RootSequence.close
 
-    def recording_close(self):
+    def recording_close(self: RootSequence) -> None:
         closed.append(self.subset)
         close(self)
 
-    def broken_model(idim):
+    def broken_model(idim: int) -> NoReturn:
         msg = f"no model for {idim} features"
         raise RuntimeError(msg)
 
@@ -88,10 +94,12 @@ def test_sequences_are_closed_when_the_model_fails(two_files, monkeypatch):
     assert closed == ["training", "validation", "test"]
 
 
-def test_categorical_loss_gets_one_hot_labels(tmp_path, make_tree, caplog):
+def test_categorical_loss_gets_one_hot_labels(
+    tmp_path: Path, make_tree: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
     import keras
 
-    def model(idim):
+    def model(idim: int) -> Any:
         m = keras.Sequential([keras.Input((idim,)), keras.layers.Dense(3, activation="softmax")])
         m.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
         return m
@@ -108,23 +116,25 @@ def test_categorical_loss_gets_one_hot_labels(tmp_path, make_tree, caplog):
     assert keras.models.load_model(result.model_path).output_shape == (None, 3)
 
 
-def test_fit_without_history_skips_its_plot(tmp_path, make_tree, caplog):
+def test_fit_without_history_skips_its_plot(
+    tmp_path: Path, make_tree: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
     """A fit that takes neither callbacks nor validation data, and returns nothing: ROC plot, no history plot."""
     pytest.importorskip("matplotlib")
     import keras
 
-    class OwnFit(keras.Model):
-        def __init__(self, inner):
+    class OwnFit(keras.Model):  # type: ignore[misc]  # keras has no type information
+        def __init__(self, inner: Any) -> None:
             super().__init__()
             self.inner = inner
 
-        def call(self, x, training=False):
+        def call(self, x: Any, training: bool = False) -> Any:
             return self.inner(x, training=training)
 
-        def fit(self, x_train, epochs=1):
+        def fit(self, x_train: Any, epochs: int = 1) -> None:
             super().fit(x_train, epochs=epochs, verbose=0)
 
-    def model(idim):
+    def model(idim: int) -> Any:
         inner = keras.Sequential([keras.Input((idim,)), keras.layers.Dense(1, activation="sigmoid")])
         m = OwnFit(inner)
         m.compile(optimizer="adam", loss="binary_crossentropy")
@@ -144,7 +154,7 @@ def test_fit_without_history_skips_its_plot(tmp_path, make_tree, caplog):
     assert result.model_path is None
 
 
-def test_inputs_and_params_are_still_importable_from_workflow():
+def test_inputs_and_params_are_still_importable_from_workflow() -> None:
     from mlaas4hep import inputs, params, workflow
 
     for module in (inputs, params):
