@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ SEED_PARAMS = {
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging():
+def _restore_logging() -> Iterator[None]:
     """The CLI sets up the mlaas4hep logger; leave it as it was for the other tests."""
     logger = logging.getLogger("mlaas4hep")
     handlers, level = list(logger.handlers), logger.level
@@ -89,7 +90,7 @@ def _script(name: str) -> list[str]:
 # -- specs ----------------------------------------------------------------------------------------
 
 
-def test_specs_table_and_json(demo_files, tmp_path, capsys):
+def test_specs_table_and_json(demo_files: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "specs.json"
     assert main(["-v", "0", "specs", *map(str, demo_files), "--output", str(out)]) == 0
     text = capsys.readouterr().out
@@ -104,7 +105,7 @@ def test_specs_table_and_json(demo_files, tmp_path, capsys):
     assert "Jet_pt" in specs.jagged and specs.n_events == 4060
 
 
-def test_specs_does_not_import_tensorflow(demo_files):
+def test_specs_does_not_import_tensorflow(demo_files: list[Path]) -> None:
     code = (
         "import sys; from mlaas4hep.cli import main; "
         f"main(['-v', '0', 'specs', {str(demo_files[0])!r}, '--exclude', '']); "
@@ -115,7 +116,9 @@ def test_specs_does_not_import_tensorflow(demo_files):
     assert "luminosityBlock" in run.stdout  # --exclude "" shows every branch
 
 
-def test_cli_errors_exit_2_with_message(demo_files, tmp_path, capsys):
+def test_cli_errors_exit_2_with_message(
+    demo_files: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
         main(["specs", str(tmp_path / "missing.root")])
     assert info.value.code == 2
@@ -141,7 +144,7 @@ def test_cli_errors_exit_2_with_message(demo_files, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_seed_recipe_runs_as_the_original(demo_files, tmp_path):
+def test_seed_recipe_runs_as_the_original(demo_files: list[Path], tmp_path: Path) -> None:
     """The recipe: workflow --files=files.txt --labels=labels.txt --model=keras_model.py --params=params.json."""
     (tmp_path / "files.txt").write_text("\n".join(map(str, demo_files)) + "\n")
     (tmp_path / "labels.txt").write_text("1\n0\n")
@@ -174,7 +177,7 @@ def test_seed_recipe_runs_as_the_original(demo_files, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_command(tmp_path, capsys):
+def test_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["demo", "--directory", str(tmp_path / "demo"), "--events", "2000", "--epochs", "1"]
     argv += ["--chunk-size", "1000", "--hist", str(tmp_path / "plots")]
     assert main(argv) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,7 @@ from mlaas4hep.errors import FileAccessError, ParameterError
 from mlaas4hep.inputs import load_model_function, parse_labels, read_list
 
 
-def test_read_list_file_and_commas(tmp_path):
+def test_read_list_file_and_commas(tmp_path: Path) -> None:
     listing = tmp_path / "files.txt"
     listing.write_text("# signal first\na.root\n\n  b.root  # background\n")
     assert read_list(str(listing)) == ["a.root", "b.root"]
@@ -25,7 +26,7 @@ def test_read_list_file_and_commas(tmp_path):
         read_list(str(tmp_path / "binary.dat"))
 
 
-def test_parse_labels(tmp_path):
+def test_parse_labels(tmp_path: Path) -> None:
     listing = tmp_path / "labels.txt"
     listing.write_text("1\n0\n")
     assert parse_labels(str(listing)) == [1.0, 0.0]
@@ -35,7 +36,7 @@ def test_parse_labels(tmp_path):
         parse_labels("1,signal")
 
 
-def test_load_model_function(tmp_path, caplog):
+def test_load_model_function(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "keras_model.py"
     path.write_text('def model(idim):\n    "A model of idim inputs"\n    return ("model", idim)\n')
     with caplog.at_level(logging.INFO, logger="mlaas4hep"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +28,7 @@ SEED_PARAMS = {
 }
 
 
-def test_params_defaults_and_seed_example(tmp_path):
+def test_params_defaults_and_seed_example(tmp_path: Path) -> None:
     path = tmp_path / "params.json"
     path.write_text(json.dumps({**SEED_PARAMS, "identifier": "run,event"}))
     params = load_params(path)
@@ -56,7 +58,7 @@ def test_params_defaults_and_seed_example(tmp_path):
         ({"verbose": -1}, "'verbose' must be an integer >= 0, got -1"),
     ],
 )
-def test_params_errors_name_the_key(tmp_path, data, match):
+def test_params_errors_name_the_key(tmp_path: Path, data: dict[str, Any], match: str) -> None:
     path = tmp_path / "params.json"
     path.write_text(json.dumps(data))
     with pytest.raises(ParameterError, match=match) as info:
@@ -64,7 +66,7 @@ def test_params_errors_name_the_key(tmp_path, data, match):
     assert str(path) in str(info.value)
 
 
-def test_params_file_errors(tmp_path):
+def test_params_file_errors(tmp_path: Path) -> None:
     with pytest.raises(FileAccessError, match=r"nope\.json"):
         load_params(tmp_path / "nope.json")
     (tmp_path / "list.json").write_text("[1, 2]")
