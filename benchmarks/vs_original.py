@@ -50,6 +50,7 @@ def bench_original(cfg: Config) -> list[Result]:
     # the two agree where the original's normalization is defined (max > min)
     X_orig, M_orig = convert_events(layout)
     X_ours, M_ours = flattener.transform(chunk.pieces)
+    assert M_ours is not None  # transform builds the mask unless told not to
     keep = np.concatenate(
         [[specs[n].max > specs[n].min] * widths.get(n, 1) for n in sorted(specs.flat) + sorted(specs.jagged)]
     ).astype(bool)
