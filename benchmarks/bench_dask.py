@@ -16,12 +16,14 @@ printed separately): a cluster is started once and serves many scans.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import awkward as ak
 import numpy as np
@@ -39,7 +41,9 @@ def write_files(directory: Path, n_files: int, n_events: int) -> list[Path]:
         rng = np.random.default_rng(i)
         counts = rng.poisson(4.0, n_events)
         total = int(counts.sum())
-        data: dict[str, object] = {f"flat{j}": rng.normal(j, 1 + j, n_events).astype(np.float32) for j in range(10)}
+        data: dict[str, np.ndarray | ak.Array] = {
+            f"flat{j}": rng.normal(j, 1 + j, n_events).astype(np.float32) for j in range(10)
+        }
         data["Jet"] = ak.zip(
             {
                 name: ak.unflatten(rng.exponential(30.0, total).astype(np.float32), counts)
@@ -74,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.files, args.events, args.repeat = 4, 20_000, 1
-    from distributed import Client, LocalCluster
+    distributed: Any = importlib.import_module("distributed")  # its LocalCluster and Client are not annotated
 
     with tempfile.TemporaryDirectory(prefix="mlaas4hep-bench-dask-") as tmp:
         files = write_files(Path(tmp), args.files, args.events)
@@ -86,10 +90,10 @@ def main() -> None:
         rows.append(("threads (one per core)", t, specs == reference))
         t0 = time.perf_counter()
         with (
-            LocalCluster(
+            distributed.LocalCluster(
                 n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR
             ) as cluster,
-            Client(cluster) as client,
+            distributed.Client(cluster) as client,
         ):
             print(f"LocalCluster(2 processes x 1 thread) started in {time.perf_counter() - t0:.1f} s")
             t, specs = timed(files, client, args.repeat)

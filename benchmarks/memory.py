@@ -33,14 +33,16 @@ def peak_rss(cfg: Config, nevts: int) -> dict[str, int]:
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    peaks: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])
+    return peaks
 
 
 def bench_memory(cfg: Config) -> list[Result]:
     """Peak RSS over all events against a quarter of them; the part above TensorFlow's share is reported too."""
     total = cfg.specs.n_events
     small = total // 4
-    big, one = [], []
+    big: list[dict[str, int]] = []
+    one: list[dict[str, int]] = []
     for r in range(cfg.repeat):
         pair = [(4, 4 * small), (1, small)] if r % 2 else [(1, small), (4, 4 * small)]
         for factor, nevts in pair:

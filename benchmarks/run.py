@@ -14,12 +14,14 @@ per-repeat ratios: the machine is shared, so ratios are the result, not times.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -61,7 +63,8 @@ def describe_machine() -> str:
     except (OSError, StopIteration):
         mem = "unknown memory"
     return (
-        f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), {model}, {mem}; Python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), {model}, {mem}; "
+        f"Python {sys.version.split()[0]}, "
         f"uproot {uproot.__version__}, awkward {awkward.__version__}, numpy {numpy.__version__}"
     )
 
@@ -92,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     print(f"machine: {describe_machine()}")
     import keras
-    import tensorflow as tf
 
+    tf: Any = importlib.import_module("tensorflow")  # tensorflow ships no type information
     print(f"keras {keras.__version__}, tensorflow {tf.__version__}")
     print(f"data: {[str(p) for p in cfg.files]}: {cfg.specs.summary()}")
     print(f"chunk {cfg.chunk_size}, batch {cfg.batch_size}, {cfg.repeat} repeats, median of per-repeat ratios\n")

@@ -73,7 +73,8 @@ def child(python: Path, *args: str) -> dict[str, Any]:
     if done.returncode != 0:
         msg = f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-4000:]}"
         raise RuntimeError(msg)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    measures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return measures
 
 
 def rewrite_with_root(root_python: Path, source: Path, dest: Path, cluster: int) -> None:

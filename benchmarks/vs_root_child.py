@@ -20,6 +20,7 @@ Measures, in the child's own process:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -27,10 +28,13 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory_child import status
+if TYPE_CHECKING:  # checked as part of the benchmarks package; run as a script from either venv
+    from benchmarks.memory_child import status
+else:
+    from memory_child import status
 
 
 def consume(batches: Iterable[Any]) -> tuple[int, int, float]:
@@ -103,7 +107,7 @@ def run_root(plan: dict[str, Any]) -> dict[str, Any]:
     """ROOT's RDataLoader on an RDataFrame of the plan's file: same columns, padding lengths and batch size."""
     warnings.filterwarnings("ignore", message=r"(?s).*alpha stage")
     t = time.perf_counter()
-    import ROOT
+    ROOT: Any = importlib.import_module("ROOT")  # ROOT ships no type information
 
     # ROOT imports lazily: load the libraries and the loader's Python layer before the clock starts
     loader_cls = ROOT.Experimental.ML.RDataLoader
@@ -138,7 +142,7 @@ def run_root(plan: dict[str, Any]) -> dict[str, Any]:
 def rewrite(source: str, dest: str, tree: str, cluster: int) -> dict[str, Any]:
     """Copy ``tree`` of ``source`` with ROOT's Snapshot, flushing a cluster every ``cluster`` entries (zlib level 1)."""
     warnings.filterwarnings("ignore", message=r"(?s).*alpha stage")
-    import ROOT
+    ROOT: Any = importlib.import_module("ROOT")  # ROOT ships no type information
 
     options = ROOT.RDF.RSnapshotOptions()
     options.fAutoFlush = cluster

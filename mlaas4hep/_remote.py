@@ -200,7 +200,7 @@ def _serve(fd: int) -> None:
         source.close()
 
 
-class WorkerXRootDSource(uproot.source.chunk.Source):
+class WorkerXRootDSource(uproot.source.chunk.Source):  # type: ignore[misc]  # uproot has no type information
     """An uproot source that reads a ``root://`` file through the helper process.
 
     Used instead of :class:`uproot.source.xrootd.XRootDSource` when TensorFlow

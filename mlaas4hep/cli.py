@@ -1,7 +1,8 @@
 """Command-line interface: ``mlaas4hep demo|specs|workflow`` and the original ``workflow`` command.
 
 This module only parses arguments, sets up logging and prints; the work is done
-by :mod:`mlaas4hep.workflow`, :mod:`mlaas4hep.specs` and :mod:`mlaas4hep.datasets`.
+by :mod:`mlaas4hep.workflow`, :mod:`mlaas4hep.specs` and :mod:`mlaas4hep.datasets`,
+with the inputs read by :mod:`mlaas4hep.inputs` and :mod:`mlaas4hep.params`.
 ``mlaas4hep specs`` never imports Keras or TensorFlow.
 """
 
@@ -26,10 +27,10 @@ log = logging.getLogger("mlaas4hep")
 _HANDLER_MARK = "_mlaas4hep_cli"
 
 
-class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only from Python 3.11 on
     """Writes to whatever ``sys.stdout`` is when a record is emitted (it may be replaced, e.g. by pytest)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stdout
 
@@ -71,7 +72,8 @@ def run_demo(
     """Write the demo files, run the workflow with the recipe's model on them, return the test-set metrics."""
     from .datasets import make_demo_files
     from .models import seed_model
-    from .workflow import WorkflowParams, run_workflow
+    from .params import WorkflowParams
+    from .workflow import run_workflow
 
     files = make_demo_files(directory, n_events=n_events, seed=seed, overwrite=False)
     params = WorkflowParams(
@@ -129,7 +131,7 @@ def format_specs_table(specs: Any) -> str:
     lines = []
     for row in (header, *rows):
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2])]
-        cells += [c.rjust(w) for c, w in zip(row[3:], widths[3:])]
+        cells += [c.rjust(w) for c, w in zip(row[3:], widths[3:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
@@ -137,7 +139,7 @@ def format_specs_table(specs: Any) -> str:
 
 def _specs(args: argparse.Namespace) -> int:
     from .first_pass import SpecBuilder
-    from .workflow import read_list
+    from .inputs import read_list
 
     files = [f for value in args.files for f in read_list(value, "FILE")]
     branches = read_list(args.branches, "--branches") if args.branches else None
@@ -158,7 +160,8 @@ def _specs(args: argparse.Namespace) -> int:
 
 
 def _workflow(args: argparse.Namespace) -> int:
-    from .workflow import WorkflowParams, load_params, parse_labels, read_list
+    from .inputs import parse_labels, read_list
+    from .params import WorkflowParams, load_params
 
     if args.dtype not in (None, "root"):
         msg = f"--dtype={args.dtype!r}: only ROOT files are supported (--dtype=root)"

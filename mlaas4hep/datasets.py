@@ -206,7 +206,8 @@ def _collection(rng: np.random.Generator, name: str, counts: np.ndarray, tagged:
 
 def _leading(coll: ak.Array, field: str) -> np.ndarray:
     """Field of the leading object of each event, 0 where there is none."""
-    return ak.to_numpy(ak.fill_none(ak.firsts(coll[field]), 0.0))
+    leading: np.ndarray = ak.to_numpy(ak.fill_none(ak.firsts(coll[field]), 0.0))
+    return leading
 
 
 def _events(rng: np.random.Generator, n: int, vbf: bool) -> dict[str, Any]:

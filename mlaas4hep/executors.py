@@ -26,6 +26,7 @@ about every tenth of the files.
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
 import logging
 import os
 import sys
@@ -80,10 +81,10 @@ def _bar(total: int, desc: str, progress: bool | None) -> Any:
     if progress is None and (total < PROGRESS_MIN_FILES or not sys.stderr.isatty()):
         return None
     try:
-        from tqdm.auto import tqdm
+        tqdm_auto: Any = importlib.import_module("tqdm.auto")  # tqdm ships no type information
     except ImportError:
         return None
-    return tqdm(total=total, desc=desc, unit="file")
+    return tqdm_auto.tqdm(total=total, desc=desc, unit="file")
 
 
 def _completed(futures: list[Any], executor: Any) -> Iterator[Any]:

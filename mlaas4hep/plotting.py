@@ -239,7 +239,7 @@ def plot_feature_histograms(
         groups = [(f"label {v:g}", labels == v) for v in np.unique(labels)]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pdf = None
+    pdf: Any = None  # a PdfPages, whose methods have no type annotations
     if path.suffix.lower() == ".pdf":
         from matplotlib.backends.backend_pdf import PdfPages
 

@@ -3,8 +3,10 @@
 :func:`run_workflow` does what the original ``workflow.py`` did: a first pass
 over the files (the specs), training of the user's Keras model on chunks of
 events, and the test-set loss, accuracy and AUC at the end, with optional
-plots. The command line (:mod:`mlaas4hep.cli`) only parses arguments and calls
-these functions.
+plots. Its inputs are read by :mod:`mlaas4hep.inputs` (list files, the model
+file) and :mod:`mlaas4hep.params` (params.json), whose functions are
+re-exported here. The command line (:mod:`mlaas4hep.cli`) only parses
+arguments and calls these functions.
 
 Keras (and TensorFlow) are imported only when a model is loaded or trained,
 after :func:`quiet_tensorflow` has silenced TensorFlow's C++ and absl logs.
@@ -12,8 +14,6 @@ after :func:`quiet_tensorflow` has silenced TensorFlow's C++ and absl logs.
 
 from __future__ import annotations
 
-import difflib
-import importlib.util
 import inspect
 import json
 import logging
@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from ._json import read_json
-from .errors import FileAccessError, ParameterError
+from .errors import ParameterError
+from .inputs import load_model_function, parse_labels, read_list
+from .params import DEFAULT_PARAMS, WorkflowParams, load_params
 from .preproc import Preprocessing, load_preproc, translate_preproc
-from .plan import apportion, split_entries
-from .specs import DEFAULT_EXCLUDE, Specs
+from .specs import Specs
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -49,26 +49,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PARAMS: dict[str, Any] = {
-    "nevts": -1,
-    "shuffle": True,
-    "chunk_size": 10_000,
-    "epochs": 5,
-    "batch_size": 100,
-    "identifier": "",
-    "branch": "Events",
-    "selected_branches": "",
-    "exclude_branches": list(DEFAULT_EXCLUDE),
-    "hist": "",
-    "redirector": "",
-    "verbose": 1,
-    "validation_split": 0.2,
-    "test_split": 0.2,
-    "seed": None,
-    "normalization": "minmax",
-}
-"""Every key params.json may hold, with its default (the first twelve are the original's)."""
 
 
 def quiet_tensorflow(verbose: int = 0) -> None:
@@ -125,297 +105,6 @@ def import_keras(verbose: int = 0) -> Any:
     finally:
         os.close(saved)
     return keras
-
-
-# -- inputs -----------------------------------------------------------------------------------
-
-
-def read_list(value: str | Sequence[str], what: str = "--files") -> list[str]:
-    """Entries of a list file (one a line, ``#`` comments, blank lines ignored) or a comma-separated list.
-
-    A path ending in ``.root`` is one entry, never a list file.
-
-    Parameters
-    ----------
-    value : str or sequence of str
-        Path of a text file, a comma-separated string, or already a list.
-    what : str
-        Name of the option or key, for error messages.
-
-    Returns
-    -------
-    list of str
-
-    Raises
-    ------
-    ParameterError
-        If the list is empty, or ``value`` names a ``.txt`` file that does not exist.
-    """
-    if not isinstance(value, str):
-        entries = [str(v).strip() for v in value]
-    elif Path(value).is_file() and Path(value).suffix != ".root":
-        try:
-            text = Path(value).read_text()
-        except UnicodeDecodeError as err:
-            msg = f"{what}: {value!r} is not a text file with one entry a line"
-            raise ParameterError(msg) from err
-        entries = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    elif value.endswith(".txt") and "," not in value:
-        msg = f"{what}: list file {value!r} not found"
-        raise ParameterError(msg)
-    else:
-        entries = [v.strip() for v in value.split(",")]
-    entries = [e for e in entries if e]
-    if not entries:
-        msg = f"{what}: {value!r} holds no entry"
-        raise ParameterError(msg)
-    return entries
-
-
-def parse_labels(value: str | Sequence[str | float]) -> list[float] | str:
-    """Labels as the original's labels.txt: one number per file, or the name of a label branch.
-
-    Parameters
-    ----------
-    value : str or sequence
-        A list file, a comma-separated list (``"1,0"``), a list of numbers, or
-        one branch name (``"is_signal"``).
-
-    Returns
-    -------
-    list of float, or str
-        Per-file labels, or the branch name.
-    """
-    entries = read_list([str(v) for v in value] if not isinstance(value, str) else value, "--labels")
-    numbers = []
-    for entry in entries:
-        try:
-            numbers.append(float(entry))
-        except ValueError:
-            if len(entries) == 1:
-                return entry
-            msg = f"--labels: {entry!r} is not a number; give one number per file, or a single branch name"
-            raise ParameterError(msg) from None
-    return numbers
-
-
-def load_model_function(path: str | os.PathLike[str]) -> Callable[[int], Any]:
-    """Load ``model(idim)`` from a Python file, as the original's ``--model=keras_model.py``.
-
-    Parameters
-    ----------
-    path : path
-        Python file defining ``model(idim)`` that returns a compiled Keras model.
-
-    Returns
-    -------
-    callable
-        The file's ``model`` function.
-
-    Raises
-    ------
-    FileAccessError
-        If the file does not exist.
-    ParameterError
-        If it defines no callable ``model``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        msg = f"--model: model file {os.fspath(path)!r} not found"
-        raise FileAccessError(msg)
-    name = f"mlaas4hep_user_model_{abs(hash(path.resolve()))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        msg = f"--model: cannot load {os.fspath(path)!r} as a Python module"
-        raise ParameterError(msg)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # pickling and Keras serialization look classes up here
-    spec.loader.exec_module(module)
-    function = getattr(module, "model", None)
-    if not callable(function):
-        msg = f"--model: {os.fspath(path)!r} defines no function model(idim)"
-        raise ParameterError(msg)
-    doc = (function.__doc__ or "").strip().splitlines()
-    log.info("load %s %s %s", path, function, doc[0] if doc else "")
-    return function
-
-
-# -- params.json ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WorkflowParams:
-    """Contents of params.json, checked; see :data:`DEFAULT_PARAMS` and the user guide."""
-
-    nevts: int = -1
-    shuffle: bool = True
-    chunk_size: int = 10_000
-    epochs: int = 5
-    batch_size: int = 100
-    identifier: tuple[str, ...] = ()
-    branch: str = "Events"
-    selected_branches: tuple[str, ...] = ()
-    exclude_branches: tuple[str, ...] = DEFAULT_EXCLUDE
-    hist: str = ""
-    redirector: str = ""
-    verbose: int = 1
-    validation_split: float = 0.2
-    test_split: float = 0.2
-    seed: int | None = None
-    normalization: str | None = "minmax"
-
-    @property
-    def exclude(self) -> list[str]:
-        """Branches left out of the features: ``exclude_branches`` and ``identifier``."""
-        return list(dict.fromkeys([*self.exclude_branches, *self.identifier]))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "params") -> WorkflowParams:
-        """Check ``data`` (a parsed params.json) and fill in defaults.
-
-        Raises
-        ------
-        ParameterError
-            For an unknown key (naming the closest valid one) or a value of the wrong type.
-        """
-        unknown = [k for k in data if k not in DEFAULT_PARAMS]
-        if unknown:
-            key = unknown[0]
-            close = difflib.get_close_matches(key, list(DEFAULT_PARAMS), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {sorted(DEFAULT_PARAMS)}"
-            msg = f"{where}: unknown key {key!r}{hint}"
-            raise ParameterError(msg)
-        merged = {**DEFAULT_PARAMS, **data}
-
-        def integer(key: str, minimum: int, allow_minus_one: bool = False) -> int:
-            value = merged[key]
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            if not ok or (value < minimum and not (allow_minus_one and value == -1)):
-                extra = " or -1" if allow_minus_one else ""
-                msg = f"{where}: {key!r} must be an integer >= {minimum}{extra}, got {value!r}"
-                raise ParameterError(msg)
-            return int(value)
-
-        def fraction(key: str) -> float:
-            value = merged[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                msg = f"{where}: {key!r} must be a number in [0, 1), got {value!r}"
-                raise ParameterError(msg)
-            return float(value)
-
-        def names(key: str) -> tuple[str, ...]:
-            value = merged[key]
-            if value is None:
-                return ()
-            if isinstance(value, str):
-                return tuple(v.strip() for v in value.split(",") if v.strip())
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                return tuple(v.strip() for v in value if v.strip())
-            msg = f"{where}: {key!r} must be a comma-separated string or a list of strings, got {value!r}"
-            raise ParameterError(msg)
-
-        def text(key: str) -> str:
-            value = merged[key]
-            if value is None:
-                return ""
-            if not isinstance(value, str):
-                msg = f"{where}: {key!r} must be a string, got {value!r}"
-                raise ParameterError(msg)
-            return value
-
-        if not isinstance(merged["shuffle"], bool):
-            msg = f"{where}: 'shuffle' must be true or false, got {merged['shuffle']!r}"
-            raise ParameterError(msg)
-        seed = merged["seed"]
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            msg = f"{where}: 'seed' must be an integer or null, got {seed!r}"
-            raise ParameterError(msg)
-        normalization = merged["normalization"]
-        if normalization not in ("minmax", "standard", None):
-            msg = f'{where}: \'normalization\' must be "minmax", "standard" or null, got {normalization!r}'
-            raise ParameterError(msg)
-        params = cls(
-            nevts=integer("nevts", 1, allow_minus_one=True),
-            shuffle=merged["shuffle"],
-            chunk_size=integer("chunk_size", 1, allow_minus_one=True),
-            epochs=integer("epochs", 1),
-            batch_size=integer("batch_size", 1),
-            identifier=names("identifier"),
-            branch=text("branch") or "Events",
-            selected_branches=names("selected_branches"),
-            exclude_branches=names("exclude_branches"),
-            hist=text("hist"),
-            redirector=text("redirector"),
-            verbose=integer("verbose", 0),
-            validation_split=fraction("validation_split"),
-            test_split=fraction("test_split"),
-            seed=seed,
-            normalization=normalization,
-        )
-        if params.validation_split + params.test_split >= 1:
-            msg = (
-                f"{where}: validation_split + test_split must be below 1, got "
-                f"{params.validation_split} + {params.test_split}"
-            )
-            raise ParameterError(msg)
-        return params
-
-
-def load_params(path: str | os.PathLike[str]) -> WorkflowParams:
-    """Read and check a params.json file.
-
-    Parameters
-    ----------
-    path : path
-        JSON object with the keys of :data:`DEFAULT_PARAMS` (any subset).
-
-    Returns
-    -------
-    WorkflowParams
-
-    Raises
-    ------
-    FileAccessError
-        If the file does not exist.
-    ParameterError
-        If it is not a JSON object, or a key is unknown or has a wrong value.
-    """
-    where = os.fspath(path)
-    data = read_json(path, "--params", "params file")
-    if not isinstance(data, dict):
-        msg = f"--params: {where!r} holds a {type(data).__name__}, not a JSON object"
-        raise ParameterError(msg)
-    return WorkflowParams.from_dict(data, where)
-
-
-# -- the three-way split ----------------------------------------------------------------------
-
-
-def split_ranges(
-    entries: Sequence[int], nevts: int, validation_split: float, test_split: float
-) -> dict[str, list[tuple[int, int]]]:
-    """Entry ranges of each file for the training, validation and test parts.
-
-    Each file's used entries (all, or its share of ``nevts``) are cut in order:
-    the first ones train, then ``validation_split`` of them validate, and the
-    last ``test_split`` of them test, so the parts never overlap.
-    """
-    total = int(sum(entries))
-    used = np.asarray(entries, dtype=np.int64) if nevts == -1 or nevts >= total else apportion(nevts, entries)
-    parts: dict[str, list[tuple[int, int]]] = {"training": [], "validation": [], "test": []}
-    for n in used.tolist():
-        ranges = split_entries(n, validation_split, test_split)
-        for name, part in parts.items():
-            part.append(ranges[name])
-    return parts
-
-
-def _make_sequence(part: str, fractions: tuple[float, float], **kwargs: Any) -> Any:
-    """A RootSequence serving one part of the three-way split (see :func:`split_ranges`)."""
-    from .sequence import RootSequence
-
-    validation_split, test_split = fractions
-    return RootSequence(validation_split=validation_split or None, test_split=test_split or None, subset=part, **kwargs)
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -496,32 +185,6 @@ class WorkflowResult:
     model_path: Path | None = None
 
 
-def _categorical_classes(model: Any) -> int | None:
-    """Number of classes when ``model`` is compiled with a categorical (not sparse) cross-entropy loss."""
-    loss = getattr(model, "loss", None)
-    name = loss if isinstance(loss, str) else getattr(loss, "name", None) or getattr(loss, "__name__", "")
-    if name not in ("categorical_crossentropy", "CategoricalCrossentropy"):
-        return None
-    try:
-        classes = int(model.output_shape[-1])
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return classes if classes > 1 else None
-
-
-def _predict(model: Any, seq: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and model outputs over one full pass of ``seq``."""
-    ys, ps = [], []
-    for i in range(len(seq)):
-        X, y = seq[i][:2]  # batches may carry sample weights too
-        y = np.asarray(y)
-        # several classes: the last class against the rest, as the scores below
-        ys.append(y[:, -1] if y.ndim == 2 and y.shape[1] > 1 else y.ravel())
-        ps.append(np.asarray(model.predict_on_batch(X)).reshape(len(X), -1)[:, -1])
-    seq.on_epoch_end()
-    return np.concatenate(ys), np.concatenate(ps)
-
-
 def run_workflow(
     files: Sequence[str | os.PathLike[str]],
     labels: Sequence[float] | str,
@@ -570,23 +233,84 @@ def run_workflow(
     set evaluated at the end. With ``test_split`` 0 the test metrics are those
     of the validation set.
     """
-    if params is None:
-        params = WorkflowParams()
-    elif isinstance(params, (str, os.PathLike)):
-        params = load_params(params)
-    elif isinstance(params, Mapping):
-        params = WorkflowParams.from_dict(params)
+    params = _as_params(params)
     if fout is not None and Path(fout).suffix not in (".keras", ".h5"):
         msg = f"--fout: {os.fspath(fout)!r} must end in .keras (or .h5), as keras.Model.save requires"
         raise ParameterError(msg)
     keras = import_keras(params.verbose)
     model_function = model if callable(model) else load_model_function(model)
-    if preproc is not None and not isinstance(preproc, Preprocessing):
-        preproc = load_preproc(preproc) if isinstance(preproc, (str, os.PathLike)) else translate_preproc(preproc)
+    preproc = _as_preproc(preproc)
     log.info("model parameters: %s", json.dumps({k: getattr(params, k) for k in DEFAULT_PARAMS}, default=list))
 
     if params.seed is not None:
         keras.utils.set_random_seed(params.seed)
+    sequences: list[Any] = []
+    try:
+        train, val, test = _make_sequences(files, labels, params, specs, preproc, sequences)
+        plots: list[Path] = []
+        hist_dir = Path(params.hist) if params.hist else None
+        if hist_dir is not None:
+            from .plotting import plot_sequence_features
+
+            hist_dir.mkdir(parents=True, exist_ok=True)
+            plots.append(plot_sequence_features(train, hist_dir / "features.pdf"))
+        ml_model = _build_model(model_function, sequences, params.verbose)
+        history = _train(ml_model, train, val, params)
+        evaluation, name = (test, "test") if test is not None else (val, "validation")
+        metrics: dict[str, float] = {}
+        roc_auc = None
+        curve = None
+        if evaluation is not None:
+            metrics, y_true, scores = _evaluate(ml_model, evaluation, name)
+            roc_auc = metrics["roc_auc"]
+            curve = (y_true, scores, name)
+        if hist_dir is not None:
+            plots += _plot_results(hist_dir, curve, history, type(ml_model).__name__)
+            log.info("wrote plots %s", ", ".join(map(str, plots)))
+        model_path = _save(ml_model, fout)
+        return WorkflowResult(ml_model, train.specs, history, metrics, roc_auc, plots, model_path)
+    finally:
+        for seq in sequences:
+            seq.close()
+
+
+# -- the steps of run_workflow ----------------------------------------------------------------
+
+
+def _as_params(params: WorkflowParams | Mapping[str, Any] | str | os.PathLike[str] | None) -> WorkflowParams:
+    """``params`` as :class:`WorkflowParams`: the defaults for None, a params.json path read and checked."""
+    if params is None:
+        return WorkflowParams()
+    if isinstance(params, (str, os.PathLike)):
+        return load_params(params)
+    if isinstance(params, Mapping):
+        return WorkflowParams.from_dict(params)
+    return params
+
+
+def _as_preproc(preproc: str | os.PathLike[str] | Mapping[str, Any] | Preprocessing | None) -> Preprocessing | None:
+    """``preproc`` as :class:`~mlaas4hep.preproc.Preprocessing`: a preproc.json path or contents translated."""
+    if preproc is None or isinstance(preproc, Preprocessing):
+        return preproc
+    if isinstance(preproc, (str, os.PathLike)):
+        return load_preproc(preproc)
+    return translate_preproc(preproc)
+
+
+def _make_sequences(
+    files: Sequence[str | os.PathLike[str]],
+    labels: Sequence[float] | str,
+    params: WorkflowParams,
+    specs: str | os.PathLike[str] | Specs | None,
+    preproc: Preprocessing | None,
+    opened: list[Any],
+) -> tuple[Any, Any | None, Any | None]:
+    """The training, validation and test sequences (None for a part of size 0).
+
+    The training sequence makes (or reuses) the specs, which the other two
+    share. Each sequence is appended to ``opened`` as soon as it exists, for
+    the caller to close even when a later one fails.
+    """
     t0 = time.perf_counter()
     common: dict[str, Any] = {
         "files": list(files),
@@ -612,96 +336,145 @@ def run_workflow(
         **common,
     )
     log.info("--- first pass: %s", train.specs.summary())
-    sequences = [train]
-    try:
-        val = test = None
-        if params.validation_split:
-            val = _make_sequence("validation", fractions, specs=train.specs, shuffle=False, **common)
-            sequences.append(val)
-        if params.test_split:
-            test = _make_sequence("test", fractions, specs=train.specs, shuffle=False, **common)
-            sequences.append(test)
-        log.info(
-            "init sequences in %.2f s: training on %d events (%d batches), validating on %d, testing on %d",
-            time.perf_counter() - t0,
-            train.n_events,
-            len(train),
-            val.n_events if val is not None else 0,
-            test.n_events if test is not None else 0,
-        )
-        plots: list[Path] = []
-        hist_dir = Path(params.hist) if params.hist else None
-        if hist_dir is not None:
-            from .plotting import plot_sequence_features
+    opened.append(train)
+    val = test = None
+    if params.validation_split:
+        val = _make_sequence("validation", fractions, specs=train.specs, shuffle=False, **common)
+        opened.append(val)
+    if params.test_split:
+        test = _make_sequence("test", fractions, specs=train.specs, shuffle=False, **common)
+        opened.append(test)
+    log.info(
+        "init sequences in %.2f s: training on %d events (%d batches), validating on %d, testing on %d",
+        time.perf_counter() - t0,
+        train.n_events,
+        len(train),
+        val.n_events if val is not None else 0,
+        test.n_events if test is not None else 0,
+    )
+    return train, val, test
 
-            hist_dir.mkdir(parents=True, exist_ok=True)
-            plots.append(plot_sequence_features(train, hist_dir / "features.pdf"))
 
-        ml_model = model_function(train.num_features)
-        classes = _categorical_classes(ml_model)
-        if classes:  # as the original: a categorical cross-entropy loss gets one-hot labels
-            log.info("categorical cross-entropy loss: one-hot labels over %d classes", classes)
-            for seq in sequences:
-                seq.outputs.enable_one_hot(classes)
-        if params.verbose >= 1 and hasattr(ml_model, "summary"):
-            try:
-                ml_model.summary(print_fn=lambda line, *a, **k: log.info("%s", line))
-            except ValueError:  # a subclassed model that is not built yet has no summary
-                log.info("model %s", type(ml_model).__name__)
-        callback = _history_callback()
-        t1 = time.perf_counter()
-        returned = fit_model(
-            ml_model,
-            train,
-            val,
-            epochs=params.epochs,
-            verbose=1 if params.verbose >= 2 else 0,
-            callbacks=[callback],
-        )
-        log.info("####Time for training: %.2f s", time.perf_counter() - t1)
-        history = callback.history or dict(getattr(returned, "history", None) or {})
+def _make_sequence(part: str, fractions: tuple[float, float], **kwargs: Any) -> Any:
+    """A RootSequence serving one part of the three-way split: ``"training"``, ``"validation"`` or ``"test"``."""
+    from .sequence import RootSequence
 
-        evaluation = test if test is not None else val
-        metrics: dict[str, float] = {}
-        roc_auc = None
-        if evaluation is not None:
-            name = "test" if test is not None else "validation"
-            if hasattr(ml_model, "evaluate"):
-                results = ml_model.evaluate(evaluation, verbose=0, return_dict=True)
-                metrics = {k: float(v) for k, v in results.items()}
-            y_true, scores = _predict(ml_model, evaluation)
-            if np.unique(y_true).size > 2:  # integer labels of several classes: the last one against the rest
-                y_true = (y_true == y_true.max()).astype(np.float32)
-            from .plotting import auc_score, roc_curve
+    validation_split, test_split = fractions
+    return RootSequence(validation_split=validation_split or None, test_split=test_split or None, subset=part, **kwargs)
 
-            fpr, tpr, _ = roc_curve(y_true, scores)
-            roc_auc = auc_score(fpr, tpr)
-            metrics["roc_auc"] = roc_auc
-            log.info("%s set (%d events):", name, evaluation.n_events)
-            for key, value in metrics.items():
-                log.info("%s : %s", key, value)
-            if hist_dir is not None:
-                from .plotting import plot_roc
 
-                plot_roc(y_true, scores, hist_dir / "roc.pdf", title=f"ROC on the {name} set")
-                plots.append(hist_dir / "roc.pdf")
-        if hist_dir is not None:
-            if history:
-                from .plotting import plot_history
+def _build_model(model_function: Callable[[int], Any], sequences: Sequence[Any], verbose: int) -> Any:
+    """The user's model for the features of ``sequences[0]`` (the training one).
 
-                plot_history(history, hist_dir / "history.pdf")
-                plots.append(hist_dir / "history.pdf")
-            else:
-                log.warning("no training history to plot: %s.fit passed no callbacks", type(ml_model).__name__)
-            log.info("wrote plots %s", ", ".join(map(str, plots)))
-        model_path = None
-        if fout is not None:
-            model_path = Path(fout)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # Keras' notes on saving subclassed models
-                ml_model.save(model_path)
-            log.info("saved model to %s", model_path)
-        return WorkflowResult(ml_model, train.specs, history, metrics, roc_auc, plots, model_path)
-    finally:
+    A categorical cross-entropy loss gets one-hot labels from every sequence.
+    """
+    ml_model = model_function(sequences[0].num_features)
+    classes = _categorical_classes(ml_model)
+    if classes:  # as the original: a categorical cross-entropy loss gets one-hot labels
+        log.info("categorical cross-entropy loss: one-hot labels over %d classes", classes)
         for seq in sequences:
-            seq.close()
+            seq.outputs.enable_one_hot(classes)
+    if verbose >= 1 and hasattr(ml_model, "summary"):
+        try:
+            ml_model.summary(print_fn=lambda line, *a, **k: log.info("%s", line))
+        except ValueError:  # a subclassed model that is not built yet has no summary
+            log.info("model %s", type(ml_model).__name__)
+    return ml_model
+
+
+def _categorical_classes(model: Any) -> int | None:
+    """Number of classes when ``model`` is compiled with a categorical (not sparse) cross-entropy loss."""
+    loss = getattr(model, "loss", None)
+    name = loss if isinstance(loss, str) else getattr(loss, "name", None) or getattr(loss, "__name__", "")
+    if name not in ("categorical_crossentropy", "CategoricalCrossentropy"):
+        return None
+    try:
+        classes = int(model.output_shape[-1])
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return classes if classes > 1 else None
+
+
+def _train(ml_model: Any, train: Any, val: Any | None, params: WorkflowParams) -> dict[str, list[float]]:
+    """Fit the model for ``params.epochs``, one log line per epoch; the metrics of every epoch."""
+    callback = _history_callback()
+    t1 = time.perf_counter()
+    returned = fit_model(
+        ml_model,
+        train,
+        val,
+        epochs=params.epochs,
+        verbose=1 if params.verbose >= 2 else 0,
+        callbacks=[callback],
+    )
+    log.info("####Time for training: %.2f s", time.perf_counter() - t1)
+    history: dict[str, list[float]] = callback.history or dict(getattr(returned, "history", None) or {})
+    return history
+
+
+def _evaluate(ml_model: Any, evaluation: Any, name: str) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """The compiled metrics and ``roc_auc`` on the ``name`` set, logged; with its labels and scores."""
+    metrics: dict[str, float] = {}
+    if hasattr(ml_model, "evaluate"):
+        results = ml_model.evaluate(evaluation, verbose=0, return_dict=True)
+        metrics = {k: float(v) for k, v in results.items()}
+    y_true, scores = _predict(ml_model, evaluation)
+    if np.unique(y_true).size > 2:  # integer labels of several classes: the last one against the rest
+        y_true = (y_true == y_true.max()).astype(np.float32)
+    from .plotting import auc_score, roc_curve
+
+    fpr, tpr, _ = roc_curve(y_true, scores)
+    metrics["roc_auc"] = auc_score(fpr, tpr)
+    log.info("%s set (%d events):", name, evaluation.n_events)
+    for key, value in metrics.items():
+        log.info("%s : %s", key, value)
+    return metrics, y_true, scores
+
+
+def _predict(model: Any, seq: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and model outputs over one full pass of ``seq``."""
+    ys, ps = [], []
+    for i in range(len(seq)):
+        X, y = seq[i][:2]  # batches may carry sample weights too
+        y = np.asarray(y)
+        # several classes: the last class against the rest, as the scores below
+        ys.append(y[:, -1] if y.ndim == 2 and y.shape[1] > 1 else y.ravel())
+        ps.append(np.asarray(model.predict_on_batch(X)).reshape(len(X), -1)[:, -1])
+    seq.on_epoch_end()
+    return np.concatenate(ys), np.concatenate(ps)
+
+
+def _plot_results(
+    hist_dir: Path,
+    curve: tuple[np.ndarray, np.ndarray, str] | None,
+    history: Mapping[str, Sequence[float]],
+    model_name: str,
+) -> list[Path]:
+    """The ROC curve (of the evaluated set, if any) and the training history, written into ``hist_dir``."""
+    plots = []
+    if curve is not None:
+        from .plotting import plot_roc
+
+        y_true, scores, name = curve
+        plot_roc(y_true, scores, hist_dir / "roc.pdf", title=f"ROC on the {name} set")
+        plots.append(hist_dir / "roc.pdf")
+    if history:
+        from .plotting import plot_history
+
+        plot_history(history, hist_dir / "history.pdf")
+        plots.append(hist_dir / "history.pdf")
+    else:
+        log.warning("no training history to plot: %s.fit passed no callbacks", model_name)
+    return plots
+
+
+def _save(ml_model: Any, fout: str | os.PathLike[str] | None) -> Path | None:
+    """Save the model to ``fout``, if given; the path saved to."""
+    if fout is None:
+        return None
+    model_path = Path(fout)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Keras' notes on saving subclassed models
+        ml_model.save(model_path)
+    log.info("saved model to %s", model_path)
+    return model_path

@@ -6,6 +6,7 @@ server goes away in the middle of an epoch.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import time
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -70,8 +72,8 @@ class XRootDServer:
         while not _listening(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-                msg = f"xrootd did not start on port {self.port}: {log}"
+                tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+                msg = f"xrootd did not start on port {self.port}: {tail}"
                 raise RuntimeError(msg)
             time.sleep(0.05)
 
@@ -111,7 +113,7 @@ class _RangeHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def send_head(self):  # type: ignore[no-untyped-def]
+    def send_head(self) -> io.BytesIO | BinaryIO | None:
         header = self.headers.get("Range")
         path = Path(self.translate_path(self.path))
         if not header or not path.is_file():
@@ -185,7 +187,7 @@ class HTTPServer:
         connections = self._connections
 
         class Handler(_RangeHandler):
-            def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, directory=directory, **kwargs)
 
             def setup(self) -> None:
@@ -208,5 +210,6 @@ class HTTPServer:
                 except OSError:
                     pass
             self._connections.clear()
-            self._thread.join(5)
+            if self._thread is not None:
+                self._thread.join(5)
             self._server = None

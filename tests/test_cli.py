@@ -7,15 +7,14 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mlaas4hep.cli import main, workflow_main
 from mlaas4hep.datasets import make_demo_files
-from mlaas4hep.errors import FileAccessError, ParameterError
 from mlaas4hep.specs import Specs
-from mlaas4hep.workflow import DEFAULT_PARAMS, WorkflowParams, load_params, parse_labels, read_list, split_ranges
 
 # The original's keras_model.py, in Keras 3 spelling (learning_rate instead of lr) and nothing else.
 SEED_KERAS_MODEL = '''\
@@ -59,37 +58,9 @@ SEED_PARAMS = {
     "verbose": 1,
 }
 
-# A keras.Model subclass with its own fit(x_train, y_train, **kwds), as the original's models.py.
-SUBCLASS_MODEL = """\
-import keras
-
-CALLS = []
-
-
-class MyModel(keras.Model):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def call(self, x, training=False):
-        return self.inner(x, training=training)
-
-    def fit(self, x_train, y_train, **kwds):
-        CALLS.append((type(x_train).__name__, y_train, sorted(kwds)))
-        return super().fit(x_train, y_train, **kwds)
-
-
-def model(idim):
-    inner = keras.Sequential([keras.Input(shape=(idim,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(1, activation="sigmoid")])
-    my_model = MyModel(inner)
-    my_model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy", keras.metrics.AUC(name="auc")])
-    return my_model
-"""
-
 
 @pytest.fixture(autouse=True)
-def _restore_logging():
+def _restore_logging() -> Iterator[None]:
     """The CLI sets up the mlaas4hep logger; leave it as it was for the other tests."""
     logger = logging.getLogger("mlaas4hep")
     handlers, level = list(logger.handlers), logger.level
@@ -116,85 +87,10 @@ def _script(name: str) -> list[str]:
     return [sys.executable, "-c", f"import sys; from mlaas4hep.cli import {function}; sys.exit({function}())"]
 
 
-# -- inputs ---------------------------------------------------------------------------------------
-
-
-def test_read_list_file_and_commas(tmp_path):
-    listing = tmp_path / "files.txt"
-    listing.write_text("# signal first\na.root\n\n  b.root  # background\n")
-    assert read_list(str(listing)) == ["a.root", "b.root"]
-    assert read_list("a.root, b.root,") == ["a.root", "b.root"]
-    assert read_list(["x.root"]) == ["x.root"]
-    with pytest.raises(ParameterError, match="missing.txt"):
-        read_list("missing.txt")
-    with pytest.raises(ParameterError, match="no entry"):
-        read_list(" , ")
-
-
-def test_parse_labels(tmp_path):
-    listing = tmp_path / "labels.txt"
-    listing.write_text("1\n0\n")
-    assert parse_labels(str(listing)) == [1.0, 0.0]
-    assert parse_labels("1,0") == [1.0, 0.0]
-    assert parse_labels("is_signal") == "is_signal"
-    with pytest.raises(ParameterError, match="not a number"):
-        parse_labels("1,signal")
-
-
-def test_params_defaults_and_seed_example(tmp_path):
-    path = tmp_path / "params.json"
-    path.write_text(json.dumps({**SEED_PARAMS, "identifier": "run,event"}))
-    params = load_params(path)
-    assert params.nevts == 3000 and params.hist == "pdfs" and params.branch == "Events"
-    assert params.identifier == ("run", "event")
-    assert params.exclude == ["run", "event", "luminosityBlock"]
-    assert params.validation_split == 0.2 and params.test_split == 0.2
-    assert WorkflowParams.from_dict({"chunk_size": -1}).chunk_size == -1
-    assert set(DEFAULT_PARAMS) >= set(SEED_PARAMS)
-
-
-@pytest.mark.parametrize(
-    ("data", "match"),
-    [
-        ({"nevt": 10}, "unknown key 'nevt'; did you mean 'nevts'"),
-        ({"exclude_branch": []}, "did you mean 'exclude_branches'"),
-        ({"bogus_thing": 1}, "unknown key 'bogus_thing'; valid keys"),
-        ({"epochs": 0}, "'epochs' must be an integer >= 1"),
-        ({"shuffle": "yes"}, "'shuffle' must be true or false"),
-        ({"chunk_size": -2}, "'chunk_size'"),
-        ({"validation_split": 0.6, "test_split": 0.5}, "must be below 1"),
-        ({"exclude_branches": [1, 2]}, "'exclude_branches'"),
-    ],
-)
-def test_params_errors_name_the_key(tmp_path, data, match):
-    path = tmp_path / "params.json"
-    path.write_text(json.dumps(data))
-    with pytest.raises(ParameterError, match=match) as info:
-        load_params(path)
-    assert str(path) in str(info.value)
-
-
-def test_params_file_errors(tmp_path):
-    with pytest.raises(FileAccessError, match="nope.json"):
-        load_params(tmp_path / "nope.json")
-    (tmp_path / "list.json").write_text("[1, 2]")
-    with pytest.raises(ParameterError, match="not a JSON object"):
-        load_params(tmp_path / "list.json")
-
-
-def test_split_ranges_do_not_overlap():
-    parts = split_ranges([1000, 1030], -1, 0.2, 0.2)
-    for i, n in enumerate((1000, 1030)):
-        train, val, test = (parts[p][i] for p in ("training", "validation", "test"))
-        assert train[0] == 0 and train[1] == val[0] and val[1] == test[0] and test[1] == n
-    parts = split_ranges([1000, 1030], 500, 0.2, 0.0)
-    assert sum(b for _, b in parts["validation"]) == 500 and all(a == b for a, b in parts["test"])
-
-
 # -- specs ----------------------------------------------------------------------------------------
 
 
-def test_specs_table_and_json(demo_files, tmp_path, capsys):
+def test_specs_table_and_json(demo_files: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "specs.json"
     assert main(["-v", "0", "specs", *map(str, demo_files), "--output", str(out)]) == 0
     text = capsys.readouterr().out
@@ -209,7 +105,7 @@ def test_specs_table_and_json(demo_files, tmp_path, capsys):
     assert "Jet_pt" in specs.jagged and specs.n_events == 4060
 
 
-def test_specs_does_not_import_tensorflow(demo_files):
+def test_specs_does_not_import_tensorflow(demo_files: list[Path]) -> None:
     code = (
         "import sys; from mlaas4hep.cli import main; "
         f"main(['-v', '0', 'specs', {str(demo_files[0])!r}, '--exclude', '']); "
@@ -220,7 +116,9 @@ def test_specs_does_not_import_tensorflow(demo_files):
     assert "luminosityBlock" in run.stdout  # --exclude "" shows every branch
 
 
-def test_cli_errors_exit_2_with_message(demo_files, tmp_path, capsys):
+def test_cli_errors_exit_2_with_message(
+    demo_files: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
         main(["specs", str(tmp_path / "missing.root")])
     assert info.value.code == 2
@@ -246,7 +144,7 @@ def test_cli_errors_exit_2_with_message(demo_files, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_seed_recipe_runs_as_the_original(demo_files, tmp_path):
+def test_seed_recipe_runs_as_the_original(demo_files: list[Path], tmp_path: Path) -> None:
     """The recipe: workflow --files=files.txt --labels=labels.txt --model=keras_model.py --params=params.json."""
     (tmp_path / "files.txt").write_text("\n".join(map(str, demo_files)) + "\n")
     (tmp_path / "labels.txt").write_text("1\n0\n")
@@ -278,34 +176,8 @@ def test_seed_recipe_runs_as_the_original(demo_files, tmp_path):
         assert data.startswith(b"%PDF-") and len(data) > 1000
 
 
-def test_subclass_fit_receives_the_sequences(tmp_path, make_tree, caplog):
-    from mlaas4hep.workflow import run_workflow
-
-    files = [make_tree(tmp_path / f"f{i}.root", 1500, seed=i, file_id=i) for i in range(2)]
-    (tmp_path / "my_model.py").write_text(SUBCLASS_MODEL)
-    params = {"epochs": 2, "chunk_size": 500, "batch_size": 50, "verbose": 1, "seed": 1, "exclude_branches": "run,uid"}
-    result = run_workflow(files, [1, 0], tmp_path / "my_model.py", params)
-    module = sys.modules[type(result.model).__module__]
-    assert module.CALLS == [("RootSequence", None, ["callbacks", "epochs", "validation_data", "verbose"])]
-    assert len(result.history["loss"]) == 2 and "val_auc" in result.history
-    assert set(result.metrics) >= {"loss", "accuracy", "auc", "roc_auc"}
-    assert 0.5 < result.metrics["roc_auc"] <= 1
-    assert "--- first pass:" in caplog.text and "Epoch 2/2" in caplog.text
-
-
-def test_label_branch_and_one_chunk(tmp_path, make_tree):
-    from mlaas4hep.models import seed_model
-    from mlaas4hep.workflow import run_workflow
-
-    files = [make_tree(tmp_path / f"f{i}.root", 1000, seed=i, file_id=i) for i in range(2)]
-    params = {"epochs": 1, "chunk_size": -1, "verbose": 0, "test_split": 0, "identifier": ["uid", "run"]}
-    result = run_workflow(files, parse_labels("flag"), seed_model, params)
-    assert "flag" not in result.specs.names and "uid" not in result.specs.names
-    assert set(result.metrics) >= {"loss", "roc_auc"}  # test_split 0: metrics of the validation set
-
-
 @pytest.mark.slow
-def test_demo_command(tmp_path, capsys):
+def test_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["demo", "--directory", str(tmp_path / "demo"), "--events", "2000", "--epochs", "1"]
     argv += ["--chunk-size", "1000", "--hist", str(tmp_path / "plots")]
     assert main(argv) == 0

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_docs_build_strict(tmp_path):
+def test_docs_build_strict(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings_handlers.python")
     site = tmp_path / "site"
@@ -26,15 +26,15 @@ def test_docs_build_strict(tmp_path):
     assert "test_split" in guide and "exclude_branches" in guide
 
 
-def test_every_params_key_is_documented():
-    from mlaas4hep.workflow import DEFAULT_PARAMS
+def test_every_params_key_is_documented() -> None:
+    from mlaas4hep.params import DEFAULT_PARAMS
 
     text = (ROOT / "docs" / "pages" / "workflow.md").read_text()
     missing = [key for key in DEFAULT_PARAMS if f"| `{key}` |" not in text]
     assert not missing, f"params.json keys missing from docs/pages/workflow.md: {missing}"
 
 
-def test_every_sequence_argument_is_documented():
+def test_every_sequence_argument_is_documented() -> None:
     import ast
 
     tree = ast.parse((ROOT / "mlaas4hep" / "sequence.py").read_text())

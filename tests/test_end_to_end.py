@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ from mlaas4hep.models import seed_model  # noqa: E402
 
 
 @pytest.mark.slow
-def test_training_on_demo_files_learns(tmp_path):
+def test_training_on_demo_files_learns(tmp_path: Path) -> None:
     files = make_demo_files(tmp_path, n_events=6000, seed=3)
     kw = {"labels": [1, 0], "batch_size": 100, "chunk_size": 2000, "validation_split": 0.25, "seed": 1}
     train = RootSequence(files, subset="training", **kw)
@@ -29,4 +31,4 @@ def test_training_on_demo_files_learns(tmp_path):
     assert train.epoch == 3
     assert train.chunk_reads <= 3 * len(train.reader) + train.prefetch
     x, y = val[0]
-    assert not np.isnan(x).any()
+    assert not np.isnan(x).any() and len(y) == len(x) == 100

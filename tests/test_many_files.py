@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,13 +17,14 @@ import mlaas4hep.first_pass
 import mlaas4hep.reader
 import mlaas4hep.sources
 from mlaas4hep import RootSequence, SpecBuilder, Specs
+from mlaas4hep.sources import FileSource
 
 N_FILES, ENTRIES = 1000, 20
 ID = 1000  # uid = file * ID + entry
 
 
 @pytest.fixture(scope="module")
-def many_files(tmp_path_factory) -> list[Path]:
+def many_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     d = tmp_path_factory.mktemp("many")
     paths = []
     for i in range(N_FILES):
@@ -44,13 +46,13 @@ class _Handles:
         self.now = 0
         self.peak = 0
         self._lock = threading.Lock()
-        original = mlaas4hep.reader.open_tree
+        original = mlaas4hep.sources.open_tree
 
-        def counting(source):
+        def counting(source: FileSource) -> tuple[Any, Any]:
             file, obj = original(source)
             close = file.close
 
-            def counted_close():
+            def counted_close() -> None:
                 with self._lock:
                     self.now -= 1
                 close()
@@ -80,7 +82,9 @@ def _rss_mb() -> float:
 
 @pytest.mark.slow  # about 15 s: 1000 files scanned, then an epoch that reopens each group's files
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts file descriptors in /proc")
-def test_an_epoch_over_1000_files_keeps_few_files_open(many_files, monkeypatch, tmp_path):
+def test_an_epoch_over_1000_files_keeps_few_files_open(
+    many_files: list[Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     handles = _Handles(monkeypatch)
     fds = _fds()
     cache = tmp_path / "specs.json"
@@ -127,19 +131,19 @@ def test_an_epoch_over_1000_files_keeps_few_files_open(many_files, monkeypatch, 
     assert handles.opens == N_FILES and handles.now == 0 and again.specs == specs
 
 
-def test_concurrent_readers_of_a_shared_specs_cache(two_files, tmp_path):
+def test_concurrent_readers_of_a_shared_specs_cache(two_files: list[Path], tmp_path: Path) -> None:
     specs = SpecBuilder(two_files).build()
     path = tmp_path / "shared.json"
     specs.save(path)
     errors: list[BaseException] = []
     stop = threading.Event()
 
-    def write():
+    def write() -> None:
         for _ in range(60):
             specs.save(path)
         stop.set()
 
-    def read():
+    def read() -> None:
         while not stop.is_set():
             try:
                 assert Specs.load(path) == specs

@@ -13,7 +13,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb
 KERNEL = "mlaas4hep-test-python"
 
 
-def test_notebook_is_stored_without_outputs():
+def test_notebook_is_stored_without_outputs() -> None:
     nb = json.loads(NOTEBOOK.read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert code
@@ -35,7 +35,7 @@ def venv_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.mark.slow
-def test_notebook_runs(venv_kernel, tmp_path):
+def test_notebook_runs(venv_kernel: str, tmp_path: Path) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")

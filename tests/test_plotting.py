@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ HISTORY = {
 }
 
 
-def _is_pdf(path) -> bool:
+def _is_pdf(path: Path) -> bool:
     data = path.read_bytes()
     return data.startswith(b"%PDF-") and b"%%EOF" in data[-1024:]
 
@@ -36,7 +37,7 @@ def _scores(n: int = 2000, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(np.float32), s
 
 
-def test_roc_matches_sklearn():
+def test_roc_matches_sklearn() -> None:
     metrics = pytest.importorskip("sklearn.metrics")
     y, s = _scores()
     fpr, tpr, thresholds = roc_curve(y, s)
@@ -49,14 +50,14 @@ def test_roc_matches_sklearn():
     np.testing.assert_allclose(tpr, ref_tpr)
 
 
-def test_roc_needs_two_classes_and_equal_lengths():
+def test_roc_needs_two_classes_and_equal_lengths() -> None:
     with pytest.raises(ParameterError, match="both classes"):
         roc_curve(np.ones(5), np.arange(5))
     with pytest.raises(ParameterError, match="must match"):
         roc_curve(np.array([0, 1]), np.arange(3))
 
 
-def test_history_and_roc_files(tmp_path):
+def test_history_and_roc_files(tmp_path: Path) -> None:
     image = pytest.importorskip("matplotlib.image")
     plot_history(HISTORY, tmp_path / "history.png")
     plot_history(HISTORY, tmp_path / "history.pdf")
@@ -71,12 +72,12 @@ def test_history_and_roc_files(tmp_path):
     assert _is_pdf(tmp_path / "history.pdf") and _is_pdf(tmp_path / "roc.pdf")
 
 
-def test_history_needs_data():
+def test_history_needs_data() -> None:
     with pytest.raises(ParameterError, match="history"):
         plot_history({})
 
 
-def test_feature_histograms_pdf_and_png(tmp_path):
+def test_feature_histograms_pdf_and_png(tmp_path: Path) -> None:
     image = pytest.importorskip("matplotlib.image")
     rng = np.random.default_rng(0)
     raw = rng.normal(size=(500, 3)) * [1, 10, 100]
@@ -96,7 +97,7 @@ def test_feature_histograms_pdf_and_png(tmp_path):
         plot_feature_histograms(raw, normalized[:, :2], labels, names, tmp_path / "bad.pdf")
 
 
-def test_missing_matplotlib_says_what_to_install(monkeypatch):
+def test_missing_matplotlib_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError

@@ -14,7 +14,9 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,7 +45,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def xrootd(served: Path):
+def xrootd(served: Path) -> Iterator[XRootDServer]:
     if importlib.util.find_spec("XRootD") is None:
         unavailable("the XRootD client is not installed: pip install 'mlaas4hep[xrootd]'")
     with pytest.MonkeyPatch.context() as mp:
@@ -59,7 +61,7 @@ def xrootd(served: Path):
 
 
 @pytest.fixture(scope="module")
-def http(served: Path):
+def http(served: Path) -> Iterator[HTTPServer]:
     if importlib.util.find_spec("aiohttp") is None:
         unavailable("aiohttp is not installed: pip install 'mlaas4hep[http]'")
     server = HTTPServer(served)
@@ -75,16 +77,17 @@ def xrootd_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setattr(_remote, "_xrootd_in_process", lambda: False)
     elif "XRootD.client" not in sys.modules:
         pytest.skip("TensorFlow was imported first here: XRootD can only be read through the helper")
-    return request.param
+    mode: str = request.param
+    return mode
 
 
-def sequence(files: list[str], **kw) -> RootSequence:
+def sequence(files: list[str], **kw: Any) -> RootSequence:
     args = dict(labels=[1, 0], branches=["uid", "MET_pt", "Jet_pt"], normalization=None, batch_size=50)
     args.update(chunk_size=300, seed=3, prefetch=0, retry_backoff=0.2)
     return RootSequence(files, **{**args, **kw})
 
 
-def serve_epoch(seq: RootSequence, after: int = -1, fault=None) -> np.ndarray:
+def serve_epoch(seq: RootSequence, after: int = -1, fault: Callable[[], object] | None = None) -> np.ndarray:
     """The uids of one epoch, calling ``fault()`` after batch ``after``."""
     column = seq.feature_names.index("uid")
     seq.on_epoch_begin()
@@ -92,7 +95,7 @@ def serve_epoch(seq: RootSequence, after: int = -1, fault=None) -> np.ndarray:
     for i in range(len(seq)):
         x, _ = seq[i]
         uids.append(x[:, column].astype(np.int64))
-        if i == after:
+        if i == after and fault is not None:
             fault()
     seq.on_epoch_end()
     return np.concatenate(uids)
@@ -107,7 +110,7 @@ def check_exactly_once(uids: np.ndarray) -> None:
 # -- XRootD -----------------------------------------------------------------------------------
 
 
-def test_xrootd_epoch_exactly_once(xrootd: XRootDServer, xrootd_mode: str):
+def test_xrootd_epoch_exactly_once(xrootd: XRootDServer, xrootd_mode: str) -> None:
     seq = sequence([xrootd.url("f0.root"), xrootd.url("f1.root")])
     try:
         check_exactly_once(serve_epoch(seq))
@@ -117,7 +120,9 @@ def test_xrootd_epoch_exactly_once(xrootd: XRootDServer, xrootd_mode: str):
         seq.close()
 
 
-def test_xrootd_redirector_with_bare_names(xrootd: XRootDServer, tmp_path, monkeypatch):
+def test_xrootd_redirector_with_bare_names(
+    xrootd: XRootDServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # the bare names do not exist here, so they get the prefix
     seq = sequence(["f0.root", "f1.root"], redirector=xrootd.redirector)
     try:
@@ -128,7 +133,7 @@ def test_xrootd_redirector_with_bare_names(xrootd: XRootDServer, tmp_path, monke
 
 
 @pytest.mark.slow
-def test_xrootd_trains(xrootd: XRootDServer):
+def test_xrootd_trains(xrootd: XRootDServer) -> None:
     seq = sequence([xrootd.url("f0.root"), xrootd.url("f1.root")], normalization="minmax", prefetch=2)
     model = keras.Sequential([keras.Input((seq.num_features,)), keras.layers.Dense(1, activation="sigmoid")])
     model.compile("adam", "binary_crossentropy")
@@ -140,7 +145,7 @@ def test_xrootd_trains(xrootd: XRootDServer):
 
 
 @pytest.mark.slow
-def test_xrootd_after_keras_in_a_fresh_interpreter(xrootd: XRootDServer):
+def test_xrootd_after_keras_in_a_fresh_interpreter(xrootd: XRootDServer) -> None:
     """`import keras` and then `import XRootD.client` crashes; mlaas4hep must read root:// anyway."""
     code = f"""
 import keras, sys
@@ -160,7 +165,9 @@ print("served", len(uids))
     assert "served 1500" in run.stdout
 
 
-def test_xrootd_server_restarts_mid_epoch(xrootd: XRootDServer, xrootd_mode: str, caplog):
+def test_xrootd_server_restarts_mid_epoch(
+    xrootd: XRootDServer, xrootd_mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
     seq = sequence([xrootd.url("f0.root"), xrootd.url("f1.root")], retries=4)
     restart = threading.Timer(0.5, xrootd.start)
 
@@ -178,7 +185,7 @@ def test_xrootd_server_restarts_mid_epoch(xrootd: XRootDServer, xrootd_mode: str
     assert any("retry 1 of 4" in r.getMessage() for r in caplog.records), caplog.text
 
 
-def test_xrootd_server_stays_down(xrootd: XRootDServer, xrootd_mode: str):
+def test_xrootd_server_stays_down(xrootd: XRootDServer, xrootd_mode: str) -> None:
     seq = sequence([xrootd.url("f0.root"), xrootd.url("f1.root")], retries=2, retry_backoff=0.05)
     try:
         with pytest.raises(FileAccessError, match=r"root://localhost:\d+//.*f[01]\.root.*tried 3 times"):
@@ -191,7 +198,7 @@ def test_xrootd_server_stays_down(xrootd: XRootDServer, xrootd_mode: str):
 # -- HTTP -------------------------------------------------------------------------------------
 
 
-def test_http_epoch_exactly_once(http: HTTPServer):
+def test_http_epoch_exactly_once(http: HTTPServer) -> None:
     seq = sequence([http.url("f0.root"), http.url("f1.root")])
     try:
         check_exactly_once(serve_epoch(seq))
@@ -199,7 +206,7 @@ def test_http_epoch_exactly_once(http: HTTPServer):
         seq.close()
 
 
-def test_http_server_restarts_mid_epoch(http: HTTPServer, caplog):
+def test_http_server_restarts_mid_epoch(http: HTTPServer, caplog: pytest.LogCaptureFixture) -> None:
     seq = sequence([http.url("f0.root"), http.url("f1.root")], retries=4)
     restart = threading.Timer(0.5, http.start)
 
@@ -217,7 +224,7 @@ def test_http_server_restarts_mid_epoch(http: HTTPServer, caplog):
     assert any("retry 1 of 4" in r.getMessage() for r in caplog.records), caplog.text
 
 
-def test_http_server_stays_down(http: HTTPServer):
+def test_http_server_stays_down(http: HTTPServer) -> None:
     seq = sequence([http.url("f0.root"), http.url("f1.root")], retries=2, retry_backoff=0.05)
     try:
         with pytest.raises(FileAccessError, match=r"http://127\.0\.0\.1:\d+/f[01]\.root.*tried 3 times"):
@@ -227,7 +234,7 @@ def test_http_server_stays_down(http: HTTPServer):
         http.start()
 
 
-def test_missing_client_says_what_to_install(monkeypatch):
+def test_missing_client_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_remote, "_installed", lambda module: False)
     with pytest.raises(FileAccessError, match=r"pip install 'mlaas4hep\[xrootd\]'"):
         _remote.open_options("root://localhost:1094//data/f.root")
