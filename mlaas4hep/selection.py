@@ -214,7 +214,7 @@ def _evaluate(node: ast.AST, get: Callable[[str], Any]) -> Any:
     if isinstance(node, ast.Compare):
         left = _evaluate(node.left, get)
         out = None
-        for op, right_node in zip(node.ops, node.comparators):
+        for op, right_node in zip(node.ops, node.comparators, strict=True):
             right = _evaluate(right_node, get)
             value = _COMPARE[type(op)](left, right)
             out = value if out is None else operator.and_(out, value)

@@ -21,7 +21,10 @@ SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 def write_tree(path: Path, n: int, *, seed: int, file_id: int = 0, tree: str = "Events", basket: int = 0) -> Path:
-    """Write a TTree with an event id ``uid``, flat branches and a NanoAOD-like jet collection (``nJet``, ``Jet_pt``, ``Jet_eta``)."""
+    """Write a TTree with an event id ``uid``, flat branches and a NanoAOD-like jet collection.
+
+    The jets are ``nJet``, ``Jet_pt`` and ``Jet_eta``.
+    """
     rng = np.random.default_rng(seed)
     counts = rng.poisson(2.0, n)
     counts[rng.random(n) < 0.01] += 7  # a rare tail

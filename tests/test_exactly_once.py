@@ -125,7 +125,7 @@ def test_every_selected_event_exactly_once(setup, order_seed):
             assert not np.array_equal(ids, ids2)  # another epoch, another order
         # the same seed gives the same batches, batch by batch
         again = _epoch(_make(setup, subset), rng.permutation(len(seq)))
-        for (a, ya), (b, yb) in zip(first, again):
+        for (a, ya), (b, yb) in zip(first, again, strict=True):
             np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(ya, yb)
         served[subset] = ids

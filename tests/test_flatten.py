@@ -57,7 +57,7 @@ def test_flat_and_jagged_padding_mask_and_minmax(events):
 def test_clipping_pad_value_and_quantile(events):
     specs = _specs(met=events["met"], jet=events["jet"])
     clipped = JaggedFlattener(specs, max_lengths={"jet": 1}, pad_value=-1, normalization=None)
-    X, M = clipped.transform(events)
+    X, _ = clipped.transform(events)
     assert clipped.feature_names == ["met", "jet_0"]
     np.testing.assert_array_equal(X, [[10, 1], [20, -1], [30, 4], [-1, 5]])
     assert JaggedFlattener(specs, length_quantile=0.5).num_features == 1 + specs["jet"].length_quantile(0.5)
@@ -102,7 +102,7 @@ def test_matches_a_per_event_reference(hzz):
     specs = SpecBuilder(f"{hzz}:events", branches=["Muon_Px", "Jet_E", "MET_px", "Jet_ID"]).build()
     arrays = uproot.open(hzz)["events"].arrays(filter_name=specs.names)
     flattener = JaggedFlattener(specs)
-    X, M = flattener.transform(arrays)
+    X, _ = flattener.transform(arrays)
     # the original algorithm, event by event, on a few events
     for i in range(0, len(arrays), 97):
         row = []

@@ -108,7 +108,7 @@ def test_specs_see_the_events_after_the_cut(files):
     expected = [uproot_uids(p, CUT) for p in files]
     assert [f.selected for f in specs.files] == [len(u) for u in expected]
     assert specs.n_events == sum(len(u) for u in expected)
-    for f, uids in zip(specs.files, expected):
+    for f, uids in zip(specs.files, expected, strict=True):
         kept = np.flatnonzero(decode_mask(f.mask, f.entries))
         np.testing.assert_array_equal(kept, uids % ID)
     # statistics of the surviving events, derived branches included, flat or jagged
@@ -210,7 +210,7 @@ def test_validation_split_and_reused_specs_count_survivors(files):
     expected = np.concatenate([uproot_uids(p, CUT) for p in files])
     assert not set(train_uids.tolist()) & set(val_uids.tolist())
     assert sorted([*train_uids.tolist(), *val_uids.tolist()]) == sorted(expected.tolist())
-    for p, i in zip(files, range(3)):  # validation holds each file's last surviving events
+    for p, i in zip(files, range(3), strict=True):  # validation holds each file's last surviving events
         survivors = uproot_uids(p, CUT)
         n_val = int(len(survivors) * 0.25)
         assert set(val_uids[val_uids // ID == i].tolist()) == set(survivors[len(survivors) - n_val :].tolist())
@@ -237,7 +237,7 @@ def _expected_with_cut(survivors: list[np.ndarray], nevts: int, split: float | N
     for i in sorted(range(len(sizes)), key=lambda i: (-(n_use * sizes[i] - used[i] * total), i))[:left]:
         used[i] += 1
     out: set[int] = set()
-    for s, n in zip(survivors, used):
+    for s, n in zip(survivors, used, strict=True):
         n_val = int(n * split) if split else 0
         lo, hi = (n - n_val, n) if subset == "validation" else (0, n - n_val)
         out.update(s[lo:hi].tolist())

@@ -104,7 +104,7 @@ def test_cache_is_reused_and_rebuilt_when_files_change(tmp_path, make_tree):
 def test_corrupt_specs_file(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text("{not json")
-    with pytest.raises(SpecsError, match="bad.json"):
+    with pytest.raises(SpecsError, match=r"bad\.json"):
         Specs.load(path)
 
 

@@ -53,7 +53,7 @@ def truth(files: list[Path], branch: str) -> dict[int, float]:
     out = {}
     for p in files:
         a = uproot.open(p)["Events"].arrays(["uid", branch])
-        out.update(zip(ak.to_numpy(a["uid"]).tolist(), ak.to_numpy(a[branch]).tolist()))
+        out.update(zip(ak.to_numpy(a["uid"]).tolist(), ak.to_numpy(a[branch]).tolist(), strict=True))
     return out
 
 
@@ -97,7 +97,7 @@ def test_outputs_weights_and_balancing():
     out = Outputs(2, labels=[0, 1], weights="w", file_weights=[2.0, 1.0], balance_classes=True)
     pieces = [{"w": np.array([1.0, 3.0])}, {"w": np.array([1.0, 1.0, 2.0])}]
     files, labels = np.array([0, 0, 1, 1, 1]), np.array([0, 0, 1, 1, 1], np.float32)
-    y, w = out.extract(pieces, files, labels, balanced=False)
+    _, w = out.extract(pieces, files, labels, balanced=False)
     np.testing.assert_allclose(w, [2, 6, 1, 1, 2])
     out.set_class_totals(np.bincount(labels.astype(int), weights=w))
     _, w = out.extract(pieces, files, labels)
@@ -132,7 +132,7 @@ def test_event_and_file_weights_are_sample_weights(classes):
     seq = RootSequence(classes, labels=[0, 1, 2, 2], weights="genWeight", file_weights=fw, **kw)
     assert "genWeight" not in seq.feature_names
     gen = truth(classes, "genWeight")
-    for x, y, w in epoch(seq):
+    for x, _, w in epoch(seq):
         u = uids_of(seq, x)
         expected = np.array([gen[i] * fw[i // ID - 1] for i in u], dtype=np.float32)
         np.testing.assert_allclose(w, expected, rtol=1e-6)
@@ -180,7 +180,7 @@ def test_regression_targets_are_not_features(classes):
 def test_mask_output_feeds_a_model_with_named_inputs(classes):
     kw = dict(mask_output=True, max_lengths=4, batch_size=64, chunk_size=256, seed=1)
     seq = RootSequence(classes, labels=[0, 1, 2, 2], **kw)
-    x, y = seq[0]
+    x, _ = seq[0]
     assert set(x) == {"features", "mask"} and x["mask"].shape == x["features"].shape
     jets = seq.flattener.columns("Jet_pt")
     assert (x["mask"][:, jets] == 0).any() and (x["features"][:, jets][x["mask"][:, jets] == 0] == 0).all()
