@@ -26,7 +26,7 @@ import awkward as ak
 import numpy as np
 import uproot
 
-from mlaas4hep.errors import ParameterError
+from mlaas4hep._checks import check_int
 
 __all__ = ["make_demo_files"]
 
@@ -329,10 +329,7 @@ def make_demo_files(
     boosted trees about 0.85.  ``run``, ``luminosityBlock`` and ``event``
     carry no information on the sample.
     """
-    for name, value in (("n_events", n_events), ("step", step)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            msg = f"{name} must be a positive integer, got {name}={value!r}"
-            raise ParameterError(msg)
+    n_events, step = check_int(n_events, "n_events"), check_int(step, "step")
     directory = pathlib.Path(directory)
     paths = [directory / GLUGLU_NAME, directory / VBF_NAME]
     if not overwrite and all(p.is_file() for p in paths):

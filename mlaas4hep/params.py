@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._checks import is_int
 from ._json import read_json
 from .errors import ParameterError
 from .specs import DEFAULT_EXCLUDE
@@ -151,8 +152,7 @@ def _check_keys(data: Mapping[str, Any], where: str) -> None:
 def _integer(merged: Mapping[str, Any], key: str, where: str, minimum: int, allow_minus_one: bool = False) -> int:
     """An integer (not a bool) of at least ``minimum``, or -1 where ``allow_minus_one``."""
     value = merged[key]
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    if not ok or (value < minimum and not (allow_minus_one and value == -1)):
+    if not is_int(value) or (value < minimum and not (allow_minus_one and value == -1)):
         extra = " or -1" if allow_minus_one else ""
         msg = f"{where}: {key!r} must be an integer >= {minimum}{extra}, got {value!r}"
         raise ParameterError(msg)
