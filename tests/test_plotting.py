@@ -11,9 +11,11 @@ import pytest
 from mlaas4hep.errors import ParameterError
 from mlaas4hep.plotting import (
     auc_score,
+    feature_sample,
     plot_feature_histograms,
     plot_history,
     plot_roc,
+    plot_sequence_features,
     roc_curve,
 )
 
@@ -103,3 +105,19 @@ def test_missing_matplotlib_says_what_to_install(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     with pytest.raises(ImportError, match=r"pip install mlaas4hep\[plot\]"):
         plot_history(HISTORY)
+
+
+def test_feature_plots_of_a_sequence_with_an_alias(two_files: list[Path], tmp_path: Path) -> None:
+    """A feature that is an alias used to make the feature plots fail with BranchError."""
+    pytest.importorskip("keras")
+    from mlaas4hep import RootSequence
+
+    seq = RootSequence(
+        two_files, labels=[1, 0], branches=["MET_pt", "HT"], aliases={"HT": "sum(Jet_pt)"}, chunk_size=500
+    )
+    sample = feature_sample(seq, max_events=300)
+    assert sample["names"] == ["HT", "MET_pt"]
+    assert sample["raw"].shape == (300, 2) and np.all(sample["raw"][:, 0] >= 0)  # HT: a sum of jet pts
+    np.testing.assert_allclose(sample["normalized"].min(axis=0) >= 0, True)
+    assert _is_pdf(plot_sequence_features(seq, tmp_path / "features.pdf"))
+    seq.close()
