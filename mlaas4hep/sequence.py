@@ -288,7 +288,8 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         if self.pipeline.worker_processes:  # Keras' own fetching threads would only queue up for this process's lock
             self.workers = 1
         self._epochs = EpochTracker(len(self), by_arrival=bool(options.shuffle), shared=options.use_multiprocessing)
-        self._last_position: int | None = None
+        self._last_position: int | None = None  # the chunk of the last batch served in order, and whether
+        self._warned = False  # a warning said that batches in order are asked for out of order
 
     # -- what the sequence serves ----------------------------------------------------------------
     @property
@@ -425,7 +426,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         """Say once when indices in order come out of order: every chunk is then read more than once."""
         position = self.layout.position(epoch, slot)
         last, self._last_position = self._last_position, position
-        if last is not None and position not in (last, last + 1, 0) and not getattr(self, "_warned", False):
+        if last is not None and position not in (last, last + 1, 0) and not self._warned:
             self._warned = True
             log.warning(
                 "%r serves its batches in order (shuffle=False), but they are asked for out of order "
