@@ -120,7 +120,7 @@ def format_specs_table(specs: Any) -> str:
                 b.dtype,
                 _number(b.min),
                 _number(b.max),
-                _number(b.mean) if b.count else "-",
+                _number(b.mean_value) if b.count else "-",
                 _number(b.std) if b.count else "-",
                 str(b.max_length) if b.is_jagged else "",
                 str(b.length_quantile(0.999)) if b.is_jagged else "",

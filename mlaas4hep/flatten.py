@@ -4,6 +4,12 @@
 read by uproot) and returns ``X`` of shape ``(n_events, n_features)`` and a
 boolean mask ``M`` of the same shape, with numpy operations on whole branches
 and no Python loop over events.
+
+Normalization is exact to float32 rounding whatever the offset: values are
+centered and scaled in float64 (integers have the offset's integer part
+subtracted in integer arithmetic first), then stored as float32. Only where
+float32 arithmetic gives the same result (float32 values, or integers below
+2**24, with an offset that float32 holds exactly) is it done in float32.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ import awkward as ak
 import numpy as np
 
 from ._arrays import flat_values, jagged_parts, record_parts
-from .errors import BranchError, ParameterError
-from .specs import Specs
+from .errors import BranchError, ParameterError, SpecsError
+from .specs import BranchSpec, Specs, integer_difference
 
 __all__ = ["NORMALIZATIONS", "JaggedFlattener"]
 
@@ -31,8 +37,40 @@ class _Column:
     start: int
     width: int
     jagged: bool
-    offset: float
+    offset: float  # normalized = (x - offset) * scale
     scale: float
+    base: int = 0  # integer branches: offset = base + frac, base subtracted exactly
+    frac: float = 0.0
+    exact32: bool = True  # float32 arithmetic is exact to float32 rounding for this column
+
+    def centered(self, values: np.ndarray) -> np.ndarray:
+        """``values - offset`` in float64; for integers the integer part of the offset is subtracted exactly."""
+        if values.dtype.kind in "biu":
+            d = integer_difference(values, self.base)
+            return d - self.frac if self.frac else d
+        return values.astype(np.float64) - self.offset
+
+
+def _fits32(dtype: np.dtype[Any]) -> bool:
+    """Whether values of ``dtype`` may take the float32 path: floats of at most 32 bits, integers of at most 32."""
+    return dtype.itemsize <= 4 and dtype.kind in "fbiu"
+
+
+def _exact32(spec: BranchSpec, offset: float, scale: float) -> bool:
+    """Whether (x - offset) * scale computed in float32 is the float32 rounding of the exact value."""
+    if offset == 0 and scale == 1:  # a single rounding, whatever the dtype
+        return True
+    try:
+        dtype = np.dtype(spec.dtype)
+    except TypeError:
+        return False
+    if dtype.kind == "f":
+        exact_values = dtype.itemsize <= 4
+    elif dtype.kind in "biu":
+        exact_values = spec.count == 0 or max(abs(spec.min), abs(spec.max)) <= 2**24
+    else:
+        exact_values = False
+    return exact_values and float(np.float32(offset)) == offset
 
 
 class JaggedFlattener:
@@ -92,13 +130,13 @@ class JaggedFlattener:
         for name in self.specs.names:
             spec = self.specs[name]
             width = self._width(name, max_lengths, length_quantile) if spec.is_jagged else 1
-            offset, scale = self._scaling(name)
-            self._columns.append(_Column(name, start, width, spec.is_jagged, offset, scale))
+            offset, scale, base, frac = self._scaling(name)
+            exact32 = _exact32(spec, offset, scale)
+            self._columns.append(_Column(name, start, width, spec.is_jagged, offset, scale, base, frac, exact32))
             start += width
         self.num_features = start
-        nflat = len(self.specs.flat)
-        self._flat_offset = np.array([c.offset for c in self._columns[:nflat]], dtype=np.float32)
-        self._flat_scale = np.array([c.scale for c in self._columns[:nflat]], dtype=np.float32)
+        self._n_flat = len(self.specs.flat)
+        self._flat_scale = np.array([c.scale for c in self._columns[: self._n_flat]], dtype=np.float64)
 
     def _width(self, name: str, max_lengths: int | Mapping[str, int] | None, quantile: float | None) -> int:
         spec = self.specs[name]
@@ -119,17 +157,36 @@ class JaggedFlattener:
             raise ParameterError(msg)
         return int(cap)
 
-    def _scaling(self, name: str) -> tuple[float, float]:
-        """Return (offset, scale) so that normalized = (x - offset) * scale."""
+    def _scaling(self, name: str) -> tuple[float, float, int, float]:
+        """Return (offset, scale, base, frac) so that normalized = (x - offset) * scale.
+
+        For integer branches ``offset == base + frac`` with ``base`` an exact
+        integer, however large, and ``frac`` the small rest; for others ``base``
+        is 0 and ``frac`` the offset. Specs that give a range and no count (the
+        original MLaaS4HEP's) are min-max normalized with that range.
+        """
         spec = self.specs[name]
-        if self.normalization is None or spec.count == 0:
-            return 0.0, 1.0
+        declared = spec.count == 0 and bool(np.isfinite(spec.min)) and bool(np.isfinite(spec.max))
+        if self.normalization is None or (spec.count == 0 and not declared):
+            return 0.0, 1.0, 0, 0.0
+        integer = isinstance(spec.min, int) and isinstance(spec.max, int)
         if self.normalization == "minmax":
-            span = spec.max - spec.min
-            return spec.min, (1.0 / span if span > 0 else 0.0)
-        if spec.std > 0:
-            return spec.mean, 1.0 / spec.std
-        return spec.mean, 0.0
+            span = spec.max - spec.min  # exact for integers
+            scale = 1.0 / span if span > 0 else 0.0
+            if integer:
+                return float(spec.min), scale, int(spec.min), 0.0
+            return float(spec.min), scale, 0, float(spec.min)
+        if declared:
+            msg = (
+                f"branch {name!r} has a range but no mean or standard deviation in the specs (as the original "
+                "MLaaS4HEP's specs): use normalization='minmax', or make the specs with a first pass"
+            )
+            raise SpecsError(msg)
+        scale = 1.0 / spec.std if spec.std > 0 else 0.0
+        if integer:  # the mean counted from mean_ref: its whole part joins the exact base
+            whole = int(np.floor(spec.mean))
+            return spec.mean_value, scale, spec.mean_ref + whole, spec.mean - whole
+        return spec.mean_value, scale, 0, spec.mean_value
 
     @property
     def feature_names(self) -> list[str]:
@@ -283,13 +340,12 @@ class JaggedFlattener:
     ) -> None:
         """Write the events of ``arrays`` into rows ``rows`` of ``X`` and ``M``."""
         n = rows.size
-        nflat = len(self._flat_offset)
+        nflat = self._n_flat
         parts = record_parts(arrays)
-        if nflat:
-            block = np.empty((n, nflat), dtype=np.float32)
+        if nflat:  # one value per event: normalized in float64, stored as float32
+            block = np.empty((n, nflat), dtype=np.float64)
             for j, c in enumerate(self._columns[:nflat]):
-                block[:, j] = self._flat(arrays, parts, c.name, n)
-            block -= self._flat_offset
+                block[:, j] = c.centered(self._flat(arrays, parts, c.name, n))
             block *= self._flat_scale
             finite = np.isfinite(block)
             if not finite.all():
@@ -329,14 +385,17 @@ class JaggedFlattener:
         """Write jagged branches of one width that share ``offsets`` into rows ``rows`` of ``X`` and ``M``."""
         width = group[0][0].width
         source, target = _scatter_indices(np.diff(offsets), width, self.num_features, rows)
-        # a float32 copy of the kept values of every branch, one row per branch, normalized in place
-        vals = np.empty((len(group), target.size), dtype=np.float32)
-        for b, (_, values) in enumerate(group):
-            vals[b] = values if source is None else values[source]
-        if any(c.offset for c, _ in group):
+        # a copy of the kept values of every branch, one row per branch, normalized in place: in float32
+        # where that is exact to float32 rounding (float32 values, small integers), else in float64
+        exact32 = all(c.exact32 and _fits32(values.dtype) for c, values in group)
+        vals = np.empty((len(group), target.size), dtype=np.float32 if exact32 else np.float64)
+        for b, (c, values) in enumerate(group):
+            kept = values if source is None else values[source]
+            vals[b] = kept if exact32 else c.centered(kept)
+        if exact32 and any(c.offset for c, _ in group):
             vals -= np.array([[c.offset] for c, _ in group], dtype=np.float32)
         if any(c.scale != 1.0 for c, _ in group):
-            vals *= np.array([[c.scale] for c, _ in group], dtype=np.float32)
+            vals *= np.array([[c.scale] for c, _ in group], dtype=vals.dtype)
         finite = np.isfinite(vals)
         if not finite.all():
             vals[~finite] = self.pad_value

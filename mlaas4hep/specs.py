@@ -28,7 +28,7 @@ import numpy as np
 from .errors import BranchError, ParameterError, SpecsError
 from .sources import FileInfo
 
-__all__ = ["DEFAULT_EXCLUDE", "QUANTILES", "BranchSpec", "FileSpec", "Specs"]
+__all__ = ["DEFAULT_EXCLUDE", "QUANTILES", "BranchSpec", "FileSpec", "Specs", "integer_difference"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,12 @@ class BranchSpec:
     counted in ``nonfinite``. For jagged branches the statistics are over all
     elements of all lists, and ``length_hist[n]`` counts the events whose list
     has length ``n``.
+
+    Integer branches keep ``min`` and ``max`` exact (Python ints, whatever
+    their size). Their mean is counted from ``mean_ref``: ``mean`` is the mean
+    of ``value - mean_ref``, so that it stays exact where a float cannot hold
+    the values themselves (64-bit integers beyond 2**53); ``mean_ref`` is 0
+    otherwise, and :attr:`mean_value` is the mean itself.
     """
 
     name: str
@@ -63,6 +69,12 @@ class BranchSpec:
     m2: float = 0.0
     length_hist: tuple[int, ...] = ()
     declared_max_length: int | None = None
+    mean_ref: int = 0
+
+    @property
+    def mean_value(self) -> float:
+        """The mean of the finite values (``mean_ref + mean``, as a float)."""
+        return float(self.mean_ref) + self.mean if self.mean_ref else self.mean
 
     @property
     def std(self) -> float:
@@ -105,9 +117,12 @@ class BranchSpec:
             msg = f"branch {self.name!r} is {self.kind} in some files and {other.kind} in others"
             raise BranchError(msg)
         n = self.count + other.count
+        ref = self.mean_ref if self.count else other.mean_ref
         if n:
-            delta = other.mean - self.mean
-            mean = self.mean + delta * other.count / n
+            mine = self.mean + float(self.mean_ref - ref)  # both counted from ref: exact integer shifts
+            theirs = other.mean + float(other.mean_ref - ref)
+            delta = theirs - mine
+            mean = mine + delta * other.count / n
             m2 = self.m2 + other.m2 + delta * delta * self.count * other.count / n
         else:
             mean, m2 = 0.0, 0.0
@@ -127,6 +142,7 @@ class BranchSpec:
             m2=m2,
             length_hist=tuple(int(x) for x in hist),
             declared_max_length=max(declared) if declared else None,
+            mean_ref=ref,
         )
 
     @classmethod
@@ -134,14 +150,17 @@ class BranchSpec:
         cls, name: str, kind: str, dtype: str, values: np.ndarray, counts: np.ndarray | None = None
     ) -> BranchSpec:
         """Statistics of one step of data: ``values`` (all elements) and list ``counts`` if jagged."""
+        hist: tuple[int, ...] = ()
+        if counts is not None:
+            hist = tuple(int(x) for x in np.bincount(np.asarray(counts, dtype=np.int64)))
+        values = np.asarray(values)
+        if values.dtype.kind in "biu":
+            return cls._from_integers(name, kind, dtype, values, hist)
         v = np.asarray(values, dtype=np.float64)
         finite = np.isfinite(v)
         nonfinite = int(v.size - np.count_nonzero(finite))
         if nonfinite:
             v = v[finite]
-        hist: tuple[int, ...] = ()
-        if counts is not None:
-            hist = tuple(int(x) for x in np.bincount(np.asarray(counts, dtype=np.int64)))
         if v.size == 0:
             return cls(name, kind, dtype, nonfinite=nonfinite, length_hist=hist)
         mean = float(v.mean())
@@ -158,6 +177,28 @@ class BranchSpec:
             length_hist=hist,
         )
 
+    @classmethod
+    def _from_integers(cls, name: str, kind: str, dtype: str, values: np.ndarray, hist: tuple[int, ...]) -> BranchSpec:
+        """Statistics of integers: exact ``min`` and ``max``, and the mean counted from ``mean_ref``."""
+        if values.size == 0:
+            return cls(name, kind, dtype, length_hist=hist)
+        lo, hi = int(values.min()), int(values.max())
+        ref = 0 if max(abs(lo), abs(hi)) < 2**53 else lo  # beyond 2**53 a float cannot hold every integer
+        d = integer_difference(values, ref)
+        mean = float(d.mean())
+        return cls(
+            name,
+            kind,
+            dtype,
+            count=int(values.size),
+            min=lo,
+            max=hi,
+            mean=mean,
+            m2=float(np.square(d - mean).sum()),
+            length_hist=hist,
+            mean_ref=ref,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (derived values included for people reading the file)."""
         out: dict[str, Any] = {
@@ -167,10 +208,13 @@ class BranchSpec:
             "nonfinite": self.nonfinite,
             "min": self.min if self.count else None,
             "max": self.max if self.count else None,
-            "mean": self.mean,
+            "mean": self.mean_value,
             "std": self.std,
             "m2": self.m2,
         }
+        if self.mean_ref:  # the mean exactly: counted from an integer
+            out["mean_ref"] = self.mean_ref
+            out["mean_from_ref"] = self.mean
         if self.is_jagged:
             out["max_length"] = self.max_length
             out["length_quantiles"] = {str(q): n for q, n in self.length_quantiles.items()}
@@ -189,13 +233,42 @@ class BranchSpec:
             dtype=str(data.get("dtype", "float64")),
             count=count,
             nonfinite=int(data.get("nonfinite", 0)),
-            min=float(data["min"]) if data.get("min") is not None else math.inf,
-            max=float(data["max"]) if data.get("max") is not None else -math.inf,
-            mean=float(data.get("mean", 0.0)),
+            min=_number(data["min"]) if data.get("min") is not None else math.inf,
+            max=_number(data["max"]) if data.get("max") is not None else -math.inf,
+            mean=float(data["mean_from_ref"] if "mean_ref" in data else data.get("mean", 0.0)),
             m2=float(data.get("m2", 0.0)),
             length_hist=hist,
             declared_max_length=int(declared) if declared is not None else None,
+            mean_ref=int(data.get("mean_ref", 0)),
         )
+
+
+def _number(value: Any) -> float:
+    """A JSON number: an int stays an int (exact), anything else becomes a float."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else float(value)
+
+
+def integer_difference(values: np.ndarray, ref: int) -> np.ndarray:
+    """``values - ref`` as float64 for an integer array, with the subtraction done exactly first.
+
+    The difference is taken in 64-bit unsigned arithmetic (correct modulo 2**64,
+    hence exact for any int64 or uint64 values and any ``ref`` among them),
+    then converted: the result is the exact difference rounded once.
+
+    Examples
+    --------
+    >>> integer_difference(np.array([2**63 - 1, 2**63 - 3], dtype=np.int64), 2**63 - 2).tolist()
+    [1.0, -1.0]
+    """
+    if not ref:
+        return values.astype(np.float64)
+    as_unsigned = values.astype(np.uint64) if values.dtype.kind == "u" else values.astype(np.int64).view(np.uint64)
+    r = np.uint64(ref % 2**64)
+    above = values >= ref
+    difference: np.ndarray = np.where(
+        above, (as_unsigned - r).astype(np.float64), -(r - as_unsigned).astype(np.float64)
+    )
+    return difference
 
 
 @dataclass(frozen=True)

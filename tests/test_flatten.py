@@ -3,6 +3,8 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlaas4hep import BranchSpec, JaggedFlattener, ParameterError, Specs
 from mlaas4hep._arrays import record_parts, row_range
@@ -200,3 +202,68 @@ def test_row_range_is_a_slice_that_record_parts_reads_in_place(events):
     assert record_parts(shuffled) == {}
     flattener = JaggedFlattener(_specs(met=events["met"], jet=events["jet"]))
     np.testing.assert_array_equal(flattener.transform(shuffled)[0], flattener.transform(events[[2, 0, 1]])[0])
+
+
+# -- normalization is exact to float32 rounding, whatever the offset ------------------------------
+def _exact_normalized(x: int | float, spec: BranchSpec, normalization: str | None) -> float:
+    """The normalized value computed exactly (rationals), then rounded once to float32."""
+    from fractions import Fraction
+
+    if normalization is None:
+        return float(np.float32(x))
+    if normalization == "minmax":
+        span = Fraction(spec.max) - Fraction(spec.min)
+        value = (Fraction(x) - Fraction(spec.min)) / span if span else Fraction(0)
+    else:  # the specs' mean, counted from its integer reference, and the scale as the flattener takes it
+        offset = Fraction(spec.mean_ref) + Fraction(spec.mean)
+        value = (Fraction(x) - offset) * Fraction(1.0 / spec.std) if spec.std else Fraction(0)
+    return float(np.float32(float(value)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    dtype=st.sampled_from(["float64", "float32", "int64", "uint64", "int32", "int16"]),
+    magnitude=st.floats(0, 1),
+    spread=st.integers(1, 2000),
+    normalization=st.sampled_from(["minmax", "standard", None]),
+    seed=st.integers(0, 2**31 - 1),
+    jagged=st.booleans(),
+)
+def test_every_normalization_is_exact_to_float32_rounding_for_any_offset(
+    dtype, magnitude, spread, normalization, seed, jagged
+):
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype) if dtype[0] in "iu" else np.finfo(dtype)
+    top = int(info.max) if dtype[0] in "iu" else (1e15 if dtype == "float64" else 1e7)
+    base = int(magnitude * (top - 2 * spread))  # from 0 to near the largest value of the type
+    steps = rng.integers(0, spread, 40)
+    values = (np.uint64(base) + steps.astype(np.uint64)).astype(dtype) if dtype[0] in "iu" else (base + steps * 0.25)
+    values = np.asarray(values, dtype=dtype)
+    kind = "jagged" if jagged else "flat"
+    counts = np.full(20, 2) if jagged else None
+    spec = BranchSpec.from_values("x", kind, dtype, values, counts)
+    flattener = JaggedFlattener(Specs({"x": spec}), normalization=normalization)
+    array = ak.unflatten(values, counts) if jagged else values
+    X, M = flattener.transform({"x": array})
+    got = X.reshape(-1)
+    assert M.all()
+    for value, result in zip(values.tolist(), got.tolist(), strict=True):
+        want = _exact_normalized(value, spec, normalization)
+        assert abs(result - want) <= 2 * np.spacing(np.float32(abs(want))), (value, result, want)
+
+
+def test_large_offsets_keep_every_level():
+    """Timestamps around 1.6e9 (float64) and 64-bit integers near their limits keep their distinct values."""
+    rng = np.random.default_rng(1)
+    cases = {
+        "time": 1.6e9 + rng.permutation(1000).astype(np.float64),
+        "big": (2**63 - 2000 + rng.permutation(1000)).astype(np.int64),
+        "ubig": (np.uint64(2**64 - 3000) + rng.permutation(1000).astype(np.uint64)),
+    }
+    for name, values in cases.items():
+        spec = BranchSpec.from_values(name, "flat", str(values.dtype), values)
+        for normalization in ("minmax", "standard"):
+            X, _ = JaggedFlattener(Specs({name: spec}), normalization=normalization).transform({name: values})
+            assert len(np.unique(X)) == 1000, (name, normalization)
+            if normalization == "minmax":
+                assert X.min() == 0.0 and X.max() == 1.0
