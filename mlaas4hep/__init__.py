@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import (
     BranchError,
+    DataWarning,
     FileAccessError,
     MLaaS4HEPError,
     ParameterError,
@@ -39,6 +40,7 @@ __all__ = [
     "BranchSpec",
     "ChunkPlan",
     "ChunkReader",
+    "DataWarning",
     "FileAccessError",
     "FileSource",
     "JaggedFlattener",

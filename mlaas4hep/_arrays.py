@@ -5,7 +5,7 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
-__all__ = ["flat_values", "jagged_parts", "record_parts", "row_range"]
+__all__ = ["flat_values", "integer_difference", "jagged_parts", "record_parts", "row_range", "scatter_indices"]
 
 
 def flat_values(array: ak.Array) -> np.ndarray:
@@ -88,3 +88,47 @@ def row_range(arrays: ak.Array, start: int, stop: int) -> ak.Array:
     """
     index = ak.index.Index64(np.arange(start, stop, dtype=np.int64))
     return ak.Array(ak.contents.IndexedArray(index, arrays.layout), behavior=arrays.behavior)
+
+
+def integer_difference(values: np.ndarray, ref: int) -> np.ndarray:
+    """``values - ref`` as float64 for an integer array, with the subtraction done exactly first.
+
+    The difference is taken in 64-bit unsigned arithmetic (correct modulo 2**64,
+    hence exact for any int64 or uint64 values and any ``ref`` among them),
+    then converted: the result is the exact difference rounded once.
+
+    Examples
+    --------
+    >>> integer_difference(np.array([2**63 - 1, 2**63 - 3], dtype=np.int64), 2**63 - 2).tolist()
+    [1.0, -1.0]
+    """
+    if not ref:
+        return values.astype(np.float64)
+    as_unsigned = values.astype(np.uint64) if values.dtype.kind == "u" else values.astype(np.int64).view(np.uint64)
+    r = np.uint64(ref % 2**64)
+    above = values >= ref
+    difference: np.ndarray = np.where(
+        above, (as_unsigned - r).astype(np.float64), -(r - as_unsigned).astype(np.float64)
+    )
+    return difference
+
+
+def scatter_indices(
+    counts: np.ndarray, width: int, stride: int, rows_out: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Where each kept list element comes from (in the content) and goes to (in ``X.ravel()``).
+
+    Event ``i``'s list goes to row ``rows_out[i]``; elements past ``width`` are
+    dropped. The source is None when every element is kept.
+    """
+    counts = counts.astype(np.int64, copy=False)
+    total = int(counts.sum())
+    event = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+    starts = np.cumsum(counts) - counts
+    local = np.arange(total, dtype=np.int64) - starts[event]
+    keep = local < width
+    source = None
+    if not keep.all():
+        source = np.flatnonzero(keep)
+        event, local = event[keep], local[keep]
+    return source, rows_out[event] * stride + local

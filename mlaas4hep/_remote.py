@@ -23,12 +23,14 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import itertools
+import math
 import os
 import queue
 import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -58,8 +60,15 @@ def _xrootd_in_process() -> bool:
     return "XRootD.client" in sys.modules or "tensorflow" not in sys.modules
 
 
+#: XRootD's own settings that mlaas4hep changes unless they are set in the environment: its timeouts are
+#: checked every 15 s by default, which would make any wait shorter than that last 15 s
+XROOTD_DEFAULTS = {"XRD_TIMEOUTRESOLUTION": "1"}
+
+
 def preload_xrootd() -> None:
     """Import ``XRootD.client`` now, if it is installed and TensorFlow is not loaded yet."""
+    for key, value in XROOTD_DEFAULTS.items():  # read when the client starts, here or in the helper process
+        os.environ.setdefault(key, value)
     if "XRootD.client" in sys.modules or "tensorflow" in sys.modules or not _installed("XRootD"):
         return
     try:
@@ -68,8 +77,11 @@ def preload_xrootd() -> None:
         return
 
 
-def open_options(path: str) -> dict[str, Any]:
+def open_options(path: str, timeout: float = 30.0) -> dict[str, Any]:
     """Keyword arguments for :func:`uproot.open` to read ``path`` (none for local files).
+
+    Remote files wait at most ``timeout`` seconds for the server: XRootD's
+    requests (its connection attempts included) and HTTP's connections and reads.
 
     Raises
     ------
@@ -82,15 +94,34 @@ def open_options(path: str) -> dict[str, Any]:
         if not _installed("XRootD"):
             msg = f"reading {path!r} needs the XRootD client: pip install 'mlaas4hep[xrootd]'"
             raise FileAccessError(msg)
+        seconds = max(1, math.ceil(timeout))  # XRootD takes whole seconds
         if _xrootd_in_process():
             import uproot.source.xrootd
 
-            return {"handler": uproot.source.xrootd.XRootDSource}
-        return {"handler": WorkerXRootDSource}
-    if scheme in _HTTP_SCHEMES and not _installed("aiohttp"):
-        msg = f"reading {path!r} needs aiohttp: pip install 'mlaas4hep[http]'"
-        raise FileAccessError(msg)
+            return {"handler": uproot.source.xrootd.XRootDSource, "timeout": seconds}
+        return {"handler": WorkerXRootDSource, "timeout": seconds}
+    if scheme in _HTTP_SCHEMES:
+        if not _installed("aiohttp"):
+            msg = f"reading {path!r} needs aiohttp: pip install 'mlaas4hep[http]'"
+            raise FileAccessError(msg)
+        return {"timeout": float(timeout)}
     return {}
+
+
+def serves_ranges(url: str, timeout: float = 30.0) -> bool | None:
+    """Whether the web server of ``url`` answers a byte-range request with just those bytes.
+
+    None when that cannot be told (no answer within ``timeout`` seconds, an
+    error status): the caller's own error is then the better one.
+    """
+    request = urllib.request.Request(url, headers={"Range": "bytes=0-15"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = int(response.status)
+            header = response.headers.get("Content-Range")
+    except (OSError, ValueError):
+        return None
+    return status == 206 or header is not None
 
 
 # -- the helper process --------------------------------------------------------------------------

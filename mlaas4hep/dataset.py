@@ -23,13 +23,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BranchError, ParameterError, SpecsError, TreeError
+from .errors import BranchError, ParameterError, SpecsError
 from .executors import map_files
-from .first_pass import SpecBuilder, scan_selection
+from .first_pass import SpecBuilder, own_specs_path, scan_selection
 from .flatten import JaggedFlattener
 from .options import Options
 from .plan import ChunkPlan, EpochLayout, subset_ranges
 from .reader import ChunkReader
+from .safeguards import check_duplicates, check_file, check_finite, check_split, finite_outputs, keep_finite, warn_data
 from .selection import Selection, decode_mask
 from .sources import FileInfo, FileSource, inspect_file, parse_sources
 from .specs import DEFAULT_EXCLUDE, Specs
@@ -67,6 +68,9 @@ class Dataset:
         One label per file, if given so.
     entries : tuple of int
         Entries of each file.
+    files : tuple of FileInfo
+        Each file as it was when the dataset was prepared: a reader refuses a
+        file that changed since (other entries, size or modification time).
     selected : tuple of numpy.ndarray, or None
         Per file, the entries that pass the cut (None without a cut).
     ranges : tuple of (int, int)
@@ -87,6 +91,7 @@ class Dataset:
     selected: tuple[np.ndarray, ...] | None
     ranges: tuple[tuple[int, int], ...]
     plan: ChunkPlan
+    files: tuple[FileInfo, ...] = ()
 
     @property
     def n_events(self) -> int:
@@ -112,6 +117,8 @@ class Dataset:
             retry_backoff=self.options.retry_backoff,
             max_open_files=self.options.max_open_files,
             selection=self.selection,
+            timeout=self.options.timeout,
+            expect=self.files or None,
         )
 
     def layout(self) -> EpochLayout:
@@ -150,35 +157,25 @@ def prepare(
         raise ParameterError(msg)
     per_file, label_branch = _labels(labels, len(sources))
     selection = Selection(options.cut, options.aliases or {})
-    outputs = Outputs(
-        len(sources),
-        labels=per_file,
-        label_branch=label_branch,
-        targets=options.targets,
-        weights=options.weights,
-        file_weights=options.file_weights,
-        balance_classes=options.balance_classes,
-        one_hot=options.one_hot,
-        num_classes=options.num_classes,
-    )
+    outputs = _outputs(options, len(sources), per_file, label_branch)
     not_features = ([label_branch] if label_branch else []) + outputs.branches
-    infos = map_files(inspect_file, sources, desc="files")
+    infos = map_files(inspect_file, sources, options.timeout, desc="files")
+    check_duplicates(infos)
     specs = _feature_specs(sources, infos, options, selection, not_features)
     for info in infos:
-        _check_file(info, specs, selection, outputs)
-    events, selected = _events(sources, infos, specs, selection)
+        check_file(info, specs, selection, outputs)
+    specs = check_split(specs, options)
+    if isinstance(options.specs, (str, os.PathLike)) and options.subset == "training":
+        specs.save(own_specs_path(options.specs))  # the split it records, for the other parts made from the file
+    events, selected = _events(sources, infos, specs, selection, outputs, options)
     ranges = _ranges(events, options)
     plan = ChunkPlan.build(ranges, options.chunk_size, files_per_chunk=options.files_per_chunk)
     if plan.n_events == 0:
-        msg = f"no events to serve in subset {options.subset!r} of {len(sources)} files"
+        kept = f"the cut {options.cut!r} keeps {sum(events)} events: " if options.cut else ""
+        msg = f"no events to serve in subset {options.subset!r} of {len(sources)} files; {kept}nothing to serve"
         raise ParameterError(msg)
-    flattener = JaggedFlattener(
-        specs,
-        normalization=options.normalization,
-        pad_value=options.pad_value,
-        max_lengths=options.max_lengths,
-        length_quantile=options.length_quantile,
-    )
+    flattener = _flattener(specs, options)
+    warn_data(specs, flattener.widths, int(plan.sizes.max()), flattener.num_features)
     dataset = Dataset(
         sources,
         options,
@@ -192,10 +189,35 @@ def prepare(
         selected,
         tuple(ranges),
         plan,
+        tuple(infos),
     )
     if outputs.balance_classes:
         outputs.set_class_totals(_class_totals(dataset))
     return dataset
+
+
+def _outputs(options: Options, n_files: int, per_file: list[float] | None, label_branch: str | None) -> Outputs:
+    return Outputs(
+        n_files,
+        labels=per_file,
+        label_branch=label_branch,
+        targets=options.targets,
+        weights=options.weights,
+        file_weights=options.file_weights,
+        balance_classes=options.balance_classes,
+        one_hot=options.one_hot,
+        num_classes=options.num_classes,
+    )
+
+
+def _flattener(specs: Specs, options: Options) -> JaggedFlattener:
+    return JaggedFlattener(
+        specs,
+        normalization=options.normalization,
+        pad_value=options.pad_value,
+        max_lengths=options.max_lengths,
+        length_quantile=options.length_quantile,
+    )
 
 
 def _labels(labels: Sequence[float] | str | None, n_files: int) -> tuple[list[float] | None, str | None]:
@@ -215,7 +237,11 @@ def _labels(labels: Sequence[float] | str | None, n_files: int) -> tuple[list[fl
     if len(values) != n_files:
         msg = f"got {len(values)} labels for {n_files} files; give one label per file or a branch name"
         raise ParameterError(msg)
-    return [float(v) for v in values], None
+    numbers = [float(v) for v in values]
+    if not all(np.isfinite(numbers)):
+        msg = f"labels must be finite numbers, got {values!r}"
+        raise ParameterError(msg)
+    return numbers, None
 
 
 def _match(name: str, patterns: Iterable[str]) -> bool:
@@ -239,6 +265,7 @@ def _feature_specs(
             common_branches=options.common_branches,
             cut=selection.cut,
             aliases=selection.aliases,
+            timeout=options.timeout,
         )
         return builder.build(cache=given, files=infos)
     specs = given
@@ -267,45 +294,41 @@ def _expand(specs: Specs, patterns: Sequence[str]) -> list[str]:
     return names
 
 
-def _check_file(info: FileInfo, specs: Specs, selection: Selection, outputs: Outputs) -> None:
-    """The file has entries and every branch the specs, cut, aliases, labels, targets and weights need."""
-    source, kinds = info.source, info.kinds
-    if info.entries == 0:
-        msg = f"tree {source.tree!r} in {source.path!r} has 0 entries"
-        raise TreeError(msg)
-    selection.check(kinds, str(source))
-    weights = [outputs.weights] if outputs.weights else []
-    label = [outputs.label_branch] if outputs.label_branch else []
-    for what, names, derived in (
-        ("targets", outputs.targets, selection.aliases),
-        ("weights", weights, selection.aliases),
-        ("label", label, {}),  # read with the chunk, from the file
-    ):
-        for name in names:
-            if name not in derived and kinds.get(name) != "flat":
-                found = f"is {kinds[name]}, not one number per event" if name in kinds else "not found"
-                msg = f"{what} branch {name!r} {found} in {source}"
-                raise BranchError(msg)
-    missing = [name for name in selection.branches(specs.names, cut=False) if name not in kinds]
-    if missing:
-        msg = f"{source} lacks the branches {missing} that the specs use"
-        raise BranchError(msg)
-    other = [f"{n!r} is {kinds[n]}" for n in specs.names if n in kinds and kinds[n] != specs[n].kind]
-    if other:
-        msg = f"in {source}, {', '.join(other)}, unlike in the specs"
-        raise BranchError(msg)
-
-
 def _events(
-    sources: Sequence[FileSource], infos: Sequence[FileInfo], specs: Specs, selection: Selection
+    sources: Sequence[FileSource],
+    infos: Sequence[FileInfo],
+    specs: Specs,
+    selection: Selection,
+    outputs: Outputs,
+    options: Options,
 ) -> tuple[list[int], tuple[np.ndarray, ...] | None]:
-    """Events of each file (its entries, or those passing the cut), and the entries that pass the cut.
+    """Events of each file, and the entries to serve (None: all): those passing the cut, with finite outputs.
+
+    A label, target or weight that is NaN or infinite is an error, unless
+    ``drop_nonfinite`` leaves those events out.
+    """
+    selected = _selected(sources, infos, specs, selection, options.timeout)
+    finite = finite_outputs(sources, selection, outputs, options.timeout)
+    if finite is not None:
+        if options.drop_nonfinite:
+            selected = keep_finite(finite, selected)
+        else:
+            check_finite(finite, sources, outputs, selected)
+    if selected is None:
+        return [info.entries for info in infos], None
+    return [len(s) for s in selected], selected
+
+
+def _selected(
+    sources: Sequence[FileSource], infos: Sequence[FileInfo], specs: Specs, selection: Selection, timeout: float
+) -> tuple[np.ndarray, ...] | None:
+    """The entries of each file that pass the cut (None without a cut).
 
     The cut's result comes from the specs when they recorded the same cut for
     these very files; otherwise from a pass over the branches the cut reads.
     """
     if selection.cut is None:
-        return [info.entries for info in infos], None
+        return None
     files = specs.files
     recorded = specs.selection
     if (
@@ -316,9 +339,8 @@ def _events(
     ):
         masks = [decode_mask(f.mask or "", f.entries) for f in files]
     else:
-        masks = scan_selection(sources, selection)
-    selected = tuple(np.flatnonzero(mask) for mask in masks)
-    return [len(s) for s in selected], selected
+        masks = scan_selection(sources, selection, timeout=timeout)
+    return tuple(np.flatnonzero(mask) for mask in masks)
 
 
 def _ranges(events: list[int], options: Options) -> list[tuple[int, int]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "BranchError",
+    "DataWarning",
     "FileAccessError",
     "MLaaS4HEPError",
     "ParameterError",
@@ -55,3 +56,7 @@ class SkippedBranchWarning(UserWarning):
 
 class SpecsMismatchWarning(UserWarning):
     """A specs file did not match the input files and was rebuilt, or could not be verified."""
+
+
+class DataWarning(UserWarning):
+    """The data will train a model, but likely not as meant: a branch with no finite value, an oversized chunk."""

@@ -28,6 +28,7 @@ from .errors import BranchError, ParameterError, SkippedBranchWarning, SpecsMism
 from .executors import map_files
 from .selection import Selection, encode_mask, kind_of
 from .sources import (
+    DEFAULT_TIMEOUT,
     DEFAULT_TREE,
     BranchInfo,
     FileInfo,
@@ -41,7 +42,7 @@ from .sources import (
 )
 from .specs import DEFAULT_EXCLUDE, BranchSpec, FileSpec, Specs
 
-__all__ = ["SpecBuilder", "check_selection", "describe_skipped", "scan_selection", "select_branches"]
+__all__ = ["SpecBuilder", "check_selection", "describe_skipped", "own_specs_path", "scan_selection", "select_branches"]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,8 @@ class SpecBuilder:
         Show a bar over the files (tqdm, when installed); None (default) shows
         one for scans of 20 files or more when stderr is a terminal. Without a
         bar, progress is logged at INFO level.
+    timeout : float
+        Seconds to wait for the server of a remote file, to connect and for each read (default 30).
 
     Notes
     -----
@@ -189,8 +192,10 @@ class SpecBuilder:
         progress: bool | None = None,
         cut: str | None = None,
         aliases: Mapping[str, str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.cuts = Selection(cut, aliases or {})
+        self.timeout = float(timeout)
         self.sources = parse_sources(files, tree, redirector)
         if not self.sources:
             msg = "no input files given"
@@ -224,7 +229,7 @@ class SpecBuilder:
 
     def inspect(self) -> list[FileInfo]:
         """Open each file (reading no data) and describe it, on the builder's executor."""
-        return self._map(inspect_file, desc="files")
+        return self._map(inspect_file, self.timeout, desc="files")
 
     def fingerprints(self) -> list[FileSpec]:
         """Each file's :class:`~mlaas4hep.specs.FileSpec` as it is now (opening each file, reading no data)."""
@@ -238,13 +243,17 @@ class SpecBuilder:
         cache : path, optional
             JSON file to reuse and (re)write. A cache made from other files, or
             from files that changed since, is rebuilt with a
-            :class:`~mlaas4hep.errors.SpecsMismatchWarning`.
+            :class:`~mlaas4hep.errors.SpecsMismatchWarning`. A file in another
+            format (the original MLaaS4HEP's ``global-specs.json``) is never
+            replaced: the specs go beside it (see :func:`own_specs_path`).
         files : sequence of FileInfo, optional
             The files as :func:`~mlaas4hep.sources.inspect_file` described them,
             one per source: then they are not opened again to be checked.
         """
         infos = list(files) if files is not None else self.inspect()
         fingerprints = tuple(FileSpec.from_info(info) for info in infos)
+        if cache is not None:
+            cache = own_specs_path(cache)
         if cache is not None and Path(cache).exists():
             cached = Specs.load(cache)
             reason = self._reuse_problem(cached, fingerprints)
@@ -368,7 +377,7 @@ class SpecBuilder:
     def scan_file(self, source: FileSource, include: Sequence[str] | None) -> Specs:
         """The specs of one file: the unit of work of the first pass, merged in file order afterwards."""
         t0 = time.perf_counter()
-        file, obj = open_tree(source)
+        file, obj = open_tree(source, self.timeout)
         try:
             info = describe_file(source, file, obj)
             usable, skipped = self.usable(info, include)
@@ -397,6 +406,29 @@ class SpecBuilder:
         return Specs(parts, (described,), skipped, self.selection)
 
 
+def own_specs_path(path: str | os.PathLike[str]) -> Path:
+    """Where specs given as ``path`` are read and written: ``path``, unless it holds another format.
+
+    A file in another format that :meth:`Specs.load` reads (the original
+    MLaaS4HEP's ``global-specs.json``) is never replaced: mlaas4hep's specs
+    go beside it, to ``<name>.mlaas4hep.json``, with a warning the first time.
+    A file that is not specs at all raises :class:`~mlaas4hep.errors.SpecsError`.
+    """
+    path = Path(path)
+    if not path.exists() or Specs.written_by_us(path):
+        return path
+    Specs.load(path)  # raises for a file that is neither mlaas4hep's nor the original's
+    beside = path.with_name(f"{path.stem}.mlaas4hep.json")
+    if not beside.exists():
+        warnings.warn(
+            f"{os.fspath(path)!r} holds the original MLaaS4HEP's specs, which cannot be checked against the files; "
+            f"it is left as it is, and mlaas4hep's specs are made and written to {os.fspath(beside)!r}",
+            SpecsMismatchWarning,
+            stacklevel=4,
+        )
+    return beside
+
+
 def _step_specs(arrays: Any, kinds: Mapping[str, BranchInfo]) -> Iterable[tuple[str, BranchSpec]]:
     """The statistics of one step of the first pass, branch by branch."""
     for name, info in kinds.items():
@@ -408,7 +440,10 @@ def _step_specs(arrays: Any, kinds: Mapping[str, BranchInfo]) -> Iterable[tuple[
 
 
 def scan_selection(
-    sources: Sequence[FileSource], selection: Selection, step_size: int | str = "100 MB"
+    sources: Sequence[FileSource],
+    selection: Selection,
+    step_size: int | str = "100 MB",
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> list[np.ndarray]:
     """Which entries of each file pass ``selection``'s cut: one boolean array per file.
 
@@ -417,7 +452,7 @@ def scan_selection(
     """
     masks = []
     for source in sources:
-        with opened_tree(source) as obj:
+        with opened_tree(source, timeout) as obj:
             check_selection(selection, describe_branches(obj), str(source))
             steps = obj.iterate(filter_name=selection.branches(), step_size=step_size, library="ak")
             parts = [selection.mask(arrays, len(arrays)) for arrays in steps]

@@ -5,11 +5,9 @@ read by uproot) and returns ``X`` of shape ``(n_events, n_features)`` and a
 boolean mask ``M`` of the same shape, with numpy operations on whole branches
 and no Python loop over events.
 
-Normalization is exact to float32 rounding whatever the offset: values are
-centered and scaled in float64 (integers have the offset's integer part
-subtracted in integer arithmetic first), then stored as float32. Only where
-float32 arithmetic gives the same result (float32 values, or integers below
-2**24, with an offset that float32 holds exactly) is it done in float32.
+Normalization is exact to float32 rounding whatever the offset: values are centered
+and scaled in float64 (integers minus the offset's integer part in integer arithmetic
+first), then stored as float32; in float32 only where that gives the same result.
 """
 
 from __future__ import annotations
@@ -21,9 +19,9 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from ._arrays import flat_values, jagged_parts, record_parts
+from ._arrays import flat_values, integer_difference, jagged_parts, record_parts, scatter_indices
 from .errors import BranchError, ParameterError, SpecsError
-from .specs import BranchSpec, Specs, integer_difference
+from .specs import BranchSpec, Specs
 
 __all__ = ["NORMALIZATIONS", "JaggedFlattener"]
 
@@ -135,6 +133,13 @@ class JaggedFlattener:
             self._columns.append(_Column(name, start, width, spec.is_jagged, offset, scale, base, frac, exact32))
             start += width
         self.num_features = start
+        if not self.num_features:
+            empty = [c.name for c in self._columns if c.width == 0]
+            msg = (
+                f"no feature left: the jagged branches {empty} have width 0 (empty in every event, or capped "
+                "at 0 by max_lengths or length_quantile); select other branches"
+            )
+            raise BranchError(msg)
         self._n_flat = len(self.specs.flat)
         self._flat_scale = np.array([c.scale for c in self._columns[: self._n_flat]], dtype=np.float64)
 
@@ -200,6 +205,11 @@ class JaggedFlattener:
     def branches(self) -> list[str]:
         """Branches read, in column order."""
         return [c.name for c in self._columns]
+
+    @property
+    def widths(self) -> dict[str, int]:
+        """Columns of each branch: 1 for a flat one, its (capped) length for a jagged one."""
+        return {c.name: c.width for c in self._columns}
 
     def columns(self, name: str) -> slice:
         """The columns of branch ``name`` in ``X``."""
@@ -384,7 +394,7 @@ class JaggedFlattener:
     ) -> None:
         """Write jagged branches of one width that share ``offsets`` into rows ``rows`` of ``X`` and ``M``."""
         width = group[0][0].width
-        source, target = _scatter_indices(np.diff(offsets), width, self.num_features, rows)
+        source, target = scatter_indices(np.diff(offsets), width, self.num_features, rows)
         # a copy of the kept values of every branch, one row per branch, normalized in place: in float32
         # where that is exact to float32 rounding (float32 values, small integers), else in float64
         exact32 = all(c.exact32 and _fits32(values.dtype) for c, values in group)
@@ -468,24 +478,3 @@ class JaggedFlattener:
         if M is not None:
             out[~np.asarray(M, dtype=bool)] = np.nan
         return out
-
-
-def _scatter_indices(
-    counts: np.ndarray, width: int, stride: int, rows_out: np.ndarray
-) -> tuple[np.ndarray | None, np.ndarray]:
-    """Where each kept list element comes from (in the content) and goes to (in ``X.ravel()``).
-
-    Event ``i``'s list goes to row ``rows_out[i]``; elements past ``width`` are
-    dropped. The source is None when every element is kept.
-    """
-    counts = counts.astype(np.int64, copy=False)
-    total = int(counts.sum())
-    event = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
-    starts = np.cumsum(counts) - counts
-    local = np.arange(total, dtype=np.int64) - starts[event]
-    keep = local < width
-    source = None
-    if not keep.all():
-        source = np.flatnonzero(keep)
-        event, local = event[keep], local[keep]
-    return source, rows_out[event] * stride + local

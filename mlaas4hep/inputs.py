@@ -123,7 +123,11 @@ def load_model_function(path: str | os.PathLike[str]) -> Callable[[int], Any]:
         raise ParameterError(msg)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # pickling and Keras serialization look classes up here
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as err:
+        msg = f"--model: {os.fspath(path)!r} line {err.lineno}: {err.msg}"
+        raise ParameterError(msg) from None
     found = getattr(module, "model", None)
     if not callable(found):
         msg = f"--model: {os.fspath(path)!r} defines no function model(idim)"

@@ -27,6 +27,8 @@ __all__ = ["SUBSETS", "Options"]
 SUBSETS = ("training", "validation", "test")
 """Values of ``subset``."""
 
+_FLAGS = ("common_branches", "balance_classes", "one_hot", "mask_output", "use_multiprocessing", "drop_nonfinite")
+
 
 def _names(value: str | Sequence[str] | None, name: str) -> tuple[str, ...] | None:
     """A name or a sequence of names as a tuple (None stays None)."""
@@ -80,6 +82,8 @@ class Options:
     redirector: str = ""
     retries: int = 3
     retry_backoff: float = 0.5
+    timeout: float = 30.0
+    drop_nonfinite: bool = False
     workers: int = 1
     use_multiprocessing: bool = False
     max_queue_size: int = 10
@@ -102,7 +106,7 @@ class Options:
         if self.seed is None:
             self._set("seed", int(np.random.default_rng().integers(2**31)))
         self._set("seed", check_int(self.seed, "seed", minimum=0))
-        for name in ("common_branches", "balance_classes", "one_hot", "mask_output", "use_multiprocessing"):
+        for name in _FLAGS:
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 msg = f"{name} must be True or False, got {getattr(self, name)!r}"
                 raise ParameterError(msg)
@@ -120,6 +124,7 @@ class Options:
         self._set("retries", check_int(self.retries, "retries", minimum=0))
         backoff = check_number(self.retry_backoff, "retry_backoff", what="a non-negative number of seconds")
         self._set("retry_backoff", backoff)
+        self._set("timeout", check_number(self.timeout, "timeout", minimum=1.0, what="a number of seconds >= 1"))
         self._set("chunk_size", check_int(self.chunk_size, "chunk_size", special=(-1,), hint="-1 (one chunk)"))
         self._set("nevts", check_int(self.nevts, "nevts", special=(-1,), hint="-1 (all events)"))
         if self.files_per_chunk is not None:

@@ -217,7 +217,13 @@ class Pipeline:
                     decoded.users += 1
                     return decoded
                 future = self._submit(key)
-            decoded = future.result()
+            try:
+                decoded = future.result()
+            except BaseException:  # forgotten, so that the next request reads the chunk again
+                with self._lock:
+                    if self._futures.get(key) is future:
+                        del self._futures[key]
+                raise
             with self._lock:
                 if decoded.evicted and decoded.buffer is None:  # cached, used up and recycled meanwhile
                     continue

@@ -27,7 +27,7 @@ from ._checks import check_int, check_number
 from .errors import FileAccessError, MLaaS4HEPError, ParameterError
 from .plan import ChunkPlan
 from .selection import Selection
-from .sources import FileSource, open_tree, opened_tree
+from .sources import DEFAULT_TIMEOUT, FileInfo, FileSource, open_tree, opened_tree
 
 __all__ = ["Chunk", "ChunkReader"]
 
@@ -97,6 +97,12 @@ class ChunkReader:
         (default 0.5: waits of 0.5, 1 and 2 seconds).
     plan : ChunkPlan, optional
         The plan to read, instead of one made from ``chunk_size`` and ``ranges``.
+    timeout : float
+        Seconds to wait for the server of a remote file, to connect and for each read (default 30).
+    expect : sequence of FileInfo, optional
+        Each file as it was when the plan was made: a file opened with other
+        entries (or, local, another size or modification time) raises
+        :class:`~mlaas4hep.errors.FileAccessError`, as the plan no longer fits it.
     selection : Selection, optional
         Aliases (and a cut, which the reader does not apply: give ``selected``):
         names of aliases among ``branches`` are computed on every piece read,
@@ -132,8 +138,12 @@ class ChunkReader:
         retries: int = 3,
         retry_backoff: float = 0.5,
         selection: Selection | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        expect: Sequence[FileInfo] | None = None,
     ) -> None:
         self.sources = list(sources)
+        self.timeout = float(timeout)
+        self.expect = None if expect is None else list(expect)
         self.label_branch = label_branch
         self.selection = selection if selection is not None else Selection()
         names = list(dict.fromkeys(branches))
@@ -183,7 +193,7 @@ class ChunkReader:
 
     @staticmethod
     def _entries(source: FileSource) -> int:
-        with opened_tree(source) as tree:
+        with opened_tree(source, DEFAULT_TIMEOUT) as tree:
             return int(tree.num_entries)
 
     def __len__(self) -> int:
@@ -204,11 +214,34 @@ class ChunkReader:
         if i in self._open:
             self._open.move_to_end(i)
             return self._open[i][1]
-        self._open[i] = open_tree(self.sources[i])
+        self._check_unchanged(i)
+        self._open[i] = open_tree(self.sources[i], self.timeout)
+        entries = int(self._open[i][1].num_entries)
+        if self.expect is not None and entries != self.expect[i].entries:
+            self._forget(i)
+            msg = (
+                f"{self.sources[i]} has {entries} entries, {self.expect[i].entries} when the sequence was made: "
+                "the file changed since; make the sequence again"
+            )
+            raise FileAccessError(msg)
         while len(self._open) > self.max_open_files:
             _, (file, _) = self._open.popitem(last=False)
             file.close()
         return self._open[i][1]
+
+    def _check_unchanged(self, i: int) -> None:
+        """Raise if local file ``i`` is not the file the plan was made for (another size or modification time)."""
+        if self.expect is None or self.sources[i].is_remote:
+            return
+        before, source = self.expect[i], self.sources[i]
+        try:
+            stat = os.stat(source.location)
+        except OSError as err:
+            msg = f"cannot read {source}: {err}"
+            raise FileAccessError(msg) from err
+        if (stat.st_size, stat.st_mtime) != (before.size, before.mtime):
+            msg = f"{source} was modified after the sequence was made; make the sequence again"
+            raise FileAccessError(msg)
 
     def _forget(self, i: int) -> None:
         """Close file ``i`` after a failed read, so that the next read opens it anew."""

@@ -344,7 +344,10 @@ class Selection:
         def get(name: str) -> Any:
             if name not in memo:
                 if name in self.aliases:
-                    memo[name] = _evaluate(self._tree(name), get)
+                    # NaN and inf that an expression makes (log(0), 1/0) are masked as features, and refused
+                    # as labels, targets or weights: no warning for them here
+                    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                        memo[name] = _evaluate(self._tree(name), get)
                 else:
                     try:
                         memo[name] = _to_numpy(arrays[name])

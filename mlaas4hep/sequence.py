@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -13,6 +14,7 @@ import numpy as np
 from ._checks import is_int
 from .dataset import Dataset, prepare
 from .epochs import EpochTracker
+from .errors import MLaaS4HEPError
 from .flatten import JaggedFlattener
 from .options import Options
 from .pipeline import Pipeline
@@ -23,7 +25,7 @@ from .sources import DEFAULT_TREE, FileSource
 from .specs import Specs
 from .targets import Outputs
 
-__all__ = ["RootSequence", "shard_layout"]
+__all__ = ["RootSequence", "reraise", "shard_layout"]
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,8 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     requests, chunks are read one after another, each once per epoch.
 
     Events are read in chunks of ``chunk_size`` that mix all files in proportion
-    to their entries (:class:`~mlaas4hep.ChunkReader`); a chunk is read,
-    flattened and cached once, and the next chunk is read in the background
-    while batches are served from the current one.
+    to their entries, each read, flattened and cached once, the next one read
+    in the background while batches are served from the current one.
 
     Parameters
     ----------
@@ -68,6 +69,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     labels : sequence of float or str
         One label per file (the original's labels.txt), or the name of a
         branch that holds each event's label (that branch is then not a feature).
+        Labels are finite numbers: for classes, give each class a number.
     tree : str
         Tree (TTree or RNTuple) for files that do not name one; default ``"Events"``.
     branches : sequence of str, optional
@@ -122,13 +124,9 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     shuffle : bool, optional
         Shuffle the events within each chunk, and where the epoch starts,
         anew every epoch. Default: True, but False for ``subset="validation"``
-        and ``"test"``, which are then served in the files' order (so that
-        ``model.predict`` lines up with the files' entries). Chunks are read in the files' order,
-        from a random chunk in a random direction, wrapping around: each
-        cluster of the files is then decompressed once per epoch and kept only
-        until the next chunk has taken its part (in a random order of the
-        chunks, the clusters a chunk shares with chunks read much later
-        would have to be kept, or decompressed again, all epoch long).
+        and ``"test"``, served in the files' order. Chunks are read in the
+        files' order, from a random chunk in a random direction, wrapping
+        around, so that each cluster of the files is decompressed once per epoch.
     seed : int, optional
         Seed of the shuffling; the same seed gives the same batches. Default: random.
     specs : Specs, path, or None
@@ -137,8 +135,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         missing), or None to make them with a first pass over the files.
     validation_split : float, optional
         Fraction of each file's events kept for validation (its last entries,
-        or the ones just before the test part), as
-        ``keras.utils.image_dataset_from_directory``; requires ``subset``.
+        or those just before the test part); requires ``subset``.
     test_split : float, optional
         Fraction of each file's events held out as a test set: its last entries.
         Each file's events are cut in order: training, then validation, then test.
@@ -160,15 +157,21 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         names the URL; an epoch never silently ends short.
     retry_backoff : float
         Seconds before the first retry, doubling after each (default 0.5).
+    timeout : float
+        Seconds to wait for a remote server, to connect and for each read
+        (default 30): an unreachable server fails within about this time with
+        a :class:`~mlaas4hep.errors.FileAccessError` naming the URL.
+    drop_nonfinite : bool
+        Leave out the events whose label, target or weight is NaN or infinite
+        (default False: such events are an error, raised when the sequence is
+        made, naming the file, the branch and how many entries hold one).
     workers : int
         Processes that read and flatten chunks (default 1: two background
         threads of this process). With ``workers > 1`` (Linux, local files, not
-        ``use_multiprocessing``), that many forked processes each take a share
-        of the files, balanced by events, and write their part of every chunk
-        into shared memory: reading and flattening then run on several cores
-        (at most one worker per file; :attr:`worker_processes` says how many).
-        Batches are the same as with one worker. Keras is then told
-        ``workers=1``: its fetching threads would only add overhead. Otherwise
+        ``use_multiprocessing``), forked processes each take a share of the
+        files, balanced by events, and write their part of every chunk into
+        shared memory (at most one per file: :attr:`worker_processes`); the
+        batches are the same, and Keras is told ``workers=1``. Otherwise
         ``workers`` is forwarded to :class:`keras.utils.PyDataset`.
     use_multiprocessing, max_queue_size
         Forwarded to :class:`keras.utils.PyDataset`.
@@ -176,17 +179,14 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         Flattened chunks kept in memory once served (default 2: the current one and the one before).
     prefetch : int
         Chunks read ahead, in background threads (default 2), past the end of
-        an epoch into the next one's first chunks too. The next one is
-        flattened ahead too; the others wait as read (several times smaller
-        than flattened) until they are next.
+        an epoch into the next one's too; the next one is flattened ahead.
     shard_index, num_shards : int
         Serve shard ``shard_index`` of ``num_shards`` (default 0 of 1), for
         data-parallel training on several workers (see the sharding note below).
         Every shard needs the same files, arguments and ``seed``.
     files_per_chunk : int, optional
-        Files one chunk mixes (default: all): with thousands of files, chunks
-        mix groups of this many files (dealt round-robin from the list) instead
-        of every file, so a chunk opens only those (see :meth:`~mlaas4hep.ChunkPlan.build`).
+        Files one chunk mixes (default: all): with thousands of files, groups
+        of this many files, dealt round-robin (see :meth:`~mlaas4hep.ChunkPlan.build`).
     max_open_files : int
         Files kept open between chunk reads (default 8); others are closed after use.
 
@@ -195,30 +195,26 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     **Sharding.** With ``num_shards > 1`` each epoch's stream (below) is cut
     into ``num_shards`` consecutive blocks whose sizes differ by at most one
     event, and this sequence serves block ``shard_index``: over all shards
-    every selected event is served exactly once per epoch, and a shard reads
-    only the chunks its block touches (at most one chunk at each edge is read
-    by two shards). Every shard has the same number of batches,
-    ``ceil(ceil(total_events / num_shards) / batch_size)``, so workers stay in
-    step: a shard's batches hold ``batch_size`` events but its last, which holds
-    the rest of its block (in the rare case where that would leave a shorter
-    shard's last batch empty, there is one batch fewer and the longer shards'
-    last batch holds ``batch_size + 1`` events); see :func:`shard_layout`.
+    every selected event is served exactly once per epoch, each shard reads
+    only the chunks its block touches, and all shards have the same number of
+    batches (see :func:`~mlaas4hep.plan.shard_layout` for the last batch's size).
     ``n_events`` counts this shard's events, ``total_events`` those of all shards.
 
     **The epoch's stream.** Batch ``s`` of an epoch holds events
     ``[s * batch_size, (s + 1) * batch_size)`` of that epoch's stream: the
     chunks in the epoch's order (see ``shuffle``), each chunk's events in a
-    (shuffled) order drawn from ``seed``, the epoch and the chunk; the same
-    seed gives the same stream. With ``shuffle=True`` index ``i`` is given
-    batch ``s`` of the stream when it is the ``s``-th index first asked for in
-    the epoch; with ``shuffle=False`` index ``i`` is batch ``i``, and asking for
-    the indices out of order (``fit``'s default ``shuffle=True``) reads chunks
-    out of order, which is slow (a warning says so): pass ``shuffle=False`` to
-    ``fit`` too, or make the sequence with ``shuffle=True``. Keras' TensorFlow
-    backend asks for the next epoch's first batches before it calls
-    ``on_epoch_end``: they belong to the next epoch already. With ``workers > 1``
-    the batches are the same, but which thread serves which one, and so the
-    order in which the model sees them, may vary from run to run.
+    (shuffled) order drawn from ``seed``, the epoch and the chunk. With
+    ``shuffle=True`` index ``i`` is batch ``s`` of the stream when it is the
+    ``s``-th index first asked for in the epoch; with ``shuffle=False`` it is
+    batch ``i``, and indices asked for out of order (``fit``'s default
+    ``shuffle=True``) read chunks out of order, which is slow (a warning says
+    so): pass ``shuffle=False`` to ``fit`` too. See :mod:`mlaas4hep.epochs`.
+
+    **Errors while reading.** The TensorFlow backend hands ``fit``'s caller an
+    ``UnknownError`` of its own for an error raised while a batch is read: in
+    ``with seq:`` or ``with reraise(train, val):`` the library's error (a
+    :class:`~mlaas4hep.errors.FileAccessError` naming the file, say) is raised
+    instead; :attr:`last_error` keeps it too.
 
     **Batches are read-only views** of their chunk's matrix, not copies (copy
     one to change it). A chunk's memory is reused only once no batch of it is
@@ -268,6 +264,8 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         redirector: str = "",
         retries: int = 3,
         retry_backoff: float = 0.5,
+        timeout: float = 30.0,
+        drop_nonfinite: bool = False,
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
@@ -290,6 +288,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         self._epochs = EpochTracker(len(self), by_arrival=bool(options.shuffle), shared=options.use_multiprocessing)
         self._last_position: int | None = None  # the chunk of the last batch served in order, and whether
         self._warned = False  # a warning said that batches in order are asked for out of order
+        self.last_error: MLaaS4HEPError | None = None
 
     # -- what the sequence serves ----------------------------------------------------------------
     @property
@@ -413,7 +412,11 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         epoch, slot = self._epochs.assign(int(index) % n)
         if not self.shuffle:
             self._watch_order(epoch, slot)
-        batch = self.pipeline.batch(epoch, slot)
+        try:
+            batch = self.pipeline.batch(epoch, slot)
+        except MLaaS4HEPError as err:  # kept: TensorFlow hands fit's caller its own UnknownError instead
+            self.last_error = err
+            raise
         x: Any = batch.x
         if batch.mask is not None:
             x = {"features": batch.x, "mask": batch.mask.astype(np.float32)}
@@ -439,12 +442,50 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         """Stop the background reading and close the files."""
         self.pipeline.close()
 
+    def __enter__(self) -> RootSequence:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        """Close the sequence; an error that wraps one of the library's (TensorFlow's) is raised as the library's."""
+        self.close()
+        _reraise(error, [self])
+
     def __repr__(self) -> str:
         return (
             f"RootSequence({len(self.sources)} files, {self.n_events} events, {len(self)} batches of "
             f"{self.batch_size}, {self.num_features} features, subset={self.subset!r}"
             + (f", shard {self.shard_index} of {self.num_shards})" if self.num_shards > 1 else ")")
         )
+
+
+@contextlib.contextmanager
+def reraise(*sequences: RootSequence) -> Iterator[None]:
+    """Raise the library's own error when ``fit`` (or ``evaluate``, ``predict``) fails while reading.
+
+    The TensorFlow backend hands ``fit``'s caller an ``UnknownError`` of its own
+    for any error raised while a batch is read: within this block, the
+    :class:`~mlaas4hep.errors.MLaaS4HEPError` that a sequence raised (a
+    :class:`~mlaas4hep.errors.FileAccessError` naming the file, say) is raised
+    instead, chained to TensorFlow's. The other backends raise it as it is.
+
+    Examples
+    --------
+    >>> with reraise(train, val):  # doctest: +SKIP
+    ...     model.fit(train, validation_data=val, epochs=5)
+    """
+    try:
+        yield
+    except Exception as err:
+        _reraise(err, sequences)
+        raise
+
+
+def _reraise(error: BaseException | None, sequences: Iterable[RootSequence]) -> None:
+    if error is None or isinstance(error, MLaaS4HEPError):
+        return
+    for seq in sequences:
+        if seq.last_error is not None:
+            raise seq.last_error from error
 
 
 def _processes(options: Options) -> int:

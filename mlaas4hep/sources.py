@@ -19,7 +19,7 @@ from typing import Any
 import awkward as ak
 import uproot
 
-from ._remote import open_options
+from ._remote import open_options, serves_ranges
 from .errors import FileAccessError, TreeError
 
 __all__ = [
@@ -42,7 +42,10 @@ DEFAULT_TREE = "Events"
 """Tree read when a file does not name one (CMS NanoAOD's tree)."""
 
 _REMOTE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-_WITH_TREE = re.compile(r"^(?P<path>.+\.root):(?P<tree>[^/:]+)$")
+_WITH_TREE = re.compile(r"^(?P<path>.+\.root):(?P<tree>[^:]+)$")  # the tree may be in a directory: dir/Events
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds to wait for a remote server, to connect and for each read."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ def parse_sources(
     ----------
     files : path, URL, or sequence of them
         ``"file.root"`` reads ``tree``; ``"file.root:name"`` reads the tree
-        ``name`` from that file (as :func:`uproot.open` understands it).
+        ``name`` from that file (as :func:`uproot.open` understands it;
+        ``"file.root:dir/Events"`` for a tree in a directory).
     tree : str
         Default tree name, ``"Events"`` unless given.
     redirector : str
@@ -141,10 +145,13 @@ def _check_local(source: FileSource) -> None:
         raise FileAccessError(msg)
 
 
-def open_file(source: FileSource) -> Any:
-    """Open ``source``'s file with uproot, raising :class:`FileAccessError` with its name."""
+def open_file(source: FileSource, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """Open ``source``'s file with uproot, raising :class:`FileAccessError` with its name.
+
+    A remote file waits at most ``timeout`` seconds for its server, to connect and for each read.
+    """
     _check_local(source)
-    options = open_options(source.path) if source.is_remote else {}
+    options = open_options(source.path, timeout) if source.is_remote else {}
     try:
         file = uproot.open(source.path, **options)
     except FileNotFoundError as err:
@@ -154,6 +161,7 @@ def open_file(source: FileSource) -> Any:
         msg = f"cannot open {source.path!r}: {err}"
         raise FileAccessError(msg) from err
     except Exception as err:  # uproot raises ValueError and others for non-ROOT bytes
+        _check_ranges(source, timeout)
         msg = f"{source.path!r} is not a readable ROOT file: {type(err).__name__}: {err}"
         raise FileAccessError(msg) from err
     if not source.is_remote:  # a cut file still opens: its header says where it should end
@@ -166,17 +174,18 @@ def open_file(source: FileSource) -> Any:
     return file
 
 
-def open_tree(source: FileSource) -> tuple[Any, Any]:
+def open_tree(source: FileSource, timeout: float = DEFAULT_TIMEOUT) -> tuple[Any, Any]:
     """Open a source and return ``(file, tree)``; the caller closes ``file``.
 
     Raises
     ------
     FileAccessError
-        The file is missing, a directory, or not ROOT.
+        The file is missing, a directory, or not ROOT; a remote server did not
+        answer within ``timeout`` seconds, or does not serve byte ranges.
     TreeError
         The file has no TTree or RNTuple of that name.
     """
-    file = open_file(source)
+    file = open_file(source, timeout)
     try:
         classes = file.classnames()
     except Exception as err:
@@ -187,6 +196,8 @@ def open_tree(source: FileSource) -> tuple[Any, Any]:
     cls = known.get(source.tree)
     if cls is None:
         file.close()
+        if not known:  # garbage where a ROOT directory should be: a web server that ignores byte ranges?
+            _check_ranges(source, timeout)
         trees = sorted(k for k, c in known.items() if c in ("TTree", "ROOT::RNTuple", "ROOT::Experimental::RNTuple"))
         msg = f"no tree {source.tree!r} in {source.path!r}; trees there: {trees or 'none'}"
         raise TreeError(msg)
@@ -203,10 +214,22 @@ def open_tree(source: FileSource) -> tuple[Any, Any]:
     return file, obj
 
 
+def _check_ranges(source: FileSource, timeout: float) -> None:
+    """Raise a clear error if ``source`` is on a web server that does not serve byte ranges."""
+    if source.is_remote and source.path.split("://", 1)[0].lower() in ("http", "https"):
+        if serves_ranges(source.path, timeout) is False:
+            msg = (
+                f"the web server of {source.path!r} does not serve byte ranges (HTTP Range requests), which "
+                "reading part of a ROOT file needs; serve the file from a server that does (nginx, Apache, "
+                "XRootD's HTTP), or copy it here"
+            )
+            raise FileAccessError(msg)
+
+
 @contextlib.contextmanager
-def opened_tree(source: FileSource) -> Iterator[Any]:
+def opened_tree(source: FileSource, timeout: float = DEFAULT_TIMEOUT) -> Iterator[Any]:
     """``with opened_tree(source) as tree:``: the tree of :func:`open_tree`, its file closed on leaving."""
-    file, tree = open_tree(source)
+    file, tree = open_tree(source, timeout)
     try:
         yield tree
     finally:
@@ -273,8 +296,9 @@ def describe_branches(obj: Any) -> list[BranchInfo]:
 class FileInfo:
     """What opening a file (reading no data) tells: its entries, branches and fingerprint.
 
-    ``size`` and ``mtime`` (bytes, seconds since the epoch) are None for remote
-    files, ``uuid`` when uproot cannot tell the file's ROOT UUID.
+    ``size`` and ``mtime`` (bytes, seconds since the epoch) and ``identity``
+    (device and inode: the same file under two names has one) are None for
+    remote files, ``uuid`` when uproot cannot tell the file's ROOT UUID.
     """
 
     source: FileSource
@@ -283,6 +307,7 @@ class FileInfo:
     size: int | None = None
     mtime: float | None = None
     uuid: str | None = None
+    identity: tuple[int, int] | None = None
 
     @property
     def kinds(self) -> dict[str, str]:
@@ -292,16 +317,17 @@ class FileInfo:
 
 def describe_file(source: FileSource, file: Any, tree: Any) -> FileInfo:
     """The :class:`FileInfo` of ``source``, opened by :func:`open_tree` as ``(file, tree)``."""
-    size = mtime = None
+    size = mtime = identity = None
     if not source.is_remote:
         stat = os.stat(source.location)
-        size, mtime = stat.st_size, stat.st_mtime
-    return FileInfo(source, int(tree.num_entries), tuple(describe_branches(tree)), size, mtime, file_uuid(file))
+        size, mtime, identity = stat.st_size, stat.st_mtime, (stat.st_dev, stat.st_ino)
+    branches = tuple(describe_branches(tree))
+    return FileInfo(source, int(tree.num_entries), branches, size, mtime, file_uuid(file), identity)
 
 
-def inspect_file(source: FileSource) -> FileInfo:
+def inspect_file(source: FileSource, timeout: float = DEFAULT_TIMEOUT) -> FileInfo:
     """Open ``source`` once, reading no data, and describe it (see :class:`FileInfo`)."""
-    file, tree = open_tree(source)
+    file, tree = open_tree(source, timeout)
     try:
         return describe_file(source, file, tree)
     finally:

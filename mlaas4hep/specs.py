@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BranchError, ParameterError, SpecsError
+from ._arrays import integer_difference
+from .errors import BranchError, FileAccessError, ParameterError, SpecsError
 from .sources import FileInfo
 
-__all__ = ["DEFAULT_EXCLUDE", "QUANTILES", "BranchSpec", "FileSpec", "Specs", "integer_difference"]
+__all__ = ["DEFAULT_EXCLUDE", "QUANTILES", "BranchSpec", "FileSpec", "Specs"]
 
 log = logging.getLogger(__name__)
 
@@ -248,29 +249,6 @@ def _number(value: Any) -> float:
     return value if isinstance(value, int) and not isinstance(value, bool) else float(value)
 
 
-def integer_difference(values: np.ndarray, ref: int) -> np.ndarray:
-    """``values - ref`` as float64 for an integer array, with the subtraction done exactly first.
-
-    The difference is taken in 64-bit unsigned arithmetic (correct modulo 2**64,
-    hence exact for any int64 or uint64 values and any ``ref`` among them),
-    then converted: the result is the exact difference rounded once.
-
-    Examples
-    --------
-    >>> integer_difference(np.array([2**63 - 1, 2**63 - 3], dtype=np.int64), 2**63 - 2).tolist()
-    [1.0, -1.0]
-    """
-    if not ref:
-        return values.astype(np.float64)
-    as_unsigned = values.astype(np.uint64) if values.dtype.kind == "u" else values.astype(np.int64).view(np.uint64)
-    r = np.uint64(ref % 2**64)
-    above = values >= ref
-    difference: np.ndarray = np.where(
-        above, (as_unsigned - r).astype(np.float64), -(r - as_unsigned).astype(np.float64)
-    )
-    return difference
-
-
 @dataclass(frozen=True)
 class FileSpec:
     """One input file as the specs saw it: entries and a fingerprint.
@@ -307,10 +285,10 @@ class FileSpec:
             return f"{other.path} has {other.entries} entries, specs say {self.entries}"
         if self.size is not None and other.size is not None and self.size != other.size:
             return f"{other.path} is {other.size} bytes, specs say {self.size}"
-        if self.uuid is not None and other.uuid is not None:
-            if self.uuid != other.uuid:
-                return f"{other.path} has ROOT UUID {other.uuid}, specs say {self.uuid}"
-        elif self.mtime is not None and other.mtime is not None and self.mtime != other.mtime:
+        if self.uuid is not None and other.uuid is not None and self.uuid != other.uuid:
+            return f"{other.path} has ROOT UUID {other.uuid}, specs say {self.uuid}"
+        if self.mtime is not None and other.mtime is not None and self.mtime != other.mtime:
+            # a file rewritten in place keeps its size, and with uproot its UUID
             return f"{other.path} was modified after the specs were made"
         return None
 
@@ -328,6 +306,16 @@ class Specs:
     files: tuple[FileSpec, ...] = ()
     skipped: Mapping[str, str] = field(default_factory=dict)
     selection: Mapping[str, Any] = field(default_factory=dict)
+    split: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_split(self, split: Mapping[str, Any]) -> Specs:
+        """These specs, recording the split (``nevts``, ``validation_split``, ``test_split``, ``cut``) of a sequence.
+
+        The parts of one split must be made alike, or their events could
+        overlap: a validation or test sequence given specs that record another
+        split refuses them (see :mod:`mlaas4hep.safeguards`).
+        """
+        return replace(self, split=dict(split))
 
     @property
     def flat(self) -> list[str]:
@@ -394,7 +382,8 @@ class Specs:
         branches = dict(self.branches)
         for name, spec in other.branches.items():
             branches[name] = branches[name].merge(spec) if name in branches else spec
-        return Specs(branches, self.files + other.files, {**self.skipped, **other.skipped}, self.selection)
+        skipped = {**self.skipped, **other.skipped}
+        return Specs(branches, self.files + other.files, skipped, self.selection, self.split)
 
     # -- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -407,6 +396,7 @@ class Specs:
             "branches": {n: self.branches[n].to_dict() for n in self.names},
             "skipped": dict(self.skipped),
             "selection": dict(self.selection),
+            **({"split": dict(self.split)} if self.split else {}),
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -423,9 +413,21 @@ class Specs:
         try:
             tmp.write_text(text)
             os.replace(tmp, target)
+        except OSError as err:
+            msg = f"cannot write the specs to {os.fspath(path)!r}: {err.strerror or err}"
+            raise FileAccessError(msg) from err
         finally:
             tmp.unlink(missing_ok=True)
         log.info("wrote specs to %s", path)
+
+    @staticmethod
+    def written_by_us(path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` holds specs in mlaas4hep's own format (which :meth:`save` may replace)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and data.get("format") == _FORMAT
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Specs:
@@ -437,7 +439,9 @@ class Specs:
             raise SpecsError(msg)
         branches = {n: BranchSpec.from_dict(n, d) for n, d in data["branches"].items()}
         files = tuple(FileSpec(**f) for f in data.get("files", ()))
-        return cls(branches, files, dict(data.get("skipped", {})), dict(data.get("selection", {})))
+        return cls(
+            branches, files, dict(data.get("skipped", {})), dict(data.get("selection", {})), dict(data.get("split", {}))
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Specs:

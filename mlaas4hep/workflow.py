@@ -397,16 +397,19 @@ def _categorical_classes(model: Any) -> int | None:
 
 def _train(ml_model: Any, train: Any, val: Any | None, params: WorkflowParams) -> dict[str, list[float]]:
     """Fit the model for ``params.epochs``, one log line per epoch; the metrics of every epoch."""
+    from .sequence import reraise
+
     callback = _history_callback()
     t1 = time.perf_counter()
-    returned = fit_model(
-        ml_model,
-        train,
-        val,
-        epochs=params.epochs,
-        verbose=1 if params.verbose >= 2 else 0,
-        callbacks=[callback],
-    )
+    with reraise(*(s for s in (train, val) if s is not None)):  # a read error as the library's, not TensorFlow's
+        returned = fit_model(
+            ml_model,
+            train,
+            val,
+            epochs=params.epochs,
+            verbose=1 if params.verbose >= 2 else 0,
+            callbacks=[callback],
+        )
     log.info("####Time for training: %.2f s", time.perf_counter() - t1)
     history: dict[str, list[float]] = callback.history or dict(getattr(returned, "history", None) or {})
     return history
@@ -414,9 +417,12 @@ def _train(ml_model: Any, train: Any, val: Any | None, params: WorkflowParams) -
 
 def _evaluate(ml_model: Any, evaluation: Any, name: str) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The compiled metrics and ``roc_auc`` on the ``name`` set, logged; with its labels and scores."""
+    from .sequence import reraise
+
     metrics: dict[str, float] = {}
     if hasattr(ml_model, "evaluate"):
-        results = ml_model.evaluate(evaluation, verbose=0, return_dict=True)
+        with reraise(evaluation):
+            results = ml_model.evaluate(evaluation, verbose=0, return_dict=True)
         metrics = {k: float(v) for k, v in results.items()}
     y_true, scores = _predict(ml_model, evaluation)
     if np.unique(y_true).size > 2:  # integer labels of several classes: the last one against the rest

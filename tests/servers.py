@@ -168,11 +168,19 @@ class _RangeHandler(SimpleHTTPRequestHandler):
         self.end_headers()
 
 
-class HTTPServer:
-    """A threaded HTTP server with range requests, serving ``directory`` on loopback."""
+class _PlainHandler(SimpleHTTPRequestHandler):
+    """Static files, whole: a ``Range`` header is ignored (200, the whole file), as by ``python -m http.server``."""
 
-    def __init__(self, directory: Path) -> None:
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class HTTPServer:
+    """A threaded HTTP server with range requests (or, with ``ranges=False``, without), serving ``directory``."""
+
+    def __init__(self, directory: Path, *, ranges: bool = True) -> None:
         self.directory = Path(directory)
+        self.ranges = ranges
         self.port = free_port()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -186,7 +194,9 @@ class HTTPServer:
 
         connections = self._connections
 
-        class Handler(_RangeHandler):
+        base: type[SimpleHTTPRequestHandler] = _RangeHandler if self.ranges else _PlainHandler
+
+        class Handler(base):  # type: ignore[valid-type,misc]
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, directory=directory, **kwargs)
 

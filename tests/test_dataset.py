@@ -37,9 +37,9 @@ def test_with_cached_specs_each_file_is_opened_once(two_files, tmp_path, monkeyp
     opened = []
     original = mlaas4hep.sources.open_tree
 
-    def counting(source):
+    def counting(source, *args):
         opened.append(source.path)
-        return original(source)
+        return original(source, *args)
 
     monkeypatch.setattr(mlaas4hep.sources, "open_tree", counting)
     monkeypatch.setattr(mlaas4hep.first_pass, "open_tree", counting)

@@ -48,8 +48,8 @@ class _Handles:
         self._lock = threading.Lock()
         original = mlaas4hep.sources.open_tree
 
-        def counting(source: FileSource) -> tuple[Any, Any]:
-            file, obj = original(source)
+        def counting(source: FileSource, *args: Any) -> tuple[Any, Any]:
+            file, obj = original(source, *args)
             close = file.close
 
             def counted_close() -> None:

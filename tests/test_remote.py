@@ -241,3 +241,68 @@ def test_missing_client_says_what_to_install(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(FileAccessError, match=r"pip install 'mlaas4hep\[http\]'"):
         _remote.open_options("https://example.org/f.root")
     assert _remote.open_options("/data/f.root") == {}
+
+
+# -- bounded waits ------------------------------------------------------------------------------------
+_UNREACHABLE = """
+import sys, time
+from mlaas4hep import RootSequence
+t0 = time.perf_counter()
+try:
+    RootSequence([sys.argv[1]], labels=[1], **({"timeout": float(sys.argv[2])} if len(sys.argv) > 2 else {}))
+except Exception as err:
+    print(type(err).__name__, "|", err)
+print("seconds", time.perf_counter() - t0)
+"""
+
+
+def _unreachable(url: str, *timeout: str) -> tuple[str, float]:
+    """Make a sequence of ``url`` in a fresh interpreter with XRootD's own defaults; its error and how long it took."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XRD_")}
+    result = subprocess.run(
+        [sys.executable, "-c", _UNREACHABLE, url, *timeout], capture_output=True, text=True, timeout=300, env=env
+    )
+    lines = result.stdout.strip().splitlines()
+    return lines[0], float(lines[-1].split()[-1])
+
+
+def _free_port() -> int:
+    from servers import free_port
+
+    return free_port()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("XRootD") is None, reason="the XRootD client is not installed")
+def test_an_unreachable_xrootd_server_fails_within_the_timeout() -> None:
+    url = f"root://127.0.0.1:{_free_port()}//data/f.root"  # nothing listens there
+    error, seconds = _unreachable(url, "4")
+    assert error.startswith("FileAccessError |") and url in error
+    assert seconds < 4 + 10
+
+
+@pytest.mark.slow  # the documented default: 30 s
+@pytest.mark.skipif(importlib.util.find_spec("XRootD") is None, reason="the XRootD client is not installed")
+def test_an_unreachable_xrootd_server_fails_within_the_default_timeout() -> None:
+    url = f"root://127.0.0.1:{_free_port()}//data/f.root"
+    error, seconds = _unreachable(url)
+    assert error.startswith("FileAccessError |") and url in error
+    assert seconds < 30 + 15
+
+
+def test_an_unreachable_http_server_fails_at_once() -> None:
+    url = f"http://127.0.0.1:{_free_port()}/f.root"
+    error, seconds = _unreachable(url, "4")
+    assert error.startswith("FileAccessError |") and url in error
+    assert seconds < 4 + 10
+
+
+def test_a_web_server_without_byte_ranges_is_named(served: Path) -> None:
+    if importlib.util.find_spec("aiohttp") is None:
+        unavailable("aiohttp is not installed: pip install 'mlaas4hep[http]'")
+    server = HTTPServer(served, ranges=False)
+    server.start()
+    try:
+        with pytest.raises(FileAccessError, match=r"does not serve byte ranges"):
+            RootSequence([server.url("f0.root")], labels=[1], timeout=5)
+    finally:
+        server.stop()
