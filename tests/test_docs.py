@@ -44,3 +44,24 @@ def test_every_sequence_argument_is_documented() -> None:
     text = (ROOT / "docs" / "pages" / "sequence.md").read_text()
     missing = [name for name in names if f"| `{name}` |" not in text]
     assert not missing, f"RootSequence arguments missing from docs/pages/sequence.md: {missing}"
+
+
+def test_the_reliability_table_lists_what_the_tests_try() -> None:
+    """Every case of the bad-input tables is in docs/pages/reliability.md, and every test it names exists."""
+    import re
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import test_errors
+    import test_reliability
+
+    page = (ROOT / "docs" / "pages" / "reliability.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| ") and not line.startswith("| case")]
+    cases = {line.split(" | ")[0][2:] for line in rows}
+    for table in (test_errors.CASES, test_reliability.CASES):
+        missing = [case[0] for case in table if case[0] not in cases]
+        assert not missing, f"cases missing from reliability.md: {missing}"
+    sources = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    named = {name for line in rows for name in re.findall(r"`(test_\w+)`", line)}
+    unknown = sorted(name for name in named if f"def {name}(" not in sources)
+    assert not unknown, f"reliability.md names tests that do not exist: {unknown}"
+    assert len(rows) >= 60
