@@ -28,6 +28,7 @@ from .flatten import JaggedFlattener
 from .plan import ChunkPlan
 from .preproc import load_preproc, translate_preproc
 from .reader import ChunkReader
+from .recipe import InputRecipe
 from .selection import Selection
 from .sources import FileSource
 from .specs import BranchSpec, Specs
@@ -41,6 +42,7 @@ __all__ = [
     "ChunkReader",
     "FileAccessError",
     "FileSource",
+    "InputRecipe",
     "JaggedFlattener",
     "MLaaS4HEPError",
     "ParameterError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -434,6 +435,19 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
                 "Pass shuffle=False to fit, or make the sequence with shuffle=True.",
                 self,
             )
+
+    def save_preprocessing(self, path: str | os.PathLike[str]) -> Path:
+        """Write everything that turns events into ``x`` as JSON (see :class:`~mlaas4hep.recipe.InputRecipe`).
+
+        The branches in column order, aliases, cut, normalization with these
+        specs, widths, pad value and layout: :func:`~mlaas4hep.write_scores`
+        makes the same inputs from other files with it. Returns the path.
+
+        >>> train.save_preprocessing("model.preprocessing.json")  # doctest: +SKIP
+        """
+        from .recipe import InputRecipe
+
+        return InputRecipe.from_dataset(self.dataset).save(path)
 
     def close(self) -> None:
         """Stop the background reading and close the files."""
