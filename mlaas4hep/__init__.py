@@ -29,6 +29,7 @@ from .plan import ChunkPlan
 from .preproc import load_preproc, translate_preproc
 from .reader import ChunkReader
 from .recipe import InputRecipe
+from .scores import write_scores
 from .selection import Selection
 from .sources import FileSource
 from .specs import BranchSpec, Specs
@@ -57,6 +58,7 @@ __all__ = [
     "__version__",
     "load_preproc",
     "translate_preproc",
+    "write_scores",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
