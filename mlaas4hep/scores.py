@@ -11,8 +11,8 @@ written block by block into a tree of the input tree's name with exactly its
 entries, in the same order: a *friend tree* (entries that fail a cut get NaN).
 Memory stays bounded by the pipeline's cached and prefetched chunks.
 
-Each input file is one task, on a thread pool or a Dask cluster
-(:func:`~mlaas4hep.executors.map_files`). Everything that can be checked is
+Each input file is one task: one after another by default, or on a thread
+pool or a Dask cluster (:func:`~mlaas4hep.executors.map_files`). Everything that can be checked is
 checked before anything is written; each output is written to a temporary
 name in the output directory and renamed into place.
 """
@@ -263,9 +263,13 @@ def write_scores(
         Events per prediction, and per chunk read (and per block written).
     prefetch : int
         Chunks read ahead in the background.
-    executor : {"threads", "serial"}, Executor, dask.distributed.Client, or None
-        Where the tasks (one per file) run; default a thread pool (see
-        :func:`~mlaas4hep.executors.map_files`). With Dask, give the model as a path.
+    executor : {"serial", "threads"}, Executor, dask.distributed.Client, or None
+        Where the tasks (one per file) run (see :func:`~mlaas4hep.executors.map_files`).
+        Default (None, ``"serial"``): one file after another in this process,
+        each read and flattened in background threads while the model
+        predicts (on a few cores, scoring files side by side only adds
+        contention); ``"threads"`` or an executor score several at once.
+        With Dask, give the model as a path.
     overwrite : bool
         Replace existing output files (default: an existing one is an error).
     rntuple : bool
@@ -310,7 +314,7 @@ def write_scores(
     in_process = _in_process(executor)
     scorer = _Scorer(recipe, options, branches, bool(rntuple), path, live if in_process else None)
     jobs = [_Job(info, output) for info, output in zip(infos, outputs, strict=True)]
-    return map_files(_score_file, jobs, scorer, executor=executor, desc="scores")
+    return map_files(_score_file, jobs, scorer, executor="serial" if executor is None else executor, desc="scores")
 
 
 class _FriendWriter:

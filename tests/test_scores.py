@@ -109,6 +109,17 @@ def test_scores_equal_predict_on_inputs_made_by_hand(trained: Trained, tmp_path:
         assert scores.dtype == np.float32 and not np.isnan(scores).any()
         np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bkg_score.root", "sig_score.root"]  # no leftovers
+    # files scored side by side on threads (sharing the model) give the same files
+    threads = write_scores(
+        trained.model,
+        trained.files,
+        preprocessing=trained.recipe_path,
+        output_dir=tmp_path / "threads",
+        batch_size=128,
+        executor="threads",
+    )
+    for a, b in zip(written, threads, strict=True):
+        np.testing.assert_array_equal(read_scores(a)["score"], read_scores(b)["score"])
 
 
 def test_a_cut_gives_nan_where_it_fails(trained: Trained, tmp_path: Path) -> None:
