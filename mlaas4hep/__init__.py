@@ -23,12 +23,15 @@ from .errors import (
     SpecsError,
     SpecsMismatchWarning,
     TreeError,
+    reraise,
 )
 from .first_pass import SpecBuilder
 from .flatten import JaggedFlattener
 from .plan import ChunkPlan
 from .preproc import load_preproc, translate_preproc
 from .reader import ChunkReader
+from .recipe import InputRecipe
+from .scores import write_scores
 from .selection import Selection
 from .sources import FileSource
 from .specs import BranchSpec, Specs
@@ -43,6 +46,7 @@ __all__ = [
     "DataWarning",
     "FileAccessError",
     "FileSource",
+    "InputRecipe",
     "JaggedFlattener",
     "MLaaS4HEPError",
     "ParameterError",
@@ -56,7 +60,9 @@ __all__ = [
     "TreeError",
     "__version__",
     "load_preproc",
+    "reraise",
     "translate_preproc",
+    "write_scores",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

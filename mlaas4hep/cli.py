@@ -1,7 +1,7 @@
-"""Command-line interface: ``mlaas4hep demo|specs|workflow`` and the original ``workflow`` command.
+"""Command-line interface: ``mlaas4hep demo|specs|predict|workflow`` and the original ``workflow`` command.
 
 This module only parses arguments, sets up logging and prints; the work is done
-by :mod:`mlaas4hep.workflow`, :mod:`mlaas4hep.specs` and :mod:`mlaas4hep.datasets`,
+by :mod:`mlaas4hep.workflow`, :mod:`mlaas4hep.specs`, :mod:`mlaas4hep.scores` and :mod:`mlaas4hep.datasets`,
 with the inputs read by :mod:`mlaas4hep.inputs` and :mod:`mlaas4hep.params`.
 ``mlaas4hep specs`` never imports Keras or TensorFlow.
 """
@@ -156,6 +156,48 @@ def _specs(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- predict --------------------------------------------------------------------------------------
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .inputs import read_list
+    from .scores import write_scores
+
+    files = [f for value in args.files for f in read_list(value, "FILE")]
+    written = write_scores(
+        args.model,
+        files,
+        preprocessing=args.preprocessing,
+        output_dir=args.output_dir,
+        name=args.name,
+        tree=args.tree,
+        cut=args.cut,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        overwrite=args.overwrite,
+        rntuple=args.rntuple,
+    )
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", help="ROOT files (file.root or file.root:tree), or list files"
+    )
+    parser.add_argument("--model", required=True, help="the trained model (.keras)")
+    parser.add_argument("--preprocessing", required=True, help="its preprocessing (model.preprocessing.json)")
+    parser.add_argument("--output-dir", required=True, help="where to write one friend file per input")
+    parser.add_argument("--name", default="score", help="the scores' branch, and the files' suffix (default score)")
+    parser.add_argument("--cut", default=None, help="entries where this is false get NaN (default: score every entry)")
+    parser.add_argument("--tree", default=None, help="tree of files that do not name one (default: the one trained on)")
+    parser.add_argument("--batch-size", type=int, default=1000, help="events per prediction (default 1000)")
+    parser.add_argument("--chunk-size", type=int, default=10_000, help="events per chunk read (default 10000)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--rntuple", action="store_true", help="write RNTuples instead of TTrees")
+
+
 # -- workflow -------------------------------------------------------------------------------------
 
 
@@ -240,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     specs.add_argument("--redirector", default="", help="prefix for bare file names, e.g. root://host/")
     specs.add_argument("-o", "--output", default=None, help="write the specs JSON here")
     specs.set_defaults(func=_specs)
+
+    predict = sub.add_parser("predict", help="write a trained model's scores of ROOT files as friend trees")
+    _add_predict_arguments(predict)
+    predict.set_defaults(func=_predict)
 
     workflow = sub.add_parser("workflow", help="the original MLaaS4HEP workflow (same flags as the workflow command)")
     _add_workflow_arguments(workflow)

@@ -7,6 +7,10 @@ Messages name the file, tree, branch or parameter at fault.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
 __all__ = [
     "BranchError",
     "DataWarning",
@@ -17,6 +21,8 @@ __all__ = [
     "SpecsError",
     "SpecsMismatchWarning",
     "TreeError",
+    "reraise",
+    "reraise_from",
 ]
 
 
@@ -60,3 +66,35 @@ class SpecsMismatchWarning(UserWarning):
 
 class DataWarning(UserWarning):
     """The data will train a model, but likely not as meant: a branch with no finite value, an oversized chunk."""
+
+
+@contextlib.contextmanager
+def reraise(*sequences: Any) -> Iterator[None]:
+    """Raise the library's own error when ``fit`` (or ``evaluate``, ``predict``) fails while reading.
+
+    The TensorFlow backend hands ``fit``'s caller an ``UnknownError`` of its own
+    for any error raised while a batch is read: within this block, the
+    :class:`~mlaas4hep.errors.MLaaS4HEPError` that a sequence raised (a
+    :class:`~mlaas4hep.errors.FileAccessError` naming the file, say) is raised
+    instead, chained to TensorFlow's. The other backends raise it as it is.
+
+    Examples
+    --------
+    >>> from mlaas4hep import reraise
+    >>> with reraise(train, val):  # doctest: +SKIP
+    ...     model.fit(train, validation_data=val, epochs=5)
+    """
+    try:
+        yield
+    except Exception as err:
+        reraise_from(err, sequences)
+        raise
+
+
+def reraise_from(error: BaseException | None, sequences: Iterable[Any]) -> None:
+    """Raise the last error one of ``sequences`` kept (``last_error``) from ``error``, unless that is the library's."""
+    if error is None or isinstance(error, MLaaS4HEPError):
+        return
+    for seq in sequences:
+        if seq.last_error is not None:
+            raise seq.last_error from error

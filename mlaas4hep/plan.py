@@ -292,6 +292,9 @@ class EpochLayout:
     batch_size, seed : int
     shuffle : bool
     num_shards, shard_index : int
+    epochs : int, optional
+        Epochs that will be served, when known (a single pass: 1): nothing
+        is read ahead past the last one. Default: no end.
 
     Examples
     --------
@@ -309,8 +312,10 @@ class EpochLayout:
         seed: int,
         num_shards: int = 1,
         shard_index: int = 0,
+        epochs: int | None = None,
     ) -> None:
         self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.epochs = None if epochs is None else check_int(epochs, "epochs", hint="None (no end)")
         self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
         self.num_shards, self.shard_index = int(num_shards), int(shard_index)
         self.n_events = int(self.sizes.sum())
@@ -377,7 +382,8 @@ class EpochLayout:
         """The ``n`` chunks this shard reads after the one at ``position``: ``(epoch, k)`` pairs.
 
         Past the shard's last chunk of ``epoch`` they are its first chunks of
-        the next epoch; another shard's chunks are never among them.
+        the next epoch (none past the last of ``epochs``); another shard's
+        chunks are never among them.
         """
         out = []
         last = self._last(epoch)
@@ -385,6 +391,8 @@ class EpochLayout:
             if ahead <= last:
                 out.append((epoch, int(self.order(epoch)[0][ahead])))
                 continue
+            if self.epochs is not None and epoch + 1 >= self.epochs:
+                break
             at = self._first(epoch + 1) + ahead - last - 1
             if at <= self._last(epoch + 1):
                 out.append((epoch + 1, int(self.order(epoch + 1)[0][at])))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -14,7 +14,7 @@ import numpy as np
 from ._checks import is_int
 from .dataset import Dataset, prepare
 from .epochs import EpochTracker
-from .errors import MLaaS4HEPError
+from .errors import MLaaS4HEPError, reraise_from
 from .flatten import JaggedFlattener
 from .options import Options
 from .pipeline import Pipeline
@@ -25,7 +25,7 @@ from .sources import DEFAULT_TREE, FileSource
 from .specs import Specs
 from .targets import Outputs
 
-__all__ = ["RootSequence", "reraise", "shard_layout"]
+__all__ = ["RootSequence", "shard_layout"]
 
 log = logging.getLogger(__name__)
 
@@ -438,6 +438,19 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
                 self,
             )
 
+    def save_preprocessing(self, path: str | os.PathLike[str]) -> Path:
+        """Write everything that turns events into ``x`` as JSON (see :class:`~mlaas4hep.recipe.InputRecipe`).
+
+        The branches in column order, aliases, cut, normalization with these
+        specs, widths, pad value and layout: :func:`~mlaas4hep.write_scores`
+        makes the same inputs from other files with it. Returns the path.
+
+        >>> train.save_preprocessing("model.preprocessing.json")  # doctest: +SKIP
+        """
+        from .recipe import InputRecipe
+
+        return InputRecipe.from_dataset(self.dataset).save(path)
+
     def close(self) -> None:
         """Stop the background reading and close the files."""
         self.pipeline.close()
@@ -448,7 +461,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
         """Close the sequence; an error that wraps one of the library's (TensorFlow's) is raised as the library's."""
         self.close()
-        _reraise(error, [self])
+        reraise_from(error, [self])
 
     def __repr__(self) -> str:
         return (
@@ -456,36 +469,6 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
             f"{self.batch_size}, {self.num_features} features, subset={self.subset!r}"
             + (f", shard {self.shard_index} of {self.num_shards})" if self.num_shards > 1 else ")")
         )
-
-
-@contextlib.contextmanager
-def reraise(*sequences: RootSequence) -> Iterator[None]:
-    """Raise the library's own error when ``fit`` (or ``evaluate``, ``predict``) fails while reading.
-
-    The TensorFlow backend hands ``fit``'s caller an ``UnknownError`` of its own
-    for any error raised while a batch is read: within this block, the
-    :class:`~mlaas4hep.errors.MLaaS4HEPError` that a sequence raised (a
-    :class:`~mlaas4hep.errors.FileAccessError` naming the file, say) is raised
-    instead, chained to TensorFlow's. The other backends raise it as it is.
-
-    Examples
-    --------
-    >>> with reraise(train, val):  # doctest: +SKIP
-    ...     model.fit(train, validation_data=val, epochs=5)
-    """
-    try:
-        yield
-    except Exception as err:
-        _reraise(err, sequences)
-        raise
-
-
-def _reraise(error: BaseException | None, sequences: Iterable[RootSequence]) -> None:
-    if error is None or isinstance(error, MLaaS4HEPError):
-        return
-    for seq in sequences:
-        if seq.last_error is not None:
-            raise seq.last_error from error
 
 
 def _processes(options: Options) -> int:

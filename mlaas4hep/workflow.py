@@ -183,6 +183,7 @@ class WorkflowResult:
     roc_auc: float | None = None
     plots: list[Path] = field(default_factory=list)
     model_path: Path | None = None
+    preprocessing_path: Path | None = None
 
 
 def run_workflow(
@@ -213,6 +214,8 @@ def run_workflow(
         files, and (re)written otherwise.
     fout : path, optional
         Where to save the trained model (``--fout``); must end in ``.keras`` or ``.h5``.
+        The preprocessing (what :func:`~mlaas4hep.write_scores` needs to make
+        the model's inputs) is saved beside it: ``model.keras`` -> ``model.preprocessing.json``.
     preproc : path, mapping or Preprocessing, optional
         The original's preproc.json (``--preproc``): new branches, cuts and
         branches to drop, translated by :func:`mlaas4hep.preproc.translate_preproc`
@@ -267,8 +270,8 @@ def run_workflow(
         if hist_dir is not None:
             plots += _plot_results(hist_dir, curve, history, type(ml_model).__name__)
             log.info("wrote plots %s", ", ".join(map(str, plots)))
-        model_path = _save(ml_model, fout)
-        return WorkflowResult(ml_model, train.specs, history, metrics, roc_auc, plots, model_path)
+        model_path, preprocessing = _save(ml_model, fout, train)
+        return WorkflowResult(ml_model, train.specs, history, metrics, roc_auc, plots, model_path, preprocessing)
     finally:
         for seq in sequences:
             seq.close()
@@ -397,7 +400,7 @@ def _categorical_classes(model: Any) -> int | None:
 
 def _train(ml_model: Any, train: Any, val: Any | None, params: WorkflowParams) -> dict[str, list[float]]:
     """Fit the model for ``params.epochs``, one log line per epoch; the metrics of every epoch."""
-    from .sequence import reraise
+    from .errors import reraise
 
     callback = _history_callback()
     t1 = time.perf_counter()
@@ -417,7 +420,7 @@ def _train(ml_model: Any, train: Any, val: Any | None, params: WorkflowParams) -
 
 def _evaluate(ml_model: Any, evaluation: Any, name: str) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The compiled metrics and ``roc_auc`` on the ``name`` set, logged; with its labels and scores."""
-    from .sequence import reraise
+    from .errors import reraise
 
     metrics: dict[str, float] = {}
     if hasattr(ml_model, "evaluate"):
@@ -474,13 +477,15 @@ def _plot_results(
     return plots
 
 
-def _save(ml_model: Any, fout: str | os.PathLike[str] | None) -> Path | None:
-    """Save the model to ``fout``, if given; the path saved to."""
+def _save(ml_model: Any, fout: str | os.PathLike[str] | None, train: Any) -> tuple[Path | None, Path | None]:
+    """Save the model to ``fout``, if given, and its preprocessing beside it; the paths saved to."""
     if fout is None:
-        return None
+        return None, None
     model_path = Path(fout)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Keras' notes on saving subclassed models
         ml_model.save(model_path)
     log.info("saved model to %s", model_path)
-    return model_path
+    from .recipe import preprocessing_path
+
+    return model_path, train.save_preprocessing(preprocessing_path(model_path))

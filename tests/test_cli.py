@@ -170,6 +170,7 @@ def test_seed_recipe_runs_as_the_original(demo_files: list[Path], tmp_path: Path
         assert metric in out
     assert "I0000" not in run.stderr and "oneDNN" not in run.stderr  # no TensorFlow start-up noise
     assert (tmp_path / "model.keras").stat().st_size > 0
+    assert json.loads((tmp_path / "model.preprocessing.json").read_text())["format"] == "mlaas4hep-preprocessing"
     assert Specs.load(tmp_path / "specs.json").n_events == 4060
     for name in ("features.pdf", "history.pdf", "roc.pdf"):
         data = (tmp_path / "pdfs" / name).read_bytes()

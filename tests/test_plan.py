@@ -191,6 +191,17 @@ def test_epoch_layout_reads_ahead_into_the_next_epoch_but_never_into_another_sha
     assert [k for _, k in shuffled.following(0, 0, 3)] == order[1:4].tolist()
 
 
+def test_epoch_layout_of_a_known_number_of_epochs_reads_nothing_past_the_last():
+    sizes = np.array([10] * 4)
+    once = EpochLayout(sizes, batch_size=5, shuffle=False, seed=0, epochs=1)
+    assert once.following(0, 1, 3) == [(0, 2), (0, 3)]
+    assert once.following(0, 3, 2) == []
+    twice = EpochLayout(sizes, batch_size=5, shuffle=True, seed=1, epochs=2)
+    assert [e for e, _ in twice.following(0, 3, 2)] == [1, 1] and twice.following(1, 3, 2) == []
+    with pytest.raises(ParameterError, match="epochs must be a positive integer or None"):
+        EpochLayout(sizes, batch_size=5, shuffle=False, seed=0, epochs=0)
+
+
 def test_layout_of_an_empty_or_tiny_stream():
     with pytest.raises(ParameterError, match="num_shards"):
         EpochLayout(np.array([2]), batch_size=1, shuffle=False, seed=0, num_shards=3)

@@ -38,7 +38,7 @@ from mlaas4hep import (  # noqa: E402
     SpecsError,
     SpecsMismatchWarning,
 )
-from mlaas4hep.sequence import reraise  # noqa: E402
+from mlaas4hep.errors import reraise  # noqa: E402
 
 
 def _write(path: Path, data: dict[str, Any], tree: str = "Events") -> Path:

@@ -12,6 +12,7 @@ import pytest
 
 from mlaas4hep.errors import ParameterError
 from mlaas4hep.inputs import parse_labels
+from mlaas4hep.recipe import InputRecipe
 from mlaas4hep.workflow import run_workflow
 
 # A keras.Model subclass with its own fit(x_train, y_train, **kwds), as the original's models.py.
@@ -114,6 +115,10 @@ def test_categorical_loss_gets_one_hot_labels(
     assert result.roc_auc == result.metrics["roc_auc"] and result.plots == []
     assert result.model_path == tmp_path / "model.keras"
     assert keras.models.load_model(result.model_path).output_shape == (None, 3)
+    # the preprocessing is saved beside the model, for write_scores
+    assert result.preprocessing_path == tmp_path / "model.preprocessing.json"
+    recipe = InputRecipe.load(result.preprocessing_path)
+    assert recipe.num_features == result.model.input_shape[-1] and "run" not in recipe.branches
 
 
 def test_fit_without_history_skips_its_plot(
