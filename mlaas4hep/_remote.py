@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -66,6 +67,13 @@ def preload_xrootd() -> None:
         import XRootD.client  # noqa: F401
     except ImportError:  # a broken install: open_options says what to do when a root:// file is used
         return
+    atexit.register(_quiet_xrootd_exit)  # after XRootD's own exit handler, so it runs before it
+
+
+def _quiet_xrootd_exit() -> None:
+    # XRootD's exit handler looks at every object left (gc.get_objects()), PyTorch's deprecated
+    # torch.distributed.reduce_op among them, which warns when looked at: a warning for no one
+    warnings.filterwarnings("ignore", category=FutureWarning, module="XRootD.client.finalize")
 
 
 def open_options(path: str) -> dict[str, Any]:
