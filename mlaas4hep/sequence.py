@@ -169,9 +169,13 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         (at most one worker per file; :attr:`worker_processes` says how many).
         Batches are the same as with one worker. Keras is then told
         ``workers=1``: its fetching threads would only add overhead. Otherwise
-        ``workers`` is forwarded to :class:`keras.utils.PyDataset`.
+        ``workers`` is forwarded to :class:`keras.utils.PyDataset`, with the
+        TensorFlow backend only: Keras' JAX and PyTorch trainers would serve
+        some batches twice and others not at all with their own fetchers, so
+        there Keras is told ``workers=1`` and ``use_multiprocessing=False``,
+        and the sequence reads in its own threads or worker processes.
     use_multiprocessing, max_queue_size
-        Forwarded to :class:`keras.utils.PyDataset`.
+        Forwarded to :class:`keras.utils.PyDataset` (see ``workers``).
     cache_chunks : int
         Flattened chunks kept in memory once served (default 2: the current one and the one before).
     prefetch : int
@@ -280,6 +284,9 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     ) -> None:
         # every argument but the files and labels is an option, checked once by Options
         options = Options.from_arguments(locals())
+        if not _keras_queue_is_safe() and (options.workers > 1 or options.use_multiprocessing):
+            log.info("Keras backend %r: batches are fetched by this sequence's own threads or processes", _backend())
+            workers, use_multiprocessing = 1, False
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.options = options
         self.dataset: Dataset = prepare(files, labels, options)
@@ -447,9 +454,25 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         )
 
 
+def _backend() -> str:
+    return str(keras.backend.backend())
+
+
+def _keras_queue_is_safe() -> bool:
+    """Whether Keras may fetch batches itself, with ``workers > 1`` threads or processes.
+
+    Keras' JAX and PyTorch trainers start an epoch's iteration to build the
+    model and abandon it; the batches its fetchers had queued then come first
+    in the next epoch, and every epoch serves the last ones fetched for the
+    epoch before instead of as many of its own (Keras 3.15, any PyDataset).
+    The TensorFlow trainer does not, so only there do Keras' fetchers run.
+    """
+    return _backend() == "tensorflow"
+
+
 def _processes(options: Options) -> int:
     """Worker processes for the pipeline: none when Keras forks its own (``use_multiprocessing``)."""
-    if options.workers > 1 and options.use_multiprocessing:
+    if options.workers > 1 and options.use_multiprocessing and _keras_queue_is_safe():
         log.info(
             "workers=%d: reading in threads of this process (Keras' use_multiprocessing forks its own processes)",
             options.workers,
