@@ -40,7 +40,7 @@ test: setup system-deps
 # training) on Keras' JAX and PyTorch backends too; `make test` runs everything on TensorFlow.
 CORE_TESTS := test_exactly_once.py test_sharding.py test_sequence.py test_notebook.py
 test-backends: setup $(BACKENDS_STAMP)
-	for backend in jax torch; do \
+	@for backend in jax torch; do \
 	  echo "KERAS_BACKEND=$$backend"; \
 	  (cd tests && KERAS_BACKEND=$$backend ../$(BIN)/python -m pytest -c ../pyproject.toml --rootdir .. \
 	    $(PYTEST_ARGS) $(CORE_TESTS)) || exit 1; \
