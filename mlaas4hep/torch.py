@@ -28,7 +28,7 @@ except ModuleNotFoundError as err:  # the one place the missing extra is explain
     msg = f"mlaas4hep.torch needs PyTorch ({err}): pip install 'mlaas4hep[torch]'"
     raise ModuleNotFoundError(msg, name=err.name) from err
 
-from ._checks import check_int
+from ._checks import check_int, is_int
 from .dataset import Dataset, prepare
 from .errors import ParameterError
 from .options import Options
@@ -246,20 +246,24 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
     subset = property(lambda self: self.options.subset, doc="The part of the split served.")
 
     def layout(self, num_workers: int = 0, worker: int = 0) -> EpochLayout:
-        """Where the batches of worker ``worker`` of this rank lie in each epoch, with ``num_workers`` workers."""
-        workers = max(check_int(num_workers, "num_workers", minimum=0), 1)
-        if not 0 <= worker < workers:
-            msg = f"worker must be in [0, {workers}), got {worker!r}"
+        """Where the batches of worker ``worker`` of this rank lie in each epoch, with ``num_workers`` workers.
+
+        Raises :class:`~mlaas4hep.errors.ParameterError` when there are fewer
+        events than shards (``world_size * num_workers``).
+        """
+        workers = _processes(num_workers)
+        if not is_int(worker) or not 0 <= int(worker) < workers:
+            msg = f"worker must be an integer in [0, {workers}), got {worker!r}"
             raise ParameterError(msg)
-        return self.dataset.layout(num_shards=self.world_size * workers, shard_index=self.rank * workers + worker)
+        return self.dataset.layout(num_shards=self.world_size * workers, shard_index=self.rank * workers + int(worker))
 
     def num_batches(self, num_workers: int = 0) -> int:
         """Batches this rank serves per epoch through a ``DataLoader`` with ``num_workers`` workers."""
-        return max(num_workers, 1) * self.layout(num_workers).batches
+        return _processes(num_workers) * self.layout(num_workers).batches
 
     def num_events(self, num_workers: int = 0) -> int:
         """Events this rank serves per epoch through a ``DataLoader`` with ``num_workers`` workers."""
-        shards = [self.layout(num_workers, w).shard for w in range(max(num_workers, 1))]
+        shards = [self.layout(num_workers, w).shard for w in range(_processes(num_workers))]
         return sum(stop - start for start, stop in shards)
 
     @property
@@ -337,6 +341,11 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
             f"{self.batch_size}, {self.num_features} features, subset={self.subset!r}, "
             f"rank {self.rank} of {self.world_size})"
         )
+
+
+def _processes(num_workers: int) -> int:
+    """The processes that serve a rank through a DataLoader with ``num_workers`` workers (0: the rank's own)."""
+    return max(check_int(num_workers, "num_workers", minimum=0), 1)
 
 
 def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -16,6 +16,10 @@ import uproot
 
 torch = pytest.importorskip("torch")
 
+# Python >= 3.12 warns when a DataLoader forks its workers from a process with threads (the pipeline's,
+# TensorFlow's): they read files and never touch those threads' locks
+pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+
 from torch.utils.data import DataLoader  # noqa: E402
 
 from mlaas4hep import ParameterError  # noqa: E402
@@ -242,8 +246,15 @@ def test_a_plain_pytorch_loop_learns(two_files):
 def test_bad_arguments_are_parameter_errors(two_files, kw, match):
     with pytest.raises(ParameterError, match=match):
         _make(two_files, **kw)
+    ds = _make(two_files)
     with pytest.raises(ParameterError, match="epoch"):
-        _make(two_files).set_epoch(-1)
+        ds.set_epoch(-1)
+    with pytest.raises(ParameterError, match="num_workers"):
+        ds.num_batches(-1)
+    with pytest.raises(ParameterError, match="worker must be"):
+        ds.layout(2, worker=2)
+    with pytest.raises(ParameterError, match="num_shards=6000 is more than the 3000 events"):
+        ds.layout(6000)  # more DataLoader workers than events
 
 
 def test_pickled_keeps_its_epoch_and_batches(two_files):
