@@ -92,6 +92,8 @@ def test_weights_masks_targets_and_no_labels(two_files):
     x, _ = next(iter(masked))
     assert set(x) == {"features", "mask"} and all(isinstance(t, torch.Tensor) for t in x.values())
     assert x["mask"].dtype == torch.float32 and x["mask"].shape == x["features"].shape
+    x, _ = next(iter(DataLoader(masked, batch_size=None, num_workers=2, multiprocessing_context="fork")))
+    assert set(x) == {"features", "mask"} and x["features"].shape == (64, masked.num_features)  # through a worker
     (x,) = next(iter(RootDataset(two_files, branches=["uid"], batch_size=10, chunk_size=100)))
     assert x.shape == (10, 1)
     regression = _make(two_files, labels=None, targets="MET_pt", branches=["uid"], shuffle=False)
