@@ -8,7 +8,9 @@ ROOT_VENV := .venv-root
 ROOT_STAMP := $(ROOT_VENV)/.installed
 ROOT_PKG ?= root
 
-.PHONY: setup system-deps demo test lint bench bench-root docs clean
+BACKENDS_STAMP := $(VENV)/.backends-installed
+
+.PHONY: setup system-deps demo test test-backends lint bench bench-root docs clean
 
 setup: $(STAMP)
 
@@ -33,6 +35,20 @@ system-deps:
 
 test: setup system-deps
 	cd tests && ../$(BIN)/python -m pytest -c ../pyproject.toml --rootdir .. $(PYTEST_ARGS) .
+
+# The core tests (exactly once through model.fit, shards, splits, the batch contract, the notebook's
+# training) on Keras' JAX and PyTorch backends too; `make test` runs everything on TensorFlow.
+CORE_TESTS := test_exactly_once.py test_sharding.py test_sequence.py test_notebook.py
+test-backends: setup $(BACKENDS_STAMP)
+	@for backend in jax torch; do \
+	  echo "KERAS_BACKEND=$$backend"; \
+	  (cd tests && KERAS_BACKEND=$$backend ../$(BIN)/python -m pytest -c ../pyproject.toml --rootdir .. \
+	    $(PYTEST_ARGS) $(CORE_TESTS)) || exit 1; \
+	done
+
+$(BACKENDS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,backends]"
+	touch $(BACKENDS_STAMP)
 
 # The gate every commit passes: ruff (lint and format), mypy --strict on the package, and the size limits
 lint: setup

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+import warnings
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -75,6 +76,13 @@ def preload_xrootd() -> None:
         import XRootD.client  # noqa: F401
     except ImportError:  # a broken install: open_options says what to do when a root:// file is used
         return
+    atexit.register(_quiet_xrootd_exit)  # after XRootD's own exit handler, so it runs before it
+
+
+def _quiet_xrootd_exit() -> None:
+    # XRootD's exit handler looks at every object left (gc.get_objects()), PyTorch's deprecated
+    # torch.distributed.reduce_op among them, which warns when looked at: a warning for no one
+    warnings.filterwarnings("ignore", category=FutureWarning, module="XRootD.client.finalize")
 
 
 def open_options(path: str, timeout: float = 30.0) -> dict[str, Any]:

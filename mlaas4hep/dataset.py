@@ -121,8 +121,12 @@ class Dataset:
             expect=self.files or None,
         )
 
-    def layout(self) -> EpochLayout:
-        """Where each batch of this subset (and shard) lies in each epoch's stream of chunks."""
+    def layout(self, *, num_shards: int | None = None, shard_index: int | None = None) -> EpochLayout:
+        """Where each batch of this subset (and shard) lies in each epoch's stream of chunks.
+
+        The shard is the options' unless ``num_shards`` and ``shard_index`` name
+        another (a face that shards further, e.g. over PyTorch's DataLoader workers).
+        """
         o = self.options
         assert o.shuffle is not None and o.seed is not None  # filled in by Options
         return EpochLayout(
@@ -130,8 +134,8 @@ class Dataset:
             batch_size=o.batch_size,
             shuffle=o.shuffle,
             seed=o.seed,
-            num_shards=o.num_shards,
-            shard_index=o.shard_index,
+            num_shards=o.num_shards if num_shards is None else num_shards,
+            shard_index=o.shard_index if shard_index is None else shard_index,
         )
 
 

@@ -33,13 +33,16 @@ when its indices run out within its second pass.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
 from typing import Any
 
 import numpy as np
 
-__all__ = ["EpochTracker"]
+__all__ = ["EpochTracker", "OrderWatch"]
+
+log = logging.getLogger(__name__)
 
 # the tracker's state: one array of int64, shared between processes when asked to
 # counters and flags; then n slots, then n "asked in this pass" marks
@@ -164,3 +167,27 @@ class EpochTracker:
             self._state = np.frombuffer(memoryview(self._array.get_obj()), dtype=np.int64)
         self._slots = self._state[_HEAD : _HEAD + self.n]
         self._asked = self._state[_HEAD + self.n :]
+
+
+class OrderWatch:
+    """Says once when batches served in order (``shuffle=False``) are asked for out of order.
+
+    Each chunk is then read out of order, and some several times: ``fit``'s
+    default ``shuffle=True`` does that to a sequence made with ``shuffle=False``.
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self._warned = False
+
+    def watch(self, position: int, who: object) -> None:
+        """Note that the batch asked for starts in chunk ``position`` of the epoch's order."""
+        last, self._last = self._last, position
+        if last is not None and position not in (last, last + 1, 0) and not self._warned:
+            self._warned = True
+            log.warning(
+                "%r serves its batches in order (shuffle=False), but they are asked for out of order "
+                "(fit's default shuffle=True?): chunks are then read out of order, some several times. "
+                "Pass shuffle=False to fit, or make the sequence with shuffle=True.",
+                who,
+            )

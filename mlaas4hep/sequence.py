@@ -13,7 +13,7 @@ import numpy as np
 
 from ._checks import is_int
 from .dataset import Dataset, prepare
-from .epochs import EpochTracker
+from .epochs import EpochTracker, OrderWatch
 from .errors import MLaaS4HEPError, reraise_from
 from .flatten import JaggedFlattener
 from .options import Options
@@ -172,9 +172,12 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         files, balanced by events, and write their part of every chunk into
         shared memory (at most one per file: :attr:`worker_processes`); the
         batches are the same, and Keras is told ``workers=1``. Otherwise
-        ``workers`` is forwarded to :class:`keras.utils.PyDataset`.
+        ``workers`` is forwarded to :class:`keras.utils.PyDataset`, with the
+        TensorFlow backend only: Keras' JAX and PyTorch trainers serve some
+        batches twice with their own fetchers, so there the sequence reads in
+        its own threads or worker processes and Keras is told ``workers=1``.
     use_multiprocessing, max_queue_size
-        Forwarded to :class:`keras.utils.PyDataset`.
+        Forwarded to :class:`keras.utils.PyDataset` (see ``workers``).
     cache_chunks : int
         Flattened chunks kept in memory once served (default 2: the current one and the one before).
     prefetch : int
@@ -278,6 +281,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     ) -> None:
         # every argument but the files and labels is an option, checked once by Options
         options = Options.from_arguments(locals())
+        workers, use_multiprocessing = _keras_fetching(options)
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.options = options
         self.dataset: Dataset = prepare(files, labels, options)
@@ -286,8 +290,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         if self.pipeline.worker_processes:  # Keras' own fetching threads would only queue up for this process's lock
             self.workers = 1
         self._epochs = EpochTracker(len(self), by_arrival=bool(options.shuffle), shared=options.use_multiprocessing)
-        self._last_position: int | None = None  # the chunk of the last batch served in order, and whether
-        self._warned = False  # a warning said that batches in order are asked for out of order
+        self._order = OrderWatch()
         self.last_error: MLaaS4HEPError | None = None
 
     # -- what the sequence serves ----------------------------------------------------------------
@@ -411,7 +414,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
             raise IndexError(msg)
         epoch, slot = self._epochs.assign(int(index) % n)
         if not self.shuffle:
-            self._watch_order(epoch, slot)
+            self._order.watch(self.layout.position(epoch, slot), self)
         try:
             batch = self.pipeline.batch(epoch, slot)
         except MLaaS4HEPError as err:  # kept: TensorFlow hands fit's caller its own UnknownError instead
@@ -424,19 +427,6 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         if y is None:
             return (x,)
         return (x, y) if batch.w is None else (x, y, batch.w)
-
-    def _watch_order(self, epoch: int, slot: int) -> None:
-        """Say once when indices in order come out of order: every chunk is then read more than once."""
-        position = self.layout.position(epoch, slot)
-        last, self._last_position = self._last_position, position
-        if last is not None and position not in (last, last + 1, 0) and not self._warned:
-            self._warned = True
-            log.warning(
-                "%r serves its batches in order (shuffle=False), but they are asked for out of order "
-                "(fit's default shuffle=True?): chunks are then read out of order, some several times. "
-                "Pass shuffle=False to fit, or make the sequence with shuffle=True.",
-                self,
-            )
 
     def save_preprocessing(self, path: str | os.PathLike[str]) -> Path:
         """Write everything that turns events into ``x`` as JSON (see :class:`~mlaas4hep.recipe.InputRecipe`).
@@ -471,9 +461,28 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         )
 
 
+def _keras_queue_is_safe() -> bool:
+    """Whether Keras may fetch batches itself, with ``workers > 1`` threads or processes.
+
+    Keras' JAX and PyTorch trainers start an epoch's iteration to build the
+    model and abandon it; the batches its fetchers had queued then come first
+    in the next epoch instead of as many of its own (Keras 3.15, any PyDataset).
+    The TensorFlow trainer does not, so only there do Keras' fetchers run.
+    """
+    return str(keras.backend.backend()) == "tensorflow"
+
+
+def _keras_fetching(options: Options) -> tuple[int, bool]:
+    """The ``workers`` and ``use_multiprocessing`` that Keras is given (see :func:`_keras_queue_is_safe`)."""
+    if not _keras_queue_is_safe() and (options.workers > 1 or options.use_multiprocessing):
+        log.info("Keras backend %r: the sequence's own threads or processes fetch", keras.backend.backend())
+        return 1, False
+    return options.workers, options.use_multiprocessing
+
+
 def _processes(options: Options) -> int:
     """Worker processes for the pipeline: none when Keras forks its own (``use_multiprocessing``)."""
-    if options.workers > 1 and options.use_multiprocessing:
+    if options.workers > 1 and options.use_multiprocessing and _keras_queue_is_safe():
         log.info(
             "workers=%d: reading in threads of this process (Keras' use_multiprocessing forks its own processes)",
             options.workers,

@@ -109,6 +109,8 @@ class WorkerPool:
         try:
             with warnings.catch_warnings():  # Python >= 3.12 warns on fork() with threads; the workers use none of them
                 warnings.simplefilter("ignore", DeprecationWarning)
+                # and so does JAX (Keras' JAX backend), whose threads the workers never call either
+                warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
                 for files in groups:
                     parent, child = context.Pipe()
                     process = context.Process(

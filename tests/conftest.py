@@ -20,6 +20,20 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
+def keras_probe(*, built: bool = False) -> tuple[list[int] | None, int]:
+    """What Keras' ``fit`` asks a PyDataset for before its first epoch, under the backend in use.
+
+    TensorFlow probes indices 0 and 1 outside any epoch (forgotten by the
+    sequence). JAX and PyTorch build an unbuilt model on the first batch of an
+    epoch they begin and abandon: one index, Keras' first, which the first
+    epoch serves again when its index comes, reading its chunk (and the ones
+    read ahead of it) again. Returns the indices (None: any one) and how many.
+    """
+    if os.environ["KERAS_BACKEND"] == "tensorflow":
+        return [0, 1], 2
+    return None, 0 if built else 1
+
+
 def write_tree(path: Path, n: int, *, seed: int, file_id: int = 0, tree: str = "Events", basket: int = 0) -> Path:
     """Write a TTree with an event id ``uid``, flat branches and a NanoAOD-like jet collection.
 

@@ -22,6 +22,7 @@ def test_docs_build_strict(tmp_path: Path) -> None:
     api = (site / "api" / "index.html").read_text()
     for name in ("RootSequence", "SpecBuilder", "JaggedFlattener", "run_workflow", "plot_roc", "seed_model"):
         assert name in api
+    assert "RootDataset" in api  # the PyTorch face
     guide = (site / "workflow" / "index.html").read_text()
     assert "test_split" in guide and "exclude_branches" in guide
 

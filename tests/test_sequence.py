@@ -7,7 +7,11 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from conftest import keras_probe  # noqa: E402
+
 from mlaas4hep import ParameterError, RootSequence  # noqa: E402
+
+TENSORFLOW = keras.backend.backend() == "tensorflow"
 
 
 def _ids(seq: RootSequence, order=None) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +156,8 @@ def test_fit_reads_each_chunk_once_per_epoch_under_keras_shuffling(two_files):
     assert n_chunks == 10
     _model(seq.num_features).fit(seq, epochs=2, verbose=0)  # default: shuffle=True, workers=1
     # once per chunk and epoch at most, plus the read ahead of the next epoch's first chunks
-    assert seq.chunk_reads <= 2 * n_chunks + seq.prefetch
+    # (and, with JAX and PyTorch, the probe's chunk and those read ahead of it, read again; see keras_probe)
+    assert seq.chunk_reads <= 2 * n_chunks + seq.prefetch + keras_probe()[1] * (1 + seq.prefetch)
     assert seq.epoch == 2
 
 
@@ -161,7 +166,8 @@ def test_fit_with_two_workers_serves_each_event_once(two_files, processes, monke
     if not processes:  # where worker processes cannot be forked, Keras fetches in two threads
         monkeypatch.setattr("mlaas4hep.pipeline.fork_supported", lambda: False)
     seq = _make(two_files, batch_size=50, chunk_size=300, workers=2, seed=5)
-    assert (seq.worker_processes, seq.workers) == ((2, 1) if processes else (0, 2))
+    # Keras' own fetching threads only with TensorFlow (see mlaas4hep.sequence._keras_queue_is_safe)
+    assert (seq.worker_processes, seq.workers) == ((2, 1) if processes else (0, 2 if TENSORFLOW else 1))
     model = _model(seq.num_features)
     seen = []
 
@@ -179,11 +185,11 @@ def test_fit_with_two_workers_serves_each_event_once(two_files, processes, monke
     seq.__class__ = type("Spied", (seq.__class__,), {"__getitem__": spy})
     model.fit(seq, epochs=1, verbose=0, callbacks=[Record()])
     ids = np.concatenate(seen)
-    # Keras probes batches 0 and 1 before the epoch; they are served again within it
+    # Keras probes batches 0 and 1 before the epoch (one batch with JAX and PyTorch); they are served again within it
     values, counts = np.unique(ids, return_counts=True)
     assert set(values) == set(range(1200)) | set(range(1_000_000, 1_001_800))
     assert counts.sum() - 3000 <= 2 * 50
-    assert seq.chunk_reads <= len(seq.reader) + seq.prefetch
+    assert seq.chunk_reads <= len(seq.reader) + seq.prefetch + keras_probe()[1] * (1 + seq.prefetch)
 
 
 def test_three_way_split_is_disjoint_and_complete(two_files):
@@ -309,8 +315,9 @@ def test_an_interrupted_fit_does_not_leak_into_the_next(two_files):
 
     seq.__class__ = type("Spied", (type(seq),), {"__getitem__": spy})
     model.fit(seq, epochs=1, verbose=0)
-    probe, epoch = served[:2], served[2 : 2 + len(seq)]
-    assert [i for i, _ in probe] == [0, 1]
+    indices, n_probe = keras_probe(built=True)  # the model is built: JAX and PyTorch do not probe
+    probe, epoch = served[:n_probe], served[n_probe : n_probe + len(seq)]
+    assert indices in (None, [i for i, _ in probe])
     assert sorted(i for i, _ in epoch) == list(range(len(seq)))
     ids = np.concatenate([ids for _, ids in epoch])
     assert len(ids) == 3000 and len(np.unique(ids)) == 3000  # every event once, none from the broken epoch twice

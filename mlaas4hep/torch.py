@@ -1,0 +1,366 @@
+"""RootDataset: ROOT files streamed chunk by chunk into a plain PyTorch loop (the PyTorch face of the pipeline).
+
+``pip install mlaas4hep[torch]``. Importing :mod:`mlaas4hep` never imports
+PyTorch; importing this module does (and never imports Keras or TensorFlow).
+
+>>> from torch.utils.data import DataLoader
+>>> from mlaas4hep.torch import RootDataset
+>>> train = RootDataset(["sig.root", "bkg.root"], labels=[1, 0], seed=1)  # doctest: +SKIP
+>>> loader = DataLoader(train, batch_size=None, num_workers=2)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.context
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+try:  # absolute imports: PyTorch itself, not this module
+    import torch
+    from torch.utils.data import IterableDataset, get_worker_info
+except ModuleNotFoundError as err:  # the one place the missing extra is explained
+    msg = f"mlaas4hep.torch needs PyTorch ({err}): pip install 'mlaas4hep[torch]'"
+    raise ModuleNotFoundError(msg, name=err.name) from err
+
+from ._checks import check_int, is_int
+from .dataset import Dataset, prepare
+from .errors import ParameterError
+from .options import Options
+from .pipeline import Batch, Pipeline
+from .plan import EpochLayout
+from .sources import DEFAULT_TREE, FileSource
+from .specs import Specs
+
+__all__ = ["RootDataset", "to_tensors"]
+
+log = logging.getLogger(__name__)
+
+_NOT_WRITABLE = "The given NumPy array is not writable"  # the start of torch.from_numpy's UserWarning
+
+
+def to_tensors(value: Any, *, share: bool) -> Any:
+    """A batch's arrays as tensors: an array becomes a tensor, a dict or tuple of arrays one of tensors.
+
+    Parameters
+    ----------
+    value : numpy.ndarray, mapping or tuple of them
+        What a batch holds (``x`` may be a dict of named arrays).
+    share : bool
+        Make each tensor on the array's own memory (``torch.from_numpy``), as
+        in a DataLoader worker, whose tensors leave it as copies in shared
+        memory before anyone can write to them. Otherwise an array that is a
+        view into a chunk (which the pipeline caches and reuses) is copied, so
+        that the caller owns what it gets and may change it in place; an array
+        that owns its memory is never copied.
+
+    Examples
+    --------
+    >>> x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    >>> to_tensors({"features": x[1:], "mask": np.ones(2)}, share=True)["features"].shape
+    torch.Size([2, 2])
+    """
+    if isinstance(value, Mapping):
+        return {key: to_tensors(item, share=share) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(to_tensors(item, share=share) for item in value)
+    array = np.asarray(value)
+    if not share and array.base is not None:  # a view into a cached chunk's buffer: the caller gets its own copy
+        array = array.copy()
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        # A read-only view of a chunk's buffer, shared only where the tensor is never written to
+        # (it leaves the DataLoader worker as a copy). The tensor holds the view, and so the buffer,
+        # which the pipeline reuses only once nothing refers to it (mlaas4hep.buffers).
+        warnings.filterwarnings("ignore", message=_NOT_WRITABLE, category=UserWarning)
+        return torch.from_numpy(array)
+
+
+class RootDataset(IterableDataset[tuple[Any, ...]]):
+    """Batches of events from ROOT files for a plain PyTorch loop: one iteration is one epoch.
+
+    Iterating over the dataset yields whole batches, as tensors: ``(x, y)``,
+    ``(x, y, w)`` with weights, or ``(x,)`` without labels, the same batches
+    as :class:`~mlaas4hep.RootSequence` serves (``x`` float32 of shape
+    ``(batch, num_features)``, or ``{"features": x, "mask": m}`` with
+    ``mask_output``). Give it to a ``DataLoader`` with ``batch_size=None``:
+    the batches are already made. Call :meth:`set_epoch` before each epoch,
+    as with ``DistributedSampler``: the epoch picks the shuffling, and without
+    it every epoch is served in the order of epoch 0.
+
+    **Exactly once, sharded.** Every ``DataLoader`` worker of every
+    distributed rank serves its own shard of each epoch's stream: with
+    ``world_size`` ranks of ``num_workers`` workers each, the stream is cut
+    into ``world_size * max(num_workers, 1)`` consecutive blocks, balanced by
+    events (sizes differing by at most one event), and worker ``w`` of rank
+    ``r`` serves block ``r * num_workers + w``. Over all of them every
+    selected event is served exactly once per epoch; a worker reads only the
+    chunks its block touches; every worker, and so every rank, serves the
+    same number of batches (:meth:`num_batches`), which keeps DDP's ranks in
+    step. Batches are ``batch_size`` events, but each worker's last, which
+    holds the rest of its block (see :func:`~mlaas4hep.plan.shard_layout`).
+
+    Parameters
+    ----------
+    files, labels
+        The ROOT files and their labels, as for :class:`~mlaas4hep.RootSequence`.
+    rank, world_size : int, optional
+        This process's rank among ``world_size`` data-parallel processes.
+        Default: ``torch.distributed``'s, when its process group is initialized
+        (make the dataset after ``init_process_group``), else rank 0 of 1.
+        Every rank needs the same files, arguments and ``seed``.
+    tree, branches, exclude, common_branches, cut, aliases, targets, weights, file_weights
+        As for :class:`~mlaas4hep.RootSequence`: the trees, features, selection and outputs.
+    balance_classes, one_hot, num_classes, mask_output, batch_size, chunk_size, nevts
+        As for :class:`~mlaas4hep.RootSequence`.
+    shuffle, seed, specs, validation_split, test_split, subset
+        As for :class:`~mlaas4hep.RootSequence`. ``seed`` is required with
+        ``world_size > 1`` and ``shuffle``: every rank must draw the same shuffling.
+    normalization, pad_value, max_lengths, length_quantile
+        As for :class:`~mlaas4hep.RootSequence`: what ``x`` holds.
+    redirector, retries, retry_backoff, files_per_chunk, max_open_files
+        As for :class:`~mlaas4hep.RootSequence`: remote and many files.
+    cache_chunks, prefetch : int
+        Flattened chunks kept once served, and chunks read ahead, in each
+        worker (two background threads of each process read and flatten).
+
+    Notes
+    -----
+    Reading runs on as many cores as the ``DataLoader`` has workers; the
+    Keras face's ``workers``, ``use_multiprocessing`` and ``max_queue_size``,
+    and its ``shard_index``/``num_shards`` (here ``rank``/``world_size``), have
+    no place here. Each worker makes its own pipeline in its own process, with
+    the ``fork``, ``spawn`` or ``forkserver`` start method; with
+    ``persistent_workers=True`` they keep it (and its cache) from epoch to
+    epoch and still see :meth:`set_epoch`, whose epoch lives in shared memory.
+
+    **Tensors.** In a ``DataLoader`` worker the tensors are made on the
+    chunk's own memory (``torch.from_numpy``) and leave the worker as copies
+    in shared memory; with ``num_workers=0`` they are copies of the batch
+    (a batch is a view into a chunk that the pipeline caches and reuses), so
+    in both cases the loop owns its tensors and may change them in place.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.utils.data import DataLoader
+    >>> from mlaas4hep.torch import RootDataset
+    >>> train = RootDataset(["sig.root", "bkg.root"], labels=[1, 0], seed=1)  # doctest: +SKIP
+    >>> loader = DataLoader(train, batch_size=None, num_workers=2, persistent_workers=True)  # doctest: +SKIP
+    >>> model = torch.nn.Sequential(torch.nn.Linear(train.num_features, 1))  # doctest: +SKIP
+    >>> optimizer = torch.optim.Adam(model.parameters())  # doctest: +SKIP
+    >>> for epoch in range(5):  # doctest: +SKIP
+    ...     train.set_epoch(epoch)
+    ...     for x, y in loader:
+    ...         loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
+    ...         optimizer.zero_grad()
+    ...         loss.backward()
+    ...         optimizer.step()
+    """
+
+    def __init__(
+        self,
+        files: str | os.PathLike[str] | Iterable[str | os.PathLike[str] | FileSource],
+        labels: Sequence[float] | str | None = None,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        tree: str = DEFAULT_TREE,
+        branches: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        common_branches: bool = False,
+        cut: str | None = None,
+        aliases: Mapping[str, str] | None = None,
+        targets: str | Sequence[str] | None = None,
+        weights: str | None = None,
+        file_weights: Sequence[float] | None = None,
+        balance_classes: bool = False,
+        one_hot: bool = False,
+        num_classes: int | None = None,
+        mask_output: bool = False,
+        batch_size: int = 100,
+        chunk_size: int = 10_000,
+        nevts: int = -1,
+        shuffle: bool | None = None,
+        seed: int | None = None,
+        specs: Specs | str | os.PathLike[str] | None = None,
+        validation_split: float | None = None,
+        test_split: float | None = None,
+        subset: str | None = None,
+        normalization: str | None = "minmax",
+        pad_value: float = 0.0,
+        max_lengths: int | Mapping[str, int] | None = None,
+        length_quantile: float | None = None,
+        redirector: str = "",
+        retries: int = 3,
+        retry_backoff: float = 0.5,
+        cache_chunks: int = 2,
+        prefetch: int = 2,
+        files_per_chunk: int | None = None,
+        max_open_files: int = 8,
+    ) -> None:
+        arguments = dict(locals())
+        super().__init__()
+        self.rank, self.world_size = _rank_and_world_size(rank, world_size)
+        if self.world_size > 1 and shuffle is not False and seed is None:
+            msg = f"seed is required with world_size={self.world_size}: every rank must draw the same shuffling"
+            raise ParameterError(msg)
+        # every argument but the files and labels is an option, checked once; the ranks are its shards
+        arguments.update(num_shards=self.world_size, shard_index=self.rank)
+        self.options = Options.from_arguments(arguments)
+        self.dataset: Dataset = prepare(files, labels, self.options)
+        self._epoch: Any = multiprocessing.RawValue("q", 0)  # shared with the workers, persistent ones too
+        self._pipeline: Pipeline | None = None
+        self._pipeline_key: tuple[int, int, int] | None = None  # (process, workers, worker) it serves
+
+    # -- what the dataset serves ---------------------------------------------------------------
+    @property
+    def specs(self) -> Specs:
+        """The specs of the features (give them to a validation dataset: ``specs=train.specs``)."""
+        return self.dataset.specs
+
+    @property
+    def num_features(self) -> int:
+        """Width of ``x``: the input dimension of the model."""
+        return self.dataset.flattener.num_features
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Name of each column of ``x``."""
+        return self.dataset.flattener.feature_names
+
+    @property
+    def total_events(self) -> int:
+        """Events of the subset per epoch, over all ranks and workers."""
+        return self.dataset.n_events
+
+    batch_size = property(lambda self: self.options.batch_size, doc="Events per batch.")
+    shuffle = property(lambda self: self.options.shuffle, doc="Whether events are shuffled anew every epoch.")
+    seed = property(lambda self: self.options.seed, doc="Seed of the shuffling (drawn when none was given).")
+    subset = property(lambda self: self.options.subset, doc="The part of the split served.")
+
+    def layout(self, num_workers: int = 0, worker: int = 0) -> EpochLayout:
+        """Where the batches of worker ``worker`` of this rank lie in each epoch, with ``num_workers`` workers.
+
+        Raises :class:`~mlaas4hep.errors.ParameterError` when there are fewer
+        events than shards (``world_size * num_workers``).
+        """
+        workers = _processes(num_workers)
+        if not is_int(worker) or not 0 <= int(worker) < workers:
+            msg = f"worker must be an integer in [0, {workers}), got {worker!r}"
+            raise ParameterError(msg)
+        return self.dataset.layout(num_shards=self.world_size * workers, shard_index=self.rank * workers + int(worker))
+
+    def num_batches(self, num_workers: int = 0) -> int:
+        """Batches this rank serves per epoch through a ``DataLoader`` with ``num_workers`` workers."""
+        return _processes(num_workers) * self.layout(num_workers).batches
+
+    def num_events(self, num_workers: int = 0) -> int:
+        """Events this rank serves per epoch through a ``DataLoader`` with ``num_workers`` workers."""
+        shards = [self.layout(num_workers, w).shard for w in range(_processes(num_workers))]
+        return sum(stop - start for start, stop in shards)
+
+    @property
+    def chunk_reads(self) -> int:
+        """Chunks read from the files so far by this process."""
+        return 0 if self._pipeline is None else self._pipeline.reads
+
+    # -- epochs and iteration ------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration serves (see :meth:`set_epoch`)."""
+        return int(self._epoch.value)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve ``epoch`` from the next iteration on: its shuffling, the same in every rank and worker."""
+        self._epoch.value = check_int(epoch, "epoch", minimum=0)
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        """The batches of this rank (or, in a DataLoader worker, of this worker) in the current epoch."""
+        info = get_worker_info()
+        pipeline = self._worker_pipeline(0 if info is None else info.num_workers, 0 if info is None else info.id)
+        epoch = self.epoch
+        for slot in range(pipeline.layout.batches):
+            yield to_tensors(self._arrays(pipeline.batch(epoch, slot)), share=info is not None)
+
+    def _worker_pipeline(self, num_workers: int, worker: int) -> Pipeline:
+        """The pipeline of this process's shard, made on first use in each process (a worker's own)."""
+        key = (os.getpid(), num_workers, worker)
+        if self._pipeline is None or self._pipeline_key != key:
+            if self._pipeline is not None and self._pipeline_key is not None and self._pipeline_key[0] == key[0]:
+                self._pipeline.close()  # this process serves another shard now
+            layout = self.layout(num_workers, worker)
+            self._pipeline = Pipeline(self.dataset, layout)
+            self._pipeline_key = key
+            start, stop = layout.shard
+            log.info(
+                "rank %d of %d, worker %d of %d: shard %d of %d, %d events in %d batches",
+                *(self.rank, self.world_size, worker, max(num_workers, 1), layout.shard_index, layout.num_shards),
+                *(stop - start, layout.batches),
+            )
+        return self._pipeline
+
+    def _arrays(self, batch: Batch) -> tuple[Any, ...]:
+        """A batch as the tuple it is served as, still as arrays."""
+        x: Any = batch.x
+        if batch.mask is not None:
+            x = {"features": batch.x, "mask": batch.mask.astype(np.float32)}
+        y = self.dataset.outputs.batch_y(batch.y)
+        if y is None:
+            return (x,)
+        return (x, y) if batch.w is None else (x, y, batch.w)
+
+    def close(self) -> None:
+        """Stop this process's background reading and close its files."""
+        if self._pipeline is not None:
+            self._pipeline.close()
+
+    # -- pickling: to spawned DataLoader workers, or anywhere --------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pipeline"] = state["_pipeline_key"] = None  # every process makes its own
+        if multiprocessing.context.get_spawning_popen() is None:  # not to a process being started: the value
+            state["_epoch"] = self.epoch
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if isinstance(self._epoch, int):
+            epoch, self._epoch = self._epoch, multiprocessing.RawValue("q", 0)
+            self._epoch.value = epoch
+
+    def __repr__(self) -> str:
+        return (
+            f"RootDataset({len(self.dataset.sources)} files, {self.total_events} events, batches of "
+            f"{self.batch_size}, {self.num_features} features, subset={self.subset!r}, "
+            f"rank {self.rank} of {self.world_size})"
+        )
+
+
+def _processes(num_workers: int) -> int:
+    """The processes that serve a rank through a DataLoader with ``num_workers`` workers (0: the rank's own)."""
+    return max(check_int(num_workers, "num_workers", minimum=0), 1)
+
+
+def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """The rank and world size given, or torch.distributed's, or 0 and 1."""
+    if rank is None and world_size is None:
+        distributed = torch.distributed
+        if distributed.is_available() and distributed.is_initialized():
+            return distributed.get_rank(), distributed.get_world_size()
+        return 0, 1
+    if rank is None or world_size is None:
+        msg = f"give rank and world_size together, or neither (got rank={rank!r}, world_size={world_size!r})"
+        raise ParameterError(msg)
+    size = check_int(world_size, "world_size")
+    index = check_int(rank, "rank", minimum=0)
+    if index >= size:
+        msg = f"rank must be an integer in [0, world_size={size}), got {rank!r}"
+        raise ParameterError(msg)
+    return index, size
