@@ -20,9 +20,11 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from .collections_layout import CollectionsFlattener
 from .errors import BranchError, ParameterError, SpecsError, TreeError
 from .executors import map_files
 from .first_pass import SpecBuilder, scan_selection
@@ -172,13 +174,7 @@ def prepare(
     if plan.n_events == 0:
         msg = f"no events to serve in subset {options.subset!r} of {len(sources)} files"
         raise ParameterError(msg)
-    flattener = JaggedFlattener(
-        specs,
-        normalization=options.normalization,
-        pad_value=options.pad_value,
-        max_lengths=options.max_lengths,
-        length_quantile=options.length_quantile,
-    )
+    flattener = _flattener(specs, options, infos, selection)
     dataset = Dataset(
         sources,
         options,
@@ -196,6 +192,23 @@ def prepare(
     if outputs.balance_classes:
         outputs.set_class_totals(_class_totals(dataset))
     return dataset
+
+
+def _flattener(specs: Specs, options: Options, infos: Sequence[FileInfo], selection: Selection) -> JaggedFlattener:
+    """The flattener of ``options.layout``; collections are told by the files' branch names and the aliases."""
+    normalization: dict[str, Any] = {
+        "normalization": options.normalization,
+        "pad_value": options.pad_value,
+        "max_lengths": options.max_lengths,
+        "length_quantile": options.length_quantile,
+    }
+    if options.layout == "flat":
+        return JaggedFlattener(specs, **normalization)
+    kinds = infos[0].kinds
+    names = set(kinds).intersection(*(info.kinds for info in infos[1:]))
+    jagged = {name for name, kind in kinds.items() if kind == "jagged"}
+    sources = {a: [b for b in selection.branches([a], cut=False) if b in jagged] for a in selection.aliases}
+    return CollectionsFlattener(specs, file_branches=names, alias_sources=sources, **normalization)
 
 
 def _labels(labels: Sequence[float] | str | None, n_files: int) -> tuple[list[float] | None, str | None]:

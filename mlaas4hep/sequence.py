@@ -32,7 +32,9 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     """Batches of events from ROOT files, for ``model.fit``, ``evaluate`` and ``predict``.
 
     ``seq[i]`` returns a whole batch ``(x, y)``: ``x`` is a float32 array of shape
-    ``(batch, num_features)`` made by :class:`~mlaas4hep.JaggedFlattener`, ``y``
+    ``(batch, num_features)`` made by :class:`~mlaas4hep.JaggedFlattener` (with
+    ``layout="collections"``, a dict of a ``(batch, L, F)`` tensor and a
+    ``(batch, L)`` mask per collection, and the flat branches), ``y``
     the float32 labels. ``len(seq)`` is the number of batches,
     ``ceil(n_events / batch_size)``; only the last batch may be smaller
     (with ``num_shards > 1``, see the note on sharding).
@@ -152,6 +154,15 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         Cap on the columns of jagged branches (see :class:`~mlaas4hep.JaggedFlattener`).
     length_quantile : float, optional
         Cap each jagged branch at this quantile of its lengths (e.g. 0.999).
+    layout : {"flat", "collections"}
+        ``"flat"`` (default): ``x`` is one padded vector per event. ``"collections"``:
+        ``x`` is a dict, ``x["Jet"]`` float32 ``(batch, L, F)`` for each collection of
+        jagged branches sharing their counts (``Jet_pt``, ``Jet_eta``, ... counted by
+        ``nJet``), its features sorted by name, ``x["Jet_mask"]`` ``(batch, L)`` (1 for
+        a real entry), and ``x["event"]`` ``(batch, F_event)`` the flat branches; the
+        same numbers as the flat layout, ``max_lengths`` and ``length_quantile``
+        applying per collection (see :class:`~mlaas4hep.collections_layout.CollectionsFlattener`
+        and :attr:`input_spec`).
     redirector : str
         Prefix for bare file names (e.g. an XRootD redirector).
     retries : int
@@ -265,6 +276,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         pad_value: float = 0.0,
         max_lengths: int | Mapping[str, int] | None = None,
         length_quantile: float | None = None,
+        layout: str = "flat",
         redirector: str = "",
         retries: int = 3,
         retry_backoff: float = 0.5,
@@ -334,8 +346,25 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
 
     @property
     def feature_names(self) -> list[str]:
-        """Name of each column of ``x``."""
+        """Name of each column of ``x`` (of the matrix the collections layout's tensors are views of)."""
         return self.flattener.feature_names
+
+    @property
+    def input_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Shape (without the batch axis) and dtype of each input in ``x``, to build a model from.
+
+        Flat layout: ``{"features": ((num_features,), "float32")}`` (``x`` is that
+        array), and ``"mask"`` with ``mask_output``. Collections layout: ``"event"``,
+        and for each collection ``"Jet": ((L, F), "float32")`` and ``"Jet_mask": ((L,), "float32")``.
+
+        Examples
+        --------
+        >>> inputs = {n: keras.Input(s, dtype=t, name=n) for n, (s, t) in seq.input_spec.items()}  # doctest: +SKIP
+        """
+        spec = self.flattener.input_spec
+        if self.mask_output:
+            spec["mask"] = spec["features"]
+        return spec
 
     @property
     def total_events(self) -> int:
