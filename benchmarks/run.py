@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import DATA_DIR, Config, Result, format_result, print_table
 from benchmarks.first_pass import bench_first_pass
 from benchmarks.memory import bench_memory
-from benchmarks.throughput import bench_parallel, bench_throughput
+from benchmarks.throughput import bench_collections, bench_parallel, bench_throughput
 from benchmarks.training import bench_training
 from benchmarks.vs_original import bench_original
 
@@ -41,6 +41,7 @@ BENCHMARKS: dict[str, Callable[[Config], list[Result]]] = {
     "memory": bench_memory,  # 4
     "first_pass": bench_first_pass,  # 5
     "parallel": bench_parallel,  # 6
+    "collections": bench_collections,  # 8
 }
 
 
