@@ -380,7 +380,14 @@ class JaggedFlattener:
             M.reshape(-1)[where] = finite
         if k >= 0:  # the collections layout: the collection's mask, 1 for each entry an event has
             g = self.collections[k]
-            X[rows, g.mask_start : g.stop] = np.arange(width) < counts[:, None]
+            if self.pad_value == 0:  # the mask's zeros are padding: only the ones are written (and padded again)
+                cell = target % self.num_features  # entry j of a row: its first branch's cell, j * step
+                ones = target - cell + cell // step
+                X.reshape(-1)[ones + g.mask_start] = 1.0
+                if written is not None:
+                    written.append((ones, np.array([[g.mask_start]], dtype=np.int64)))
+            else:
+                X[rows, g.mask_start : g.stop] = np.arange(width) < counts[:, None]
             if M is not None:
                 M[rows, g.mask_start : g.stop] = True
 

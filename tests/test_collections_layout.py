@@ -167,13 +167,14 @@ def _specs_of(arrays: dict[str, ak.Array]) -> Specs:
     normalization=st.sampled_from(["minmax", "standard", None]),
     cap=st.one_of(st.none(), st.integers(0, 5)),
     shuffle=st.booleans(),
+    pad_value=st.sampled_from([0.0, -1.0]),
 )
-def test_tensors_hold_exactly_the_flat_layouts_numbers(seed, n, dtype, normalization, cap, shuffle):
+def test_tensors_hold_exactly_the_flat_layouts_numbers(seed, n, dtype, normalization, cap, shuffle, pad_value):
     rng = np.random.default_rng(seed)
     arrays = _events(rng, n, dtype)
     specs = _specs_of(arrays)
     order = rng.permutation(n) if shuffle else None
-    kw = {"normalization": normalization, "pad_value": -1.0, "max_lengths": cap}
+    kw = {"normalization": normalization, "pad_value": pad_value, "max_lengths": cap}
     flat = JaggedFlattener(specs, **kw)
     X, _ = flat.transform(arrays, order)
     collections = CollectionsFlattener(specs, file_branches={"nJet"}, **kw)
@@ -203,19 +204,21 @@ def test_branches_of_a_collection_whose_lists_differ_on_a_chunk_are_named():
         flattener.tensors({"Jet_pt": a, "Jet_eta": b})
 
 
-def test_a_reused_buffer_holds_only_the_new_chunk():
+@pytest.mark.parametrize("pad_value", [0.0, -2.0])
+def test_a_reused_buffer_holds_only_the_new_chunk(pad_value):
     rng = np.random.default_rng(5)
-    big, small = _events(rng, 30, "float32"), _events(rng, 20, "float32")
+    big, small, other = _events(rng, 30, "float32"), _events(rng, 20, "float32"), _events(rng, 25, "float32")
     small["Jet_pt"] = small["Jet_eta"] = small["Jet_id"] = ak.Array([[]] * 20)  # nothing in the jets
     small["Tau_pt"] = small["Jet_pt"]
-    specs = _specs_of(big)
-    flattener = CollectionsFlattener(specs, pad_value=-2.0)
+    flattener = CollectionsFlattener(_specs_of(big), pad_value=pad_value)
     buffer = np.empty((30, flattener.num_features), np.float32)
-    _, _, written = flattener.transform_into(big, None, mask=False, buffer=buffer, written=None)
-    X, _, _ = flattener.transform_into(small, None, mask=False, buffer=buffer, written=written)
-    fresh, _ = flattener.transform(small, mask=False)
-    np.testing.assert_array_equal(X, fresh)
-    assert (flattener.inputs(X)["Jet"] == -2.0).all() and not flattener.inputs(X)["Jet_mask"].any()
+    written = None
+    for chunk in (big, small, other, big):  # each into the memory of the one before
+        order = rng.permutation(len(chunk["MET_pt"]))
+        X, _, written = flattener.transform_into(chunk, order, mask=False, buffer=buffer, written=written)
+        np.testing.assert_array_equal(X, flattener.transform(chunk, order, mask=False)[0])
+        if chunk is small:
+            assert (flattener.inputs(X)["Jet"] == pad_value).all() and not flattener.inputs(X)["Jet_mask"].any()
 
 
 # -- RootSequence(layout="collections") on NanoAOD-like files ------------------------------------------------
