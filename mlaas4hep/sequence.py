@@ -113,7 +113,8 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         ``one_hot`` and a label branch.
     mask_output : bool
         Serve ``x`` as ``{"features": X, "mask": M}`` (``M`` float32, 1 where
-        ``X`` holds a real value, 0 for padding), for a model with two named inputs.
+        ``X`` holds a real value, 0 for padding), for a model with two named inputs
+        (the flat layout; the collections layout has its masks in ``x``).
     batch_size : int
         Events per batch (default 100, as the original).
     chunk_size : int

@@ -300,6 +300,17 @@ def test_same_numbers_as_the_flat_layout_over_shuffled_epochs(nano, nano_specs):
     seq.close()
 
 
+def test_regression_targets_are_the_flat_layouts(nano, nano_specs):
+    flat, seq = _pair(nano, nano_specs, labels=None, targets=["MET_pt", "PV_npvs"], weights="genWeight")
+    assert "MET_pt" not in seq.flattener.feature_order["event"]  # targets are never features
+    for i in range(len(seq)):
+        batch = seq[i]
+        assert batch[1].shape == (len(batch[2]), 2)
+        _same_numbers(flat[i], batch, flat, seq)
+    flat.close()
+    seq.close()
+
+
 def test_masks_count_min_n_and_l_entries(nano, nano_specs):
     seq = RootSequence(
         nano, labels=[1, 0], layout="collections", specs=nano_specs, normalization=None, length_quantile=0.9
