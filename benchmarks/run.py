@@ -31,7 +31,7 @@ from benchmarks.common import DATA_DIR, Config, Result, format_result, print_tab
 from benchmarks.first_pass import bench_first_pass
 from benchmarks.memory import bench_memory
 from benchmarks.scores import bench_scores
-from benchmarks.throughput import bench_parallel, bench_throughput
+from benchmarks.throughput import bench_collections, bench_parallel, bench_throughput
 from benchmarks.training import bench_training
 from benchmarks.vs_original import bench_original
 
@@ -42,7 +42,8 @@ BENCHMARKS: dict[str, Callable[[Config], list[Result]]] = {
     "memory": bench_memory,  # 4
     "first_pass": bench_first_pass,  # 5
     "parallel": bench_parallel,  # 6
-    "scores": bench_scores,  # 8
+    "collections": bench_collections,  # 8
+    "scores": bench_scores,  # 9
 }
 
 

@@ -59,7 +59,7 @@ def bench_scores(cfg: Config) -> list[Result]:
     r = ratios(times["scores"], times["predict"])
     return [
         Result(
-            "8",
+            "9",
             "scores: write_scores / model.predict(RootSequence)",
             median(r),
             "<=",

@@ -1,4 +1,4 @@
-"""Targets 1 and 6: the speed of an epoch of RootSequence, alone and through Keras' own data adapter.
+"""Targets 1, 6 and 8: the speed of an epoch of RootSequence, alone, through Keras' own data adapter, per layout.
 
 An epoch is timed twice on each fresh sequence: its first epoch, which waits
 for the files to open and the first chunk to be read and flattened, and its
@@ -17,9 +17,14 @@ from typing import Any
 
 from .common import TREE, Config, Result, median, ratios
 
-__all__ = ["adapter_epoch", "bench_parallel", "bench_throughput", "epoch"]
+__all__ = ["adapter_epoch", "bench_collections", "bench_parallel", "bench_throughput", "epoch"]
 
 log = logging.getLogger("benchmarks")
+
+
+def _events(x: Any) -> int:
+    """Events in a batch's ``x``: an array, or the collections layout's dict of arrays."""
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
 
 
 def epoch(seq: Any) -> int:
@@ -27,7 +32,7 @@ def epoch(seq: Any) -> int:
     n = 0
     seq.on_epoch_begin()
     for i in range(len(seq)):
-        n += len(seq[i][0])
+        n += _events(seq[i][0])
     seq.on_epoch_end()
     return n
 
@@ -40,7 +45,7 @@ def adapter_epoch(seq: Any) -> int:
     n = 0
     adapter.on_epoch_begin()
     for batch in adapter.get_numpy_iterator():
-        n += len(batch[0])
+        n += _events(batch[0])
     adapter.on_epoch_end()
     return n
 
@@ -173,5 +178,33 @@ def bench_parallel(cfg: Config) -> list[Result]:
             f"steady epochs: workers=1 {n_events / median([t[1] for t in one]) / 1e3:.0f} kev/s, "
             f"workers=2 {n_events / median([t[1] for t in two]) / 1e3:.0f} kev/s; first epochs {median(r_first):.2f}x "
             "(Keras PyDatasetAdapter, shuffle; workers=2 forks two reading processes)",
+        )
+    ]
+
+
+def bench_collections(cfg: Config) -> list[Result]:
+    """Target 8: events/s of a steady epoch with ``layout="collections"`` against the flat layout."""
+    n_events = cfg.specs.n_events
+    times = _measure(
+        cfg,
+        {
+            "flat": lambda: _two_epochs(cfg, epoch),
+            "collections": lambda: _two_epochs(cfg, epoch, layout="collections"),
+        },
+    )
+    flat, collections = times["flat"], times["collections"]
+    r = ratios([t[1] for t in flat], [t[1] for t in collections])
+    steady_flat = n_events / median([t[1] for t in flat]) / 1e3
+    steady_collections = n_events / median([t[1] for t in collections]) / 1e3
+    return [
+        Result(
+            "8",
+            "layouts: collections / flat steady epoch",
+            median(r),
+            ">=",
+            0.9,
+            r,
+            f"collections {steady_collections:.0f} kev/s, flat {steady_flat:.0f} kev/s (events/s of the second "
+            "epoch of a fresh sequence, plain loop; x a dict of per-collection tensors and masks)",
         )
     ]

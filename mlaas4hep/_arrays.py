@@ -5,7 +5,7 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
-__all__ = ["flat_values", "integer_difference", "jagged_parts", "record_parts", "row_range", "scatter_indices"]
+__all__ = ["flat_values", "integer_difference", "jagged_parts", "record_parts", "row_range"]
 
 
 def flat_values(array: ak.Array) -> np.ndarray:
@@ -111,24 +111,3 @@ def integer_difference(values: np.ndarray, ref: int) -> np.ndarray:
         above, (as_unsigned - r).astype(np.float64), -(r - as_unsigned).astype(np.float64)
     )
     return difference
-
-
-def scatter_indices(
-    counts: np.ndarray, width: int, stride: int, rows_out: np.ndarray
-) -> tuple[np.ndarray | None, np.ndarray]:
-    """Where each kept list element comes from (in the content) and goes to (in ``X.ravel()``).
-
-    Event ``i``'s list goes to row ``rows_out[i]``; elements past ``width`` are
-    dropped. The source is None when every element is kept.
-    """
-    counts = counts.astype(np.int64, copy=False)
-    total = int(counts.sum())
-    event = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
-    starts = np.cumsum(counts) - counts
-    local = np.arange(total, dtype=np.int64) - starts[event]
-    keep = local < width
-    source = None
-    if not keep.all():
-        source = np.flatnonzero(keep)
-        event, local = event[keep], local[keep]
-    return source, rows_out[event] * stride + local

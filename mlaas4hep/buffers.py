@@ -5,7 +5,9 @@ in this process, or, with worker processes, a slot of shared memory that the
 workers write into. Batches are views of it, not copies, so a buffer is reused
 only once nothing refers to it but the chunk itself; a batch a caller keeps
 stays as it was, and its buffer is left to the garbage collector (or, for a
-shared slot, taken back once the caller lets go of it).
+shared slot, taken back once the caller lets go of it). In the collections
+layout too a chunk is one matrix: the tensors of a batch (``x["Jet"]``, ...)
+are views of it, each counted as a reference.
 
 :class:`Buffers` is not thread-safe: the pipeline calls it under its own lock.
 """

@@ -20,9 +20,11 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from .collections_layout import CollectionsFlattener
 from .errors import BranchError, ParameterError, SpecsError
 from .executors import map_files
 from .first_pass import SpecBuilder, own_specs_path, scan_selection
@@ -178,7 +180,7 @@ def prepare(
         kept = f"the cut {options.cut!r} keeps {sum(events)} events: " if options.cut else ""
         msg = f"no events to serve in subset {options.subset!r} of {len(sources)} files; {kept}nothing to serve"
         raise ParameterError(msg)
-    flattener = _flattener(specs, options)
+    flattener = _flattener(specs, options, infos, selection)
     warn_data(specs, flattener.widths, int(plan.sizes.max()), flattener.num_features)
     dataset = Dataset(
         sources,
@@ -214,13 +216,22 @@ def _outputs(options: Options, n_files: int, per_file: list[float] | None, label
     )
 
 
-def _flattener(specs: Specs, options: Options) -> JaggedFlattener:
-    return JaggedFlattener(
-        specs,
-        normalization=options.normalization,
-        pad_value=options.pad_value,
-        max_lengths=options.max_lengths,
-        length_quantile=options.length_quantile,
+def _flattener(specs: Specs, options: Options, infos: Sequence[FileInfo], selection: Selection) -> JaggedFlattener:
+    """The flattener of ``options.layout``; collections are told by the files' branch names and the aliases."""
+    normalization: dict[str, Any] = {
+        "normalization": options.normalization,
+        "pad_value": options.pad_value,
+        "max_lengths": options.max_lengths,
+        "length_quantile": options.length_quantile,
+    }
+    if options.layout == "flat":
+        return JaggedFlattener(specs, **normalization)
+    kinds = infos[0].kinds
+    names = set(kinds).intersection(*(info.kinds for info in infos[1:]))
+    jagged = {name for name, kind in kinds.items() if kind == "jagged"}
+    sources = {a: [b for b in selection.branches([a], cut=False) if b in jagged] for a in selection.aliases}
+    return CollectionsFlattener(
+        specs, file_branches=names, alias_sources=sources, groups=options.collections, **normalization
     )
 
 

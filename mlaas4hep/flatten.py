@@ -3,72 +3,29 @@
 :class:`JaggedFlattener` never opens a file: it takes awkward arrays (a chunk as
 read by uproot) and returns ``X`` of shape ``(n_events, n_features)`` and a
 boolean mask ``M`` of the same shape, with numpy operations on whole branches
-and no Python loop over events.
-
-Normalization is exact to float32 rounding whatever the offset: values are centered
-and scaled in float64 (integers minus the offset's integer part in integer arithmetic
-first), then stored as float32; in float32 only where that gives the same result.
+and no Python loop over events. Where each branch goes and how it is
+normalized is :mod:`mlaas4hep.columns`' (exact to float32 rounding whatever
+the offset); the collections layout (:mod:`mlaas4hep.collections_layout`)
+places the same columns otherwise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import awkward as ak
 import numpy as np
 
-from ._arrays import flat_values, integer_difference, jagged_parts, record_parts, scatter_indices
-from .errors import BranchError, ParameterError, SpecsError
+from ._arrays import flat_values, jagged_parts, record_parts
+from .columns import Collection, Column, exact32, fits32, scaling, scatter_indices
+from .errors import BranchError, ParameterError
 from .specs import BranchSpec, Specs
 
 __all__ = ["NORMALIZATIONS", "JaggedFlattener"]
 
 NORMALIZATIONS = ("minmax", "standard", None)
 """Accepted values of ``normalization``."""
-
-
-@dataclass(frozen=True)
-class _Column:
-    name: str
-    start: int
-    width: int
-    jagged: bool
-    offset: float  # normalized = (x - offset) * scale
-    scale: float
-    base: int = 0  # integer branches: offset = base + frac, base subtracted exactly
-    frac: float = 0.0
-    exact32: bool = True  # float32 arithmetic is exact to float32 rounding for this column
-
-    def centered(self, values: np.ndarray) -> np.ndarray:
-        """``values - offset`` in float64; for integers the integer part of the offset is subtracted exactly."""
-        if values.dtype.kind in "biu":
-            d = integer_difference(values, self.base)
-            return d - self.frac if self.frac else d
-        return values.astype(np.float64) - self.offset
-
-
-def _fits32(dtype: np.dtype[Any]) -> bool:
-    """Whether values of ``dtype`` may take the float32 path: floats of at most 32 bits, integers of at most 32."""
-    return dtype.itemsize <= 4 and dtype.kind in "fbiu"
-
-
-def _exact32(spec: BranchSpec, offset: float, scale: float) -> bool:
-    """Whether (x - offset) * scale computed in float32 is the float32 rounding of the exact value."""
-    if offset == 0 and scale == 1:  # a single rounding, whatever the dtype
-        return True
-    try:
-        dtype = np.dtype(spec.dtype)
-    except TypeError:
-        return False
-    if dtype.kind == "f":
-        exact_values = dtype.itemsize <= 4
-    elif dtype.kind in "biu":
-        exact_values = spec.count == 0 or max(abs(spec.min), abs(spec.max)) <= 2**24
-    else:
-        exact_values = False
-    return exact_values and float(np.float32(offset)) == offset
 
 
 class JaggedFlattener:
@@ -94,6 +51,12 @@ class JaggedFlattener:
     length_quantile : float, optional
         Alternative cap: each jagged branch's length at this quantile of its
         length distribution (e.g. 0.999), instead of a rare maximum.
+    collections : sequence of Collection, optional
+        Place the jagged branches as these collections instead, each
+        branch's entries ``len(branches)`` columns apart and the collection's
+        mask after them (every jagged branch in one; their widths are the
+        collections'): the collections layout, see
+        :class:`~mlaas4hep.collections_layout.CollectionsFlattener`.
 
     Examples
     --------
@@ -110,6 +73,7 @@ class JaggedFlattener:
         pad_value: float = 0.0,
         max_lengths: int | Mapping[str, int] | None = None,
         length_quantile: float | None = None,
+        collections: Sequence[Collection] = (),
     ) -> None:
         if normalization not in NORMALIZATIONS:
             msg = f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
@@ -123,16 +87,23 @@ class JaggedFlattener:
             raise BranchError(msg)
         self.normalization = normalization
         self.pad_value = float(pad_value)
-        self._columns: list[_Column] = []
+        self.collections = tuple(collections)
+        placed = {name: (k, b, g) for k, g in enumerate(self.collections) for b, name in enumerate(g.branches)}
+        if self.collections and set(placed) != set(self.specs.jagged):
+            msg = f"collections must place every jagged branch once: {sorted(placed)} for {self.specs.jagged}"
+            raise ParameterError(msg)
+        self._columns: list[Column] = []
         start = 0
-        for name in self.specs.names:
+        for name in self.specs.flat + (list(placed) or self.specs.jagged):
             spec = self.specs[name]
+            if name in placed:
+                k, b, g = placed[name]
+                self._columns.append(self._column(name, spec, g.start + b, g.width, len(g.branches), k))
+                continue
             width = self._width(name, max_lengths, length_quantile) if spec.is_jagged else 1
-            offset, scale, base, frac = self._scaling(name)
-            exact32 = _exact32(spec, offset, scale)
-            self._columns.append(_Column(name, start, width, spec.is_jagged, offset, scale, base, frac, exact32))
+            self._columns.append(self._column(name, spec, start, width))
             start += width
-        self.num_features = start
+        self.num_features = max([start, *(g.stop for g in self.collections)])
         if not self.num_features:
             empty = [c.name for c in self._columns if c.width == 0]
             msg = (
@@ -142,6 +113,11 @@ class JaggedFlattener:
             raise BranchError(msg)
         self._n_flat = len(self.specs.flat)
         self._flat_scale = np.array([c.scale for c in self._columns[: self._n_flat]], dtype=np.float64)
+
+    def _column(self, name: str, spec: BranchSpec, start: int, width: int, step: int = 1, k: int = -1) -> Column:
+        offset, scale, base, frac = scaling(spec, self.normalization)
+        exact = exact32(spec, offset, scale)
+        return Column(name, start, width, spec.is_jagged, offset, scale, base, frac, exact, step, k)
 
     def _width(self, name: str, max_lengths: int | Mapping[str, int] | None, quantile: float | None) -> int:
         spec = self.specs[name]
@@ -162,44 +138,27 @@ class JaggedFlattener:
             raise ParameterError(msg)
         return int(cap)
 
-    def _scaling(self, name: str) -> tuple[float, float, int, float]:
-        """Return (offset, scale, base, frac) so that normalized = (x - offset) * scale.
-
-        For integer branches ``offset == base + frac`` with ``base`` an exact
-        integer, however large, and ``frac`` the small rest; for others ``base``
-        is 0 and ``frac`` the offset. Specs that give a range and no count (the
-        original MLaaS4HEP's) are min-max normalized with that range.
-        """
-        spec = self.specs[name]
-        declared = spec.count == 0 and bool(np.isfinite(spec.min)) and bool(np.isfinite(spec.max))
-        if self.normalization is None or (spec.count == 0 and not declared):
-            return 0.0, 1.0, 0, 0.0
-        integer = isinstance(spec.min, int) and isinstance(spec.max, int)
-        if self.normalization == "minmax":
-            span = spec.max - spec.min  # exact for integers
-            scale = 1.0 / span if span > 0 else 0.0
-            if integer:
-                return float(spec.min), scale, int(spec.min), 0.0
-            return float(spec.min), scale, 0, float(spec.min)
-        if declared:
-            msg = (
-                f"branch {name!r} has a range but no mean or standard deviation in the specs (as the original "
-                "MLaaS4HEP's specs): use normalization='minmax', or make the specs with a first pass"
-            )
-            raise SpecsError(msg)
-        scale = 1.0 / spec.std if spec.std > 0 else 0.0
-        if integer:  # the mean counted from mean_ref: its whole part joins the exact base
-            whole = int(np.floor(spec.mean))
-            return spec.mean_value, scale, spec.mean_ref + whole, spec.mean - whole
-        return spec.mean_value, scale, 0, spec.mean_value
-
     @property
     def feature_names(self) -> list[str]:
-        """Column names: ``name`` for flat branches, ``name_0``, ``name_1``, ... for jagged ones."""
-        names: list[str] = []
+        """Column names: ``name`` for flat branches, ``name_0``, ``name_1``, ... for jagged ones.
+
+        In the collections layout, ``Jet_mask_0``, ... name the columns of collection ``Jet``'s mask.
+        """
+        names = [""] * self.num_features
         for c in self._columns:
-            names.extend([f"{c.name}_{j}" for j in range(c.width)] if c.jagged else [c.name])
+            names[c.cells] = [f"{c.name}_{j}" for j in range(c.width)] if c.jagged else [c.name]
+        for g in self.collections:
+            names[g.mask_start : g.stop] = [f"{g.name}_mask_{j}" for j in range(g.width)]
         return names
+
+    @property
+    def input_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Shape (without the batch axis) and dtype of each input of a model: here one, ``features``."""
+        return {"features": ((self.num_features,), "float32")}
+
+    def inputs(self, X: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        """A model's inputs from rows of ``X``: ``X`` itself (the collections layout splits it into a dict)."""
+        return X
 
     @property
     def branches(self) -> list[str]:
@@ -215,7 +174,7 @@ class JaggedFlattener:
         """The columns of branch ``name`` in ``X``."""
         for c in self._columns:
             if c.name == name:
-                return slice(c.start, c.start + c.width)
+                return c.cells
         msg = f"no branch {name!r}; branches: {self.branches}"
         raise BranchError(msg)
 
@@ -365,16 +324,19 @@ class JaggedFlattener:
                 M[rows, :nflat] = finite
         # the branches of one collection share their offsets: they are written together, each
         # step one numpy call for the whole collection (few calls, so little waiting for the GIL
-        # while another thread reads)
-        group: list[tuple[_Column, np.ndarray]] = []
+        # while another thread reads); in the collections layout they must share them
+        group: list[tuple[Column, np.ndarray]] = []
         group_offsets: np.ndarray | None = None
         for c in self._columns[nflat:]:
             if c.width == 0:
                 continue
             offsets, values = self._jagged(arrays, parts, c.name, n)
+            first = group[0][0] if group else c
             if group_offsets is not None and (
-                c.width != group[0][0].width or not np.array_equal(offsets, group_offsets)
+                c.collection != first.collection or c.width != first.width or not np.array_equal(offsets, group_offsets)
             ):
+                if c.collection == first.collection >= 0:
+                    raise self._unequal(first, c, group_offsets, offsets)
                 self._fill_collection(group, group_offsets, X, M, rows, written)
                 group, group_offsets = [], None
             if group_offsets is None:
@@ -383,9 +345,20 @@ class JaggedFlattener:
         if group_offsets is not None:
             self._fill_collection(group, group_offsets, X, M, rows, written)
 
+    def _unequal(self, a: Column, b: Column, offsets_a: np.ndarray, offsets_b: np.ndarray) -> BranchError:
+        """The error for branches of one collection whose lists differ in length."""
+        counts_a, counts_b = np.diff(offsets_a), np.diff(offsets_b)
+        i = int(np.flatnonzero(counts_a != counts_b)[0])
+        msg = (
+            f"branches {a.name!r} and {b.name!r} of collection {self.collections[a.collection].name!r} have lists "
+            f"of different lengths ({counts_a[i]} and {counts_b[i]} entries in event {i} of a chunk): the branches "
+            "of a collection must share their counts; exclude one of them, or use layout='flat'"
+        )
+        return BranchError(msg)
+
     def _fill_collection(
         self,
-        group: list[tuple[_Column, np.ndarray]],
+        group: list[tuple[Column, np.ndarray]],
         offsets: np.ndarray,
         X: np.ndarray,
         M: np.ndarray | None,
@@ -393,16 +366,17 @@ class JaggedFlattener:
         written: list[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         """Write jagged branches of one width that share ``offsets`` into rows ``rows`` of ``X`` and ``M``."""
-        width = group[0][0].width
-        source, target = scatter_indices(np.diff(offsets), width, self.num_features, rows)
+        width, step, k = group[0][0].width, group[0][0].step, group[0][0].collection
+        counts = np.diff(offsets)
+        source, target = scatter_indices(counts, width, self.num_features, rows, step)
         # a copy of the kept values of every branch, one row per branch, normalized in place: in float32
         # where that is exact to float32 rounding (float32 values, small integers), else in float64
-        exact32 = all(c.exact32 and _fits32(values.dtype) for c, values in group)
-        vals = np.empty((len(group), target.size), dtype=np.float32 if exact32 else np.float64)
+        in32 = all(c.exact32 and fits32(values.dtype) for c, values in group)
+        vals = np.empty((len(group), target.size), dtype=np.float32 if in32 else np.float64)
         for b, (c, values) in enumerate(group):
             kept = values if source is None else values[source]
-            vals[b] = kept if exact32 else c.centered(kept)
-        if exact32 and any(c.offset for c, _ in group):
+            vals[b] = kept if in32 else c.centered(kept)
+        if in32 and any(c.offset for c, _ in group):
             vals -= np.array([[c.offset] for c, _ in group], dtype=np.float32)
         if any(c.scale != 1.0 for c, _ in group):
             vals *= np.array([[c.scale] for c, _ in group], dtype=vals.dtype)
@@ -416,6 +390,18 @@ class JaggedFlattener:
             written.append((target, starts))
         if M is not None:
             M.reshape(-1)[where] = finite
+        if k >= 0:  # the collections layout: the collection's mask, 1 for each entry an event has
+            g = self.collections[k]
+            if self.pad_value == 0:  # the mask's zeros are padding: only the ones are written (and padded again)
+                cell = target % self.num_features  # entry j of a row: its first branch's cell, j * step
+                ones = target - cell + cell // step
+                X.reshape(-1)[ones + g.mask_start] = 1.0
+                if written is not None:
+                    written.append((ones, np.array([[g.mask_start]], dtype=np.int64)))
+            else:
+                X[rows, g.mask_start : g.stop] = np.arange(width) < counts[:, None]
+            if M is not None:
+                M[rows, g.mask_start : g.stop] = True
 
     @staticmethod
     def _flat(
@@ -467,11 +453,11 @@ class JaggedFlattener:
         if X.ndim != 2 or X.shape[1] != self.num_features:
             msg = f"X must have shape (n, {self.num_features}), got {X.shape}"
             raise ParameterError(msg)
-        offset = np.empty(self.num_features)
-        scale = np.empty(self.num_features)
+        offset = np.zeros(self.num_features)
+        scale = np.ones(self.num_features)  # the masks of the collections layout are kept as they are
         for c in self._columns:
-            offset[c.start : c.start + c.width] = c.offset
-            scale[c.start : c.start + c.width] = c.scale
+            offset[c.cells] = c.offset
+            scale[c.cells] = c.scale
         with np.errstate(divide="ignore"):
             inverse = np.where(scale != 0, 1.0 / scale, 0.0)
         out = X * inverse + offset

@@ -22,12 +22,15 @@ from .errors import ParameterError
 from .sources import DEFAULT_TREE
 from .specs import Specs
 
-__all__ = ["SUBSETS", "Options"]
+__all__ = ["LAYOUTS", "SUBSETS", "Options"]
 
 SUBSETS = ("training", "validation", "test")
 """Values of ``subset``."""
 
 _FLAGS = ("common_branches", "balance_classes", "one_hot", "mask_output", "use_multiprocessing", "drop_nonfinite")
+
+LAYOUTS = ("flat", "collections")
+"""Values of ``layout``: a padded vector per event, or a tensor per collection (:mod:`mlaas4hep.collections_layout`)."""
 
 
 def _names(value: str | Sequence[str] | None, name: str) -> tuple[str, ...] | None:
@@ -79,6 +82,8 @@ class Options:
     pad_value: float = 0.0
     max_lengths: int | Mapping[str, int] | None = None
     length_quantile: float | None = None
+    layout: str = "flat"
+    collections: Mapping[str, Sequence[str]] | None = None
     redirector: str = ""
     retries: int = 3
     retry_backoff: float = 0.5
@@ -113,6 +118,7 @@ class Options:
         if not isinstance(self.shuffle, (bool, np.bool_)):
             msg = f"shuffle must be True, False or None (in order for validation and test), got {self.shuffle!r}"
             raise ParameterError(msg)
+        self._check_layout()
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -159,6 +165,17 @@ class Options:
             raise ParameterError(msg)
         if (validation or test) and subset is None:
             msg = 'validation_split and test_split need subset="training", "validation" or "test"'
+            raise ParameterError(msg)
+
+    def _check_layout(self) -> None:
+        if self.layout not in LAYOUTS:
+            msg = f"layout must be one of {LAYOUTS}, got {self.layout!r}"
+            raise ParameterError(msg)
+        if self.layout == "collections" and self.mask_output:
+            msg = (
+                "mask_output=True is the flat layout's mask; with layout='collections', x holds each "
+                "collection's mask already (x['Jet_mask']): leave mask_output False"
+            )
             raise ParameterError(msg)
 
     def _check_shards(self) -> None:

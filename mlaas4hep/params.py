@@ -37,6 +37,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "test_split": 0.2,
     "seed": None,
     "normalization": "minmax",
+    "layout": "flat",
 }
 """Every key params.json may hold, with its default (the first twelve are the original's)."""
 
@@ -61,6 +62,7 @@ class WorkflowParams:
     test_split: float = 0.2
     seed: int | None = None
     normalization: str | None = "minmax"
+    layout: str = "flat"
 
     @property
     def exclude(self) -> list[str]:
@@ -98,6 +100,7 @@ class WorkflowParams:
             test_split=_fraction(merged, "test_split", where),
             seed=seed,
             normalization=normalization,
+            layout=_layout(merged, where),
         )
         if params.validation_split + params.test_split >= 1:
             msg = (
@@ -217,3 +220,12 @@ def _normalization(merged: Mapping[str, Any], where: str) -> str | None:
         msg = f'{where}: \'normalization\' must be "minmax", "standard" or null, got {normalization!r}'
         raise ParameterError(msg)
     return normalization
+
+
+def _layout(merged: Mapping[str, Any], where: str) -> str:
+    """``"flat"`` or ``"collections"``."""
+    layout: str = merged["layout"]
+    if layout not in ("flat", "collections"):
+        msg = f'{where}: \'layout\' must be "flat" or "collections", got {layout!r}'
+        raise ParameterError(msg)
+    return layout

@@ -44,15 +44,20 @@ Key = tuple[int, int]  # (epoch, chunk) as EpochLayout.key gives it
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch: ``x`` (float32, read-only), the mask (bool), labels or targets ``y``, weights ``w``."""
+    """One batch: ``x`` (float32, read-only), the mask (bool), labels or targets ``y``, weights ``w``.
 
-    x: np.ndarray
+    ``x`` is an array ``(batch, num_features)`` in the flat layout, a dict of
+    arrays in the collections layout (``"event"``, ``"Jet"``, ``"Jet_mask"``, ...).
+    """
+
+    x: np.ndarray | dict[str, np.ndarray]
     mask: np.ndarray | None
     y: np.ndarray | None
     w: np.ndarray | None
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        x = self.x if isinstance(self.x, np.ndarray) else next(iter(self.x.values()))
+        return int(x.shape[0])
 
 
 class Pipeline:
@@ -190,7 +195,7 @@ class Pipeline:
             # views: the chunk's buffer is reused only once no batch looks into it (see Buffers.recycle)
             d, rows = pieces[0]
             return Batch(
-                d.X[rows],
+                self.dataset.flattener.inputs(d.X[rows]),
                 None if d.M is None or not self.with_mask else d.M[rows],
                 None if d.y is None else d.y[rows],
                 None if d.w is None else d.w[rows],
@@ -201,7 +206,7 @@ class Pipeline:
             present = [a for a in arrays if a is not None]
             return np.concatenate(present) if len(present) == len(arrays) else None
 
-        x = np.concatenate([d.X[rows] for d, rows in pieces])
+        x = self.dataset.flattener.inputs(np.concatenate([d.X[rows] for d, rows in pieces]))
         mask = joined([None if d.M is None else d.M[rows] for d, rows in pieces]) if self.with_mask else None
         y = None if first.y is None else joined([None if d.y is None else d.y[rows] for d, rows in pieces])
         w = None if first.w is None else joined([None if d.w is None else d.w[rows] for d, rows in pieces])

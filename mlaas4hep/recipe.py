@@ -10,8 +10,9 @@ so that inference (:func:`mlaas4hep.write_scores`) makes the same inputs, bit
 for bit, from other files.
 
 The JSON file has a format name and a version, and names its ``layout``:
-``"flat"`` (one ``(batch, num_features)`` matrix, the only layout this version
-writes and reads; another is refused with a clear error).
+``"flat"`` (one ``(batch, num_features)`` matrix) or ``"collections"`` (a dict
+of per-collection tensors, the collections saved with it); another is refused
+with a clear error.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ FORMAT = "mlaas4hep-preprocessing"
 VERSION = 1
 """The version of the format this module writes; it reads versions up to this one."""
 
-LAYOUTS = ("flat",)
+LAYOUTS = ("flat", "collections")
 """Layouts of the inputs this version can save and load."""
 
 
@@ -109,7 +110,11 @@ class InputRecipe:
     tree : str
         The tree trained on (the default tree of files that do not name one).
     layout : str
-        ``"flat"``: one ``(batch, num_features)`` matrix.
+        ``"flat"``: one ``(batch, num_features)`` matrix; ``"collections"``: a
+        dict of per-collection tensors (:mod:`mlaas4hep.collections_layout`).
+    collections : mapping of str to tuple of str
+        With the collections layout, each collection's branches (each branch's
+        width in ``widths`` is its collection's).
 
     Examples
     --------
@@ -128,6 +133,7 @@ class InputRecipe:
     cut: str | None = None
     tree: str = DEFAULT_TREE
     layout: str = "flat"
+    collections: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -138,6 +144,10 @@ class InputRecipe:
             msg = f"widths must name every jagged branch {sorted(jagged)}, got {sorted(self.widths)}"
             raise SpecsError(msg)
         object.__setattr__(self, "widths", {name: int(self.widths[name]) for name in self.specs.jagged})
+        object.__setattr__(self, "collections", {k: tuple(v) for k, v in self.collections.items()})
+        if (self.layout == "collections") != bool(self.collections) and self.specs.jagged:
+            msg = f"the collections layout names its collections, the flat one none: got {dict(self.collections)}"
+            raise SpecsError(msg)
         object.__setattr__(self, "aliases", dict(self.aliases))
         Selection(self.cut, self.aliases)  # the expressions parse and the aliases have no cycle
 
@@ -155,7 +165,9 @@ class InputRecipe:
             msg = f"saving the preprocessing of layout={layout!r} is not supported yet; supported: {LAYOUTS}"
             raise ParameterError(msg)
         specs = Specs({name: dataset.specs[name] for name in flattener.branches})
-        widths = {name: flattener.columns(name).stop - flattener.columns(name).start for name in specs.jagged}
+        widths = dict(flattener.widths)
+        widths = {name: widths[name] for name in specs.jagged}
+        collections = {g.name: tuple(g.branches) for g in flattener.collections}
         cut = dataset.selection.cut
         aliases = _aliases_needed(dataset.selection.aliases, [*specs.names, *_cut_names(cut)])
         return cls(
@@ -168,6 +180,7 @@ class InputRecipe:
             cut=cut,
             tree=options.tree,
             layout=layout,
+            collections=collections,
         )
 
     # -- what it makes ----------------------------------------------------------------------------
@@ -178,14 +191,31 @@ class InputRecipe:
 
     def flattener(self) -> JaggedFlattener:
         """The :class:`~mlaas4hep.JaggedFlattener` that makes the model's inputs."""
-        return JaggedFlattener(
-            self.specs, normalization=self.normalization, pad_value=self.pad_value, max_lengths=dict(self.widths)
-        )
+        kw: dict[str, Any] = {"normalization": self.normalization, "pad_value": self.pad_value}
+        if self.layout == "collections":
+            from .collections_layout import CollectionsFlattener
+
+            return CollectionsFlattener(self.specs, max_lengths=dict(self.widths), groups=self.collections, **kw)
+        return JaggedFlattener(self.specs, max_lengths=dict(self.widths), **kw)
 
     @property
     def num_features(self) -> int:
-        """Columns of the feature matrix: the model's input size."""
-        return len(self.specs.flat) + sum(self.widths.values())
+        """Columns of the feature matrix: the model's input size (flat layout)."""
+        return int(self.flattener().num_features)
+
+    @property
+    def input_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Name -> shape (without the batch axis) and dtype of each input the model takes."""
+        flattener = self.flattener()
+        if self.layout == "collections":
+            from .collections_layout import CollectionsFlattener
+
+            assert isinstance(flattener, CollectionsFlattener)
+            return dict(flattener.input_spec)
+        inputs: dict[str, tuple[tuple[int, ...], str]] = {"features": ((flattener.num_features,), "float32")}
+        if self.mask_output:
+            inputs["mask"] = ((flattener.num_features,), "float32")
+        return inputs
 
     @property
     def feature_names(self) -> list[str]:
@@ -212,6 +242,7 @@ class InputRecipe:
         """
         fixed = {"specs", "branches", "exclude", "aliases", "normalization", "pad_value", "max_lengths"}
         fixed |= {"length_quantile", "mask_output", "shuffle", "validation_split", "test_split", "subset"}
+        fixed |= {"layout", "collections"}
         fixed &= set(kwargs)
         if fixed:
             msg = f"the preprocessing fixes {sorted(fixed)}; they cannot be given"
@@ -227,6 +258,8 @@ class InputRecipe:
             max_lengths=dict(self.widths),
             mask_output=self.mask_output,
             shuffle=False,
+            layout=self.layout,
+            collections=dict(self.collections) or None,
             **kwargs,
         )
 
@@ -257,6 +290,7 @@ class InputRecipe:
             "format": FORMAT,
             "version": VERSION,
             "layout": self.layout,
+            **({"collections": {k: list(v) for k, v in self.collections.items()}} if self.collections else {}),
             "tree": self.tree,
             "branches": self.branches,
             "aliases": dict(self.aliases),
@@ -290,6 +324,7 @@ class InputRecipe:
             cut=data.get("cut"),
             tree=str(data.get("tree", DEFAULT_TREE)),
             layout=str(data["layout"]),
+            collections={k: tuple(v) for k, v in dict(data.get("collections") or {}).items()},
         )
         if list(data["branches"]) != recipe.branches or int(data["num_features"]) != recipe.num_features:
             msg = (

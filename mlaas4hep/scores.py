@@ -141,25 +141,26 @@ def _resolve_model(model: Any, executor: Any) -> tuple[Any, str | None]:
 
 def _output_width(model: Any, recipe: InputRecipe) -> int:
     """How many scores the model gives per event, checking that it takes the preprocessing's inputs."""
+    spec = recipe.input_spec
     features = recipe.num_features
     try:
         inputs = list(model.inputs)  # functional and sequential models; a subclassed one may not know them
     except (AttributeError, TypeError, ValueError):
         inputs = []
-    expected = ("features", "mask") if recipe.mask_output else ("features",)
+    expected = tuple(spec)
     if inputs and len(inputs) != len(expected):
         msg = f"the model takes {len(inputs)} inputs; the preprocessing makes {len(expected)}: {expected}"
         raise ParameterError(msg)
     sizes = [t.shape[-1] for t in inputs if t.shape and t.shape[-1] is not None]
-    if any(int(size) != features for size in sizes):
+    if recipe.layout == "flat" and any(int(size) != features for size in sizes):
         msg = (
             f"the model takes inputs of {sizes[0]} features, but the preprocessing makes {features} "
             f"({len(recipe.branches)} branches): was it trained with this preprocessing?"
         )
         raise ParameterError(msg)
-    zeros = np.zeros((1, features), dtype=np.float32)
+    zeros = {name: np.zeros((1, *shape), dtype=np.float32) for name, (shape, _) in spec.items()}
     try:
-        out = model.predict_on_batch({"features": zeros, "mask": zeros} if recipe.mask_output else zeros)
+        out = model.predict_on_batch(zeros if len(zeros) > 1 or recipe.layout != "flat" else zeros["features"])
     except (ValueError, TypeError) as err:
         msg = f"the model cannot take the preprocessing's inputs ({features} features): {err}"
         raise ParameterError(msg) from err

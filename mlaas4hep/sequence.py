@@ -34,28 +34,23 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     """Batches of events from ROOT files, for ``model.fit``, ``evaluate`` and ``predict``.
 
     ``seq[i]`` returns a whole batch ``(x, y)``: ``x`` is a float32 array of shape
-    ``(batch, num_features)`` made by :class:`~mlaas4hep.JaggedFlattener`, ``y``
+    ``(batch, num_features)`` made by :class:`~mlaas4hep.JaggedFlattener` (with
+    ``layout="collections"``, a dict of a ``(batch, L, F)`` tensor and a
+    ``(batch, L)`` mask per collection, and the flat branches), ``y``
     the float32 labels. ``len(seq)`` is the number of batches,
     ``ceil(n_events / batch_size)``; only the last batch may be smaller
     (with ``num_shards > 1``, see the note on sharding).
 
-    **The batch contract.** Within an epoch ``seq[i]`` is stable: asking for
-    the same ``i`` again returns the same events, from any thread, in any
-    order, and the ``len(seq)`` indices of an epoch cover every selected event
-    exactly once. An epoch ends once each of its indices has been asked for
-    (at ``on_epoch_end``, or when an index is asked for again). One that was
-    not finished never leaks into the next: requests made outside
-    ``on_epoch_begin``/``on_epoch_end`` (Keras' probe of batches 0 and 1, a
-    look at ``seq[0]``, a loop that broke off) are forgotten at the next
-    ``on_epoch_end``, and an epoch ``fit`` began and did not finish (an
-    interrupted ``fit``, ``steps_per_epoch``) carries on where it stopped, so
-    the next full pass serves every event exactly once. With ``shuffle=False`` (the default
-    for ``subset="validation"`` and ``"test"``) index ``i`` names the same events
-    in every epoch, in file order, so ``model.predict(seq)`` lines up with
-    ``[seq[i][1] for i in range(len(seq))]`` and with the files' entries. With
-    ``shuffle=True``, an index names the batch of the epoch's stream whose turn
-    it is when the index is first asked for: however ``fit`` orders its
-    requests, chunks are read one after another, each once per epoch.
+    **The batch contract.** Within an epoch ``seq[i]`` is stable: the same ``i``
+    gives the same events, from any thread, in any order, and the epoch's
+    ``len(seq)`` indices cover every selected event exactly once, whatever an
+    unfinished epoch before asked for (Keras' probe, a loop that broke off, an
+    interrupted ``fit``). With ``shuffle=False`` (the default for the
+    validation and test subsets) index ``i`` names the same events every
+    epoch, in file order: ``model.predict(seq)`` lines up with the files. With
+    ``shuffle=True`` an index names the batch whose turn it is when it is first
+    asked for, so chunks are read one after another however ``fit`` orders its
+    requests (see :mod:`mlaas4hep.epochs` and the user guide).
 
     Events are read in chunks of ``chunk_size`` that mix all files in proportion
     to their entries, each read, flattened and cached once, the next one read
@@ -113,7 +108,8 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         ``one_hot`` and a label branch.
     mask_output : bool
         Serve ``x`` as ``{"features": X, "mask": M}`` (``M`` float32, 1 where
-        ``X`` holds a real value, 0 for padding), for a model with two named inputs.
+        ``X`` holds a real value, 0 for padding), for a model with two named inputs
+        (the flat layout; the collections layout has its masks in ``x``).
     batch_size : int
         Events per batch (default 100, as the original).
     chunk_size : int
@@ -149,6 +145,12 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         Cap on the columns of jagged branches (see :class:`~mlaas4hep.JaggedFlattener`).
     length_quantile : float, optional
         Cap each jagged branch at this quantile of its lengths (e.g. 0.999).
+    layout : {"flat", "collections"}
+        ``"flat"`` (default): ``x`` is one padded vector per event. ``"collections"``:
+        ``x`` is a dict, ``x["Jet"]`` float32 ``(batch, L, F)`` for each collection of
+        jagged branches sharing their counts (``Jet_pt``, ``Jet_eta``, ...),
+        ``x["Jet_mask"]`` ``(batch, L)`` and ``x["event"]`` the flat branches, with the
+        flat layout's numbers (see :mod:`mlaas4hep.collections_layout`, :attr:`input_spec`).
     redirector : str
         Prefix for bare file names (e.g. an XRootD redirector).
     retries : int
@@ -195,33 +197,22 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
 
     Notes
     -----
-    **Sharding.** With ``num_shards > 1`` each epoch's stream (below) is cut
-    into ``num_shards`` consecutive blocks whose sizes differ by at most one
-    event, and this sequence serves block ``shard_index``: over all shards
-    every selected event is served exactly once per epoch, each shard reads
-    only the chunks its block touches, and all shards have the same number of
-    batches (see :func:`~mlaas4hep.plan.shard_layout` for the last batch's size).
-    ``n_events`` counts this shard's events, ``total_events`` those of all shards.
+    **Sharding.** With ``num_shards > 1`` each epoch's stream is cut into
+    ``num_shards`` consecutive blocks of sizes within one event of each other,
+    and this sequence serves block ``shard_index`` (:func:`~mlaas4hep.plan.shard_layout`):
+    over all shards every event is served once per epoch, all shards in step.
 
-    **The epoch's stream.** Batch ``s`` of an epoch holds events
-    ``[s * batch_size, (s + 1) * batch_size)`` of that epoch's stream: the
-    chunks in the epoch's order (see ``shuffle``), each chunk's events in a
-    (shuffled) order drawn from ``seed``, the epoch and the chunk. With
-    ``shuffle=True`` index ``i`` is batch ``s`` of the stream when it is the
-    ``s``-th index first asked for in the epoch; with ``shuffle=False`` it is
-    batch ``i``, and indices asked for out of order (``fit``'s default
-    ``shuffle=True``) read chunks out of order, which is slow (a warning says
-    so): pass ``shuffle=False`` to ``fit`` too. See :mod:`mlaas4hep.epochs`.
+    **The epoch's stream** is the chunks in the epoch's order (see ``shuffle``),
+    each chunk's events in a (shuffled) order drawn from ``seed``, the epoch and
+    the chunk. Indices in order asked for out of order (``fit``'s default
+    ``shuffle=True`` on a ``shuffle=False`` sequence) read chunks out of order (a warning says so).
 
-    **Errors while reading.** The TensorFlow backend hands ``fit``'s caller an
-    ``UnknownError`` of its own for an error raised while a batch is read: in
-    ``with seq:`` or ``with reraise(train, val):`` the library's error (a
-    :class:`~mlaas4hep.errors.FileAccessError` naming the file, say) is raised
-    instead; :attr:`last_error` keeps it too.
+    **Errors while reading.** TensorFlow hands ``fit``'s caller an ``UnknownError``
+    of its own; ``with seq:`` or ``with reraise(train, val):`` raise the library's
+    error instead (:attr:`last_error` keeps it).
 
-    **Batches are read-only views** of their chunk's matrix, not copies (copy
-    one to change it). A chunk's memory is reused only once no batch of it is
-    held anywhere, so batches a caller keeps stay as they were.
+    **Batches are read-only views** of their chunk's matrix (copy one to change
+    it); a chunk's memory is reused only once no batch of it is held anywhere.
 
     Examples
     --------
@@ -264,6 +255,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         pad_value: float = 0.0,
         max_lengths: int | Mapping[str, int] | None = None,
         length_quantile: float | None = None,
+        layout: str = "flat",
         redirector: str = "",
         retries: int = 3,
         retry_backoff: float = 0.5,
@@ -336,8 +328,25 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
 
     @property
     def feature_names(self) -> list[str]:
-        """Name of each column of ``x``."""
+        """Name of each column of ``x`` (of the matrix the collections layout's tensors are views of)."""
         return self.flattener.feature_names
+
+    @property
+    def input_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Shape (without the batch axis) and dtype of each input in ``x``, to build a model from.
+
+        Flat layout: ``{"features": ((num_features,), "float32")}`` (``x`` is that
+        array), and ``"mask"`` with ``mask_output``. Collections layout: ``"event"``,
+        and for each collection ``"Jet": ((L, F), "float32")`` and ``"Jet_mask": ((L,), "float32")``.
+
+        Examples
+        --------
+        >>> inputs = {n: keras.Input(s, dtype=t, name=n) for n, (s, t) in seq.input_spec.items()}  # doctest: +SKIP
+        """
+        spec = self.flattener.input_spec
+        if self.mask_output:
+            spec["mask"] = spec["features"]
+        return spec
 
     @property
     def total_events(self) -> int:

@@ -117,14 +117,15 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         Every rank needs the same files, arguments and ``seed``.
     tree, branches, exclude, common_branches, cut, aliases, targets, weights, file_weights
         As for :class:`~mlaas4hep.RootSequence`: the trees, features, selection and outputs.
-    balance_classes, one_hot, num_classes, mask_output, batch_size, chunk_size, nevts
+    balance_classes, one_hot, num_classes, drop_nonfinite, batch_size, chunk_size, nevts
         As for :class:`~mlaas4hep.RootSequence`.
     shuffle, seed, specs, validation_split, test_split, subset
         As for :class:`~mlaas4hep.RootSequence`. ``seed`` is required with
         ``world_size > 1`` and ``shuffle``: every rank must draw the same shuffling.
-    normalization, pad_value, max_lengths, length_quantile
-        As for :class:`~mlaas4hep.RootSequence`: what ``x`` holds.
-    redirector, retries, retry_backoff, files_per_chunk, max_open_files
+    layout, mask_output, normalization, pad_value, max_lengths, length_quantile
+        As for :class:`~mlaas4hep.RootSequence`: what ``x`` holds (a dict of tensors
+        with ``layout="collections"``).
+    redirector, retries, retry_backoff, timeout, files_per_chunk, max_open_files
         As for :class:`~mlaas4hep.RootSequence`: remote and many files.
     cache_chunks, prefetch : int
         Flattened chunks kept once served, and chunks read ahead, in each
@@ -184,6 +185,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         one_hot: bool = False,
         num_classes: int | None = None,
         mask_output: bool = False,
+        layout: str = "flat",
         batch_size: int = 100,
         chunk_size: int = 10_000,
         nevts: int = -1,
@@ -200,6 +202,8 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         redirector: str = "",
         retries: int = 3,
         retry_backoff: float = 0.5,
+        timeout: float = 30.0,
+        drop_nonfinite: bool = False,
         cache_chunks: int = 2,
         prefetch: int = 2,
         files_per_chunk: int | None = None,

@@ -206,7 +206,8 @@ def run_workflow(
         One label per file (labels.txt), or the name of a branch holding each event's label.
     model : callable, or path of a Python file
         ``model(idim)`` returning a compiled Keras model, or a file that defines it
-        (the original's keras_model.py).
+        (the original's keras_model.py); with ``"layout": "collections"``,
+        ``idim`` is the training sequence's ``input_spec`` (``models.deep_sets`` takes it).
     params : WorkflowParams, mapping, path, or None
         The params.json contents (see :data:`DEFAULT_PARAMS`); None uses the defaults.
     specs : path or Specs, optional
@@ -325,6 +326,7 @@ def _make_sequences(
         "seed": params.seed,
         "redirector": params.redirector,
         "normalization": params.normalization,
+        "layout": params.layout,
         "cut": preproc.cut if preproc is not None else None,
         "aliases": dict(preproc.aliases) if preproc is not None else None,
     }
@@ -366,12 +368,15 @@ def _make_sequence(part: str, fractions: tuple[float, float], **kwargs: Any) -> 
     return RootSequence(validation_split=validation_split or None, test_split=test_split or None, subset=part, **kwargs)
 
 
-def _build_model(model_function: Callable[[int], Any], sequences: Sequence[Any], verbose: int) -> Any:
+def _build_model(model_function: Callable[[Any], Any], sequences: Sequence[Any], verbose: int) -> Any:
     """The user's model for the features of ``sequences[0]`` (the training one).
 
-    A categorical cross-entropy loss gets one-hot labels from every sequence.
+    ``model(idim)`` is given the number of features, or with ``"layout": "collections"``
+    the training sequence's ``input_spec``. A categorical cross-entropy loss gets
+    one-hot labels from every sequence.
     """
-    ml_model = model_function(sequences[0].num_features)
+    train = sequences[0]
+    ml_model = model_function(train.input_spec if train.options.layout == "collections" else train.num_features)
     classes = _categorical_classes(ml_model)
     if classes:  # as the original: a categorical cross-entropy loss gets one-hot labels
         log.info("categorical cross-entropy loss: one-hot labels over %d classes", classes)
@@ -448,7 +453,7 @@ def _predict(model: Any, seq: Any) -> tuple[np.ndarray, np.ndarray]:
         y = np.asarray(y)
         # several classes: the last class against the rest, as the scores below
         ys.append(y[:, -1] if y.ndim == 2 and y.shape[1] > 1 else y.ravel())
-        ps.append(np.asarray(model.predict_on_batch(X)).reshape(len(X), -1)[:, -1])
+        ps.append(np.asarray(model.predict_on_batch(X)).reshape(len(y), -1)[:, -1])
     seq.on_epoch_end()
     return np.concatenate(ys), np.concatenate(ps)
 

@@ -53,4 +53,5 @@ def test_notebook_runs(venv_kernel: str, tmp_path: Path) -> None:
     assert "(15-flat, 48-jagged) branches" in text
     assert "auc" in text and "features.pdf" in text and "roc.png" in text
     assert "GluGluToHToTauTau_score.root" in text and "VBF_HToTauTau_score.root" in text  # the scores' section
+    assert "'Jet_mask': (100, " in text and "roc_both.png" in text  # the collections layout's section
     assert not [o for o in outputs if o.output_type == "error"]

@@ -133,7 +133,7 @@ def _saved(two_files: list[Path], tmp_path: Path) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("change", "error", "match"),
     [
-        ({"layout": "collections"}, ParameterError, r"layout 'collections' is not supported .* \('flat',\)"),
+        ({"layout": "graphs"}, ParameterError, r"layout 'graphs' is not supported .* \('flat', 'collections'\)"),
         ({"version": VERSION + 1}, SpecsError, "version 2 is not one this mlaas4hep reads"),
         ({"format": "mlaas4hep-specs"}, SpecsError, "not a saved preprocessing"),
         ({"num_features": 3}, SpecsError, "do not match its specs"),

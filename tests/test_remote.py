@@ -306,3 +306,30 @@ def test_a_web_server_without_byte_ranges_is_named(served: Path) -> None:
             RootSequence([server.url("f0.root")], labels=[1], timeout=5)
     finally:
         server.stop()
+
+
+# -- the collections layout -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("server", ["xrootd", "http"])
+def test_collections_layout_reads_remote_files_as_local_ones(
+    server: str, served: Path, request: pytest.FixtureRequest
+) -> None:
+    remote: Any = request.getfixturevalue(server)
+    kw = {"layout": "collections", "shuffle": True}
+    far = sequence([remote.url("f0.root"), remote.url("f1.root")], **kw)
+    near = sequence([str(served / "f0.root"), str(served / "f1.root")], **kw)
+    try:
+        column = far.flattener.feature_order["event"].index("uid")
+        uids = []
+        for i in range(len(far)):
+            (x, y), (x_local, y_local) = far[i], near[i]
+            assert set(x) == {"event", "Jet", "Jet_mask"}
+            for name in x:
+                np.testing.assert_array_equal(x[name], x_local[name])
+            np.testing.assert_array_equal(y, y_local)
+            uids.append(x["event"][:, column].astype(np.int64))
+        check_exactly_once(np.concatenate(uids))
+    finally:
+        far.close()
+        near.close()

@@ -323,3 +323,17 @@ def test_two_distributed_processes_each_serve_half_and_together_all(two_files, t
         assert [len(h) for h in halves] == [1500, 1500]
         assert not set(halves[0].tolist()) & set(halves[1].tolist())
         assert set(np.concatenate(halves).tolist()) == EVERYTHING
+
+
+def test_the_dataset_takes_the_sequence_s_arguments() -> None:
+    """Every argument of RootSequence but Keras' own and the shards is one of RootDataset's, with its default."""
+    import inspect
+
+    from mlaas4hep import RootSequence
+
+    keras_only = {"self", "workers", "use_multiprocessing", "max_queue_size", "shard_index", "num_shards"}
+    theirs = inspect.signature(RootSequence.__init__).parameters
+    ours = inspect.signature(RootDataset.__init__).parameters
+    missing = [name for name in theirs if name not in keras_only and name not in ours]
+    assert not missing
+    assert all(ours[name].default == theirs[name].default for name in theirs if name not in keras_only)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -165,3 +166,27 @@ def test_inputs_and_params_are_still_importable_from_workflow() -> None:
     for module in (inputs, params):
         for name in module.__all__:
             assert name in workflow.__all__ and getattr(workflow, name) is getattr(module, name)
+
+
+COLLECTIONS_MODEL = """\
+from mlaas4hep.models import deep_sets
+
+
+def model(idim):
+    return deep_sets(idim, hidden=(8,), head=(8,))
+"""
+
+
+@pytest.mark.slow
+def test_collections_layout_from_params(tmp_path: Path, make_tree: Callable[..., Path]) -> None:
+    files = [make_tree(tmp_path / f"f{i}.root", 1200, seed=i, file_id=i) for i in range(2)]
+    (tmp_path / "sets.py").write_text(COLLECTIONS_MODEL)
+    hist = tmp_path / "plots"
+    params = {"epochs": 2, "chunk_size": 400, "batch_size": 50, "verbose": 0, "seed": 1, "hist": str(hist)}
+    params.update({"exclude_branches": "run,uid", "layout": "collections"})
+    (tmp_path / "params.json").write_text(json.dumps(params))  # as workflow --params=params.json reads it
+    result = run_workflow(files, [1, 0], tmp_path / "sets.py", tmp_path / "params.json", fout=tmp_path / "sets.keras")
+    assert sorted(result.model.input) == ["Jet", "Jet_mask", "event"]  # model(idim) was given the input_spec
+    assert len(result.history["loss"]) == 2 and 0.5 < result.metrics["roc_auc"] <= 1
+    assert {p.name for p in result.plots} == {"features.pdf", "roc.pdf", "history.pdf"}
+    assert (tmp_path / "sets.keras").stat().st_size > 0
