@@ -134,6 +134,8 @@ class SpecBuilder:
         Names or patterns to leave out; default ``("run", "event", "luminosityBlock")``.
     redirector : str
         Prefix for bare file names (the original's ``redirector``).
+    format : str
+        Format of every file given by name (``"parquet"``, ``"csv"``...); default: from each name.
     step_size : int or str
         Events per read, or a size such as ``"100 MB"`` as in :func:`uproot.iterate`;
         memory stays bounded by one step whatever the file size (a Parquet
@@ -186,6 +188,7 @@ class SpecBuilder:
         branches: Sequence[str] | None = None,
         exclude: Sequence[str] = DEFAULT_EXCLUDE,
         redirector: str = "",
+        format: str = "",
         step_size: int | str = "100 MB",
         common_branches: bool = False,
         executor: Any = None,
@@ -196,7 +199,7 @@ class SpecBuilder:
     ) -> None:
         self.cuts = Selection(cut, aliases or {})
         self.timeout = float(timeout)
-        self.sources = parse_sources(files, tree, redirector)
+        self.sources = parse_sources(files, tree, redirector, format)
         if not self.sources:
             msg = "no input files given"
             raise ParameterError(msg)

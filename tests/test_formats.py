@@ -136,6 +136,7 @@ def test_the_format_comes_from_the_name_or_is_given(tmp_path: Path) -> None:
         "csv",
         "avro",
     ]
+    assert [s.format for s in SpecBuilder(["a.txt"], format="parquet").sources] == ["parquet"]
     assert str(FileSource("a.parquet")) == "a.parquet" and str(FileSource("a.root")) == "a.root:Events"
     with pytest.raises(ParameterError, match=r"format 'xml' of 'a\.xml' is none of"):
         FileSource("a.xml", format="xml")
@@ -428,7 +429,12 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
     ),
     ("JSON null", lambda d: _bad(d, ["null.jsonl"]), BranchError, r"'x' is null on line 4 of .*null\.jsonl"),
     ("JSON array, not lines", lambda d: _bad(d, ["array.json"]), FileAccessError, r"line 1 of .*array\.json' is not"),
-    ("CSV line of other fields", lambda d: _bad(d, ["fields.csv"]), FileAccessError, r"line 4 of .*fields\.csv"),
+    (
+        "CSV line of other fields",
+        lambda d: _bad(d, ["fields.csv"]),
+        FileAccessError,
+        r"line 4 of .*fields\.csv. has 1 field,",
+    ),
     ("CSV value missing", lambda d: _bad(d, ["novalue.csv"]), BranchError, r"'x' has no value on line 3 of"),
     (
         "CSV string among numbers",

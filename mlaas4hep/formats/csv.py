@@ -109,7 +109,8 @@ def explain(path: Path, name: str, reason: str) -> NoReturn:
             if not row:
                 continue
             if len(row) != len(header):
-                msg = f"line {line} of {name!r} has {len(row)} fields, its header line {len(header)}: {','.join(row)!r}"
+                fields = f"{len(row)} field{'' if len(row) == 1 else 's'}"
+                msg = f"line {line} of {name!r} has {fields}, its header line {len(header)}: {','.join(row)!r}"
                 raise FileAccessError(msg)
             for column, value in zip(header, row, strict=True):
                 kind = _kind(value)
