@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import DATA_DIR, Config, Result, format_result, print_table
 from benchmarks.first_pass import bench_first_pass
+from benchmarks.formats import bench_formats
 from benchmarks.memory import bench_memory
 from benchmarks.scores import bench_scores
 from benchmarks.throughput import bench_collections, bench_parallel, bench_throughput
@@ -44,6 +45,7 @@ BENCHMARKS: dict[str, Callable[[Config], list[Result]]] = {
     "parallel": bench_parallel,  # 6
     "collections": bench_collections,  # 8
     "scores": bench_scores,  # 9
+    "formats": bench_formats,  # Parquet copies against the ROOT files, for the record
 }
 
 

@@ -26,6 +26,8 @@ import numpy as np
 from ._arrays import flat_values, jagged_parts
 from .errors import BranchError, ParameterError, SkippedBranchWarning, SpecsMismatchWarning, TreeError
 from .executors import map_files
+from .formats import open_table
+from .safeguards import check_kinds
 from .selection import Selection, encode_mask, kind_of
 from .sources import (
     DEFAULT_TIMEOUT,
@@ -33,11 +35,8 @@ from .sources import (
     BranchInfo,
     FileInfo,
     FileSource,
-    describe_branches,
     describe_file,
     inspect_file,
-    open_tree,
-    opened_tree,
     parse_sources,
 )
 from .specs import DEFAULT_EXCLUDE, BranchSpec, FileSpec, Specs
@@ -135,9 +134,12 @@ class SpecBuilder:
         Names or patterns to leave out; default ``("run", "event", "luminosityBlock")``.
     redirector : str
         Prefix for bare file names (the original's ``redirector``).
+    format : str
+        Format of every file given by name (``"parquet"``, ``"csv"``...); default: from each name.
     step_size : int or str
         Events per read, or a size such as ``"100 MB"`` as in :func:`uproot.iterate`;
-        memory stays bounded by one step whatever the file size.
+        memory stays bounded by one step whatever the file size (a Parquet
+        row group at least: its rows are read together).
     common_branches : bool
         When the files' selected branches differ, use those common to all files
         instead of raising :class:`~mlaas4hep.errors.BranchError` (default False).
@@ -186,6 +188,7 @@ class SpecBuilder:
         branches: Sequence[str] | None = None,
         exclude: Sequence[str] = DEFAULT_EXCLUDE,
         redirector: str = "",
+        format: str = "",
         step_size: int | str = "100 MB",
         common_branches: bool = False,
         executor: Any = None,
@@ -196,7 +199,7 @@ class SpecBuilder:
     ) -> None:
         self.cuts = Selection(cut, aliases or {})
         self.timeout = float(timeout)
-        self.sources = parse_sources(files, tree, redirector)
+        self.sources = parse_sources(files, tree, redirector, format)
         if not self.sources:
             msg = "no input files given"
             raise ParameterError(msg)
@@ -330,7 +333,7 @@ class SpecBuilder:
         """
         source = info.source
         if info.entries == 0:
-            msg = f"tree {source.tree!r} in {source.path!r} has 0 entries"
+            msg = f"{source.what} has 0 entries"
             raise TreeError(msg)
         check_selection(self.cuts, info.branches, str(source))
         usable, skipped = select_branches(info.branches, include, self.exclude, str(source), aliases=self.cuts.aliases)
@@ -350,6 +353,7 @@ class SpecBuilder:
         Returns the include list to scan with: the user's, or with
         ``common_branches`` the names common to all files when they differ.
         """
+        check_kinds(infos, self.include, self.exclude, common_branches=self.common_branches)
         names = [[b.name for b in self.usable(info, self.include)[0]] for info in infos]
         union = sorted(set().union(*names))
         if all(len(n) == len(union) for n in names):
@@ -377,24 +381,21 @@ class SpecBuilder:
     def scan_file(self, source: FileSource, include: Sequence[str] | None) -> Specs:
         """The specs of one file: the unit of work of the first pass, merged in file order afterwards."""
         t0 = time.perf_counter()
-        file, obj = open_tree(source, self.timeout)
-        try:
-            info = describe_file(source, file, obj)
+        with open_table(source, self.timeout) as table:
+            info = describe_file(source, table)
             usable, skipped = self.usable(info, include)
             kinds = {i.name: i for i in usable}
             derived = self.derived
             read = list(dict.fromkeys([*kinds, *self.cuts.branches(derived)]))
             masks: list[np.ndarray] = []
             parts: dict[str, BranchSpec] = {}
-            for arrays in obj.iterate(filter_name=read, step_size=self.step_size, library="ak"):
+            for arrays in table.iterate(read, self.step_size):
                 step_kinds = kinds
                 if self.cuts:
                     arrays, step_kinds, keep = _apply_selection(self.cuts, arrays, kinds, derived)
                     masks.append(keep)
                 for name, step in _step_specs(arrays, step_kinds):
                     parts[name] = parts[name].merge(step) if name in parts else step
-        finally:
-            file.close()
         log.info(
             "scanned %s: %d entries, %d branches in %.2f s", source, info.entries, len(kinds), time.perf_counter() - t0
         )
@@ -452,9 +453,9 @@ def scan_selection(
     """
     masks = []
     for source in sources:
-        with opened_tree(source, timeout) as obj:
-            check_selection(selection, describe_branches(obj), str(source))
-            steps = obj.iterate(filter_name=selection.branches(), step_size=step_size, library="ak")
+        with open_table(source, timeout) as table:
+            check_selection(selection, table.branches(), str(source))
+            steps = table.iterate(selection.branches(), step_size)
             parts = [selection.mask(arrays, len(arrays)) for arrays in steps]
         masks.append(np.concatenate(parts) if parts else np.zeros(0, dtype=bool))
     return masks

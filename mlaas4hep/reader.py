@@ -1,11 +1,11 @@
-"""Reading chunks of events from ROOT files: the only module of the data path that does IO with uproot.
+"""Reading chunks of events from the input files: the data path's reads, through :mod:`mlaas4hep.formats`.
 
 :class:`ChunkReader` reads chunk ``k`` of a :class:`~mlaas4hep.plan.ChunkPlan`:
 for every file that contributes, the entries the plan gives it (or, with a
 cut, the entries of its selected events), as awkward arrays of the branches
 asked for, with the derived branches (aliases) computed on each piece. Whole
-clusters are read, each decompressed once per epoch, and remote files are
-retried with backoff.
+blocks (ROOT clusters, Parquet row groups) are read, each decompressed once
+per epoch, and remote files are retried with backoff.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import Any
 
 import awkward as ak
 import numpy as np
-import uproot
 
 from ._arrays import row_range
 from ._checks import check_int, check_number
 from .errors import FileAccessError, MLaaS4HEPError, ParameterError
+from .formats import Table, open_table
 from .plan import ChunkPlan
 from .selection import Selection
-from .sources import DEFAULT_TIMEOUT, FileInfo, FileSource, open_tree, opened_tree
+from .sources import DEFAULT_TIMEOUT, FileInfo, FileSource
 
 __all__ = ["Chunk", "ChunkReader"]
 
@@ -55,12 +55,12 @@ class Chunk:
 
 
 class ChunkReader:
-    """Read the chunks of a :class:`ChunkPlan` from ROOT files with uproot.
+    """Read the chunks of a :class:`ChunkPlan` from the input files (of any format, mixed).
 
     Parameters
     ----------
     sources : sequence of FileSource
-        Files (and trees) to read.
+        Files (and trees) to read: ROOT, Parquet, CSV, JSON lines or Avro (see :mod:`mlaas4hep.formats`).
     branches : sequence of str
         Branches to read (or aliases of ``selection`` to compute); nothing else is decompressed.
     chunk_size : int, optional
@@ -113,12 +113,13 @@ class ChunkReader:
     A reader is used by one thread at a time; after a ``fork`` it reopens its
     files, so copies in worker processes work.
 
-    Whole clusters (the entry ranges where every branch starts a basket) are
-    read, so that no basket is decompressed twice. When chunks are read one
-    after another (``k``, then ``k + 1`` or ``k - 1``, as an epoch reads them),
-    the clusters that the next ``read_ahead`` chunks (attribute, default 2)
-    need and that adjoin a read are read in the same call to uproot, which
-    has a fixed cost per call, and kept until those chunks take them.
+    Whole clusters (the entry ranges where every branch starts a basket; a
+    Parquet file's row groups) are read, so that no basket is decompressed
+    twice. When chunks are read one after another (``k``, then ``k + 1`` or
+    ``k - 1``, as an epoch reads them), the clusters that the next
+    ``read_ahead`` chunks (attribute, default 2) need and that adjoin a read
+    are read in the same call (to uproot, which has a fixed cost per call),
+    and kept until those chunks take them.
     """
 
     def __init__(
@@ -164,7 +165,7 @@ class ChunkReader:
         self.retry_backoff = check_number(retry_backoff, "retry_backoff", what="a non-negative number of seconds")
         self.reads = 0
         self.bytes_read = 0
-        self._open: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+        self._open: OrderedDict[int, Table] = OrderedDict()
         self._cluster_cache: dict[int, np.ndarray | None] = {}
         # clusters read and still needed by other chunks: (block read with them, its first entry, chunks to come)
         self._segments: OrderedDict[tuple[int, int], tuple[ak.Array, int, int]] = OrderedDict()
@@ -193,8 +194,8 @@ class ChunkReader:
 
     @staticmethod
     def _entries(source: FileSource) -> int:
-        with opened_tree(source, DEFAULT_TIMEOUT) as tree:
-            return int(tree.num_entries)
+        with open_table(source, DEFAULT_TIMEOUT) as table:
+            return table.entries
 
     def __len__(self) -> int:
         return self.plan.n_chunks
@@ -206,17 +207,17 @@ class ChunkReader:
         state["_executor"] = None
         return state
 
-    def _tree(self, i: int) -> Any:
+    def _table(self, i: int) -> Table:
         if self._pid != os.getpid():  # forked: the parent's handles and threads are not ours
             self._open = OrderedDict()
             self._executor = None
             self._pid = os.getpid()
         if i in self._open:
             self._open.move_to_end(i)
-            return self._open[i][1]
+            return self._open[i]
         self._check_unchanged(i)
-        self._open[i] = open_tree(self.sources[i], self.timeout)
-        entries = int(self._open[i][1].num_entries)
+        self._open[i] = open_table(self.sources[i], self.timeout)
+        entries = self._open[i].entries
         if self.expect is not None and entries != self.expect[i].entries:
             self._forget(i)
             msg = (
@@ -225,9 +226,9 @@ class ChunkReader:
             )
             raise FileAccessError(msg)
         while len(self._open) > self.max_open_files:
-            _, (file, _) = self._open.popitem(last=False)
-            file.close()
-        return self._open[i][1]
+            _, table = self._open.popitem(last=False)
+            table.close()
+        return self._open[i]
 
     def _check_unchanged(self, i: int) -> None:
         """Raise if local file ``i`` is not the file the plan was made for (another size or modification time)."""
@@ -247,17 +248,12 @@ class ChunkReader:
         """Close file ``i`` after a failed read, so that the next read opens it anew."""
         opened = self._open.pop(i, None)
         if opened is not None:
-            opened[0].close()
+            opened.close()
 
     def _clusters(self, i: int) -> np.ndarray | None:
-        """Entry numbers where all branches of file ``i`` start new baskets (None if unknown)."""
+        """Entry numbers where all branches of file ``i`` start new baskets (row groups; None if unknown)."""
         if i not in self._cluster_cache:
-            tree = self._tree(i)
-            try:
-                offsets = np.asarray(tree.common_entry_offsets(filter_name=self.branches), dtype=np.int64)
-            except Exception:  # noqa: BLE001 - RNTuple or an odd tree: read ranges as asked
-                offsets = None
-            self._cluster_cache[i] = offsets
+            self._cluster_cache[i] = self._table(i).blocks(self.branches)
         return self._cluster_cache[i]
 
     def _read_range(
@@ -273,10 +269,10 @@ class ChunkReader:
         chunks will read: clusters of it that touch this read are read in the
         same call (every call to uproot has a fixed cost) and kept for them.
         """
-        tree = self._tree(i)
+        table = self._table(i)
         offsets = self._clusters(i)
         if offsets is None or len(offsets) < 2:
-            return [self._arrays(tree, names, start, stop)]
+            return [self._arrays(table, names, start, stop)]
         first = int(np.searchsorted(offsets, start, side="right")) - 1
         last = int(np.searchsorted(offsets, stop, side="left"))
         lo, hi = first, last  # the clusters to have: those of this read and the next ones that touch it
@@ -302,7 +298,7 @@ class ChunkReader:
             if run_end <= first or j >= last:  # a run of the next chunks' clusters only: read when needed
                 j = run_end
                 continue
-            block = self._arrays(tree, names, int(offsets[j]), int(offsets[run_end]))
+            block = self._arrays(table, names, int(offsets[j]), int(offsets[run_end]))
             entry0 = int(offsets[j])
             for m in range(j, run_end):
                 users = self._cluster_users(i, m, offsets) - (1 if first <= m < last else 0)
@@ -357,6 +353,7 @@ class ChunkReader:
                 # reopening a remote file that is still unreachable raises FileAccessError: retried too
                 if not (isinstance(err, FileAccessError) and attempts > 1):
                     raise
+                self._forget(i)  # a Parquet read that failed: open the file anew
                 error: Exception = err
             except Exception as err:  # noqa: BLE001 - uproot raises OSError, ValueError, DeserializationError...
                 self._forget(i)
@@ -373,19 +370,11 @@ class ChunkReader:
             time.sleep(wait)
         raise AssertionError  # unreachable: the last attempt returns or raises
 
-    def _arrays(self, tree: Any, names: list[str], start: int, stop: int) -> ak.Array:
-        """Read ``names`` for entries ``[start, stop)``, decompressing baskets on two threads."""
-        wanted = frozenset(names)
+    def _arrays(self, table: Table, names: list[str], start: int, stop: int) -> ak.Array:
+        """Read ``names`` for entries ``[start, stop)`` (a ROOT file's baskets decompressed on two threads)."""
         if self._executor is None:
-            self._executor = uproot.source.futures.ThreadPoolExecutor(max_workers=2)
-        arrays = tree.arrays(
-            filter_name=wanted.__contains__,  # a set look-up: a list of names is matched like globs
-            entry_start=start,
-            entry_stop=stop,
-            library="ak",
-            decompression_executor=self._executor,
-            array_cache=None,  # the file's default cache would hold up to 100 MB of arrays read once
-        )
+            self._executor = table.make_executor()
+        arrays = table.arrays(names, start, stop, self._executor)
         self.bytes_read += arrays.layout.nbytes
         return arrays
 
@@ -402,8 +391,8 @@ class ChunkReader:
     def close(self) -> None:
         """Close every open file."""
         while self._open:
-            _, (file, _) = self._open.popitem()
-            file.close()
+            _, table = self._open.popitem()
+            table.close()
 
     def read(self, k: int, files: Sequence[int] | None = None) -> Chunk:
         """Read chunk ``k`` of the plan (only the shares of ``files``, given as indices, if given).

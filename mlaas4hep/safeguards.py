@@ -4,6 +4,8 @@ Each function raises (or warns) with a message that names the file, tree,
 branch or parameter at fault and says what would be right:
 
 * :func:`check_duplicates`: the same file and tree listed twice, under any name;
+* :func:`check_kinds`: a branch that holds numbers in one file and strings (or
+  lists) in another;
 * :func:`check_file`: a file against the specs, cut, aliases, labels, targets
   and weights (kinds, and dtypes where the specs describe that very file);
 * :func:`finite_outputs` and :func:`check_finite`: labels, targets and weights
@@ -16,6 +18,7 @@ branch or parameter at fault and says what would be right:
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -26,12 +29,21 @@ import numpy as np
 
 from ._arrays import flat_values
 from .errors import BranchError, DataWarning, ParameterError, SpecsError, TreeError
+from .formats import open_table
 from .selection import Selection
-from .sources import FileInfo, FileSource, opened_tree
+from .sources import BranchInfo, FileInfo, FileSource
 from .specs import Specs
 from .targets import Outputs
 
-__all__ = ["check_duplicates", "check_file", "check_finite", "check_split", "finite_outputs", "warn_data"]
+__all__ = [
+    "check_duplicates",
+    "check_file",
+    "check_finite",
+    "check_kinds",
+    "check_split",
+    "finite_outputs",
+    "warn_data",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +67,34 @@ def check_duplicates(infos: Sequence[FileInfo]) -> None:
         seen[key] = i
 
 
+def check_kinds(
+    infos: Sequence[FileInfo], include: Sequence[str] | None, exclude: Sequence[str], *, common_branches: bool = False
+) -> None:
+    """Raise :class:`BranchError` if a selected branch holds other kinds of values in two files, naming both.
+
+    ``include`` and ``exclude`` are the first pass's patterns (``include=None``:
+    every branch). A branch usable in some files only (strings in one of them,
+    say) is no error with ``common_branches``: it is left out, like any branch
+    not in every file.
+    """
+    first: dict[str, tuple[BranchInfo, FileSource]] = {}
+    for info in infos:
+        for branch in info.branches:
+            name = branch.name
+            if (include is not None and not any(fnmatch.fnmatchcase(name, p) for p in include)) or any(
+                fnmatch.fnmatchcase(name, p) for p in exclude
+            ):
+                continue
+            seen, where = first.setdefault(name, (branch, info.source))
+            usable = {seen.kind, branch.kind} <= {"flat", "jagged"}
+            if seen.kind != branch.kind and (usable or not common_branches):
+                msg = (
+                    f"branch {name!r} is {seen.kind} ({seen.dtype}) in {where.path!r} but {branch.kind} "
+                    f"({branch.dtype}) in {info.source.path!r}: a branch holds one kind of values in every file"
+                )
+                raise BranchError(msg)
+
+
 def check_file(info: FileInfo, specs: Specs, selection: Selection, outputs: Outputs) -> None:
     """The file has entries and every branch the specs, cut, aliases, labels, targets and weights need.
 
@@ -63,7 +103,7 @@ def check_file(info: FileInfo, specs: Specs, selection: Selection, outputs: Outp
     """
     source, kinds = info.source, info.kinds
     if info.entries == 0:
-        msg = f"tree {source.tree!r} in {source.path!r} has 0 entries"
+        msg = f"{source.what} has 0 entries"
         raise TreeError(msg)
     selection.check(kinds, str(source))
     weights = [outputs.weights] if outputs.weights else []
@@ -137,8 +177,8 @@ def finite_outputs(
     out = []
     for source in sources:
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        with opened_tree(source, timeout) as tree:
-            for arrays in tree.iterate(filter_name=read, step_size="100 MB", library="ak"):
+        with open_table(source, timeout) as table:
+            for arrays in table.iterate(read, "100 MB"):
                 derived = selection.derive(arrays, names, len(arrays))
                 for name in names:
                     values = derived[name] if name in derived else arrays[name]

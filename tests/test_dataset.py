@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import uproot
 
-import mlaas4hep.first_pass
-import mlaas4hep.sources
+import mlaas4hep.formats.root
 from mlaas4hep import BranchError, SpecBuilder
 from mlaas4hep.dataset import Dataset, prepare
 from mlaas4hep.options import Options
@@ -35,14 +34,13 @@ def test_with_cached_specs_each_file_is_opened_once(two_files, tmp_path, monkeyp
     cache = tmp_path / "specs.json"
     _prepare(two_files, specs=cache)
     opened = []
-    original = mlaas4hep.sources.open_tree
+    original = mlaas4hep.formats.root.open_tree
 
     def counting(source, *args):
         opened.append(source.path)
         return original(source, *args)
 
-    monkeypatch.setattr(mlaas4hep.sources, "open_tree", counting)
-    monkeypatch.setattr(mlaas4hep.first_pass, "open_tree", counting)
+    monkeypatch.setattr(mlaas4hep.formats.root, "open_tree", counting)  # every ROOT file is opened there
     _prepare(two_files, specs=cache)
     assert sorted(opened) == sorted(str(f) for f in two_files)
 

@@ -53,12 +53,13 @@ def test_the_reliability_table_lists_what_the_tests_try() -> None:
 
     sys.path.insert(0, str(ROOT / "tests"))
     import test_errors
+    import test_formats
     import test_reliability
 
     page = (ROOT / "docs" / "pages" / "reliability.md").read_text()
     rows = [line for line in page.splitlines() if line.startswith("| ") and not line.startswith("| case")]
     cases = {line.split(" | ")[0][2:] for line in rows}
-    for table in (test_errors.CASES, test_reliability.CASES):
+    for table in (test_errors.CASES, test_reliability.CASES, test_formats.CASES):
         missing = [case[0] for case in table if case[0] not in cases]
         assert not missing, f"cases missing from reliability.md: {missing}"
     sources = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))

@@ -13,9 +13,7 @@ import uproot
 
 pytest.importorskip("keras")
 
-import mlaas4hep.first_pass
-import mlaas4hep.reader
-import mlaas4hep.sources
+import mlaas4hep.formats.root
 from mlaas4hep import RootSequence, SpecBuilder, Specs
 from mlaas4hep.sources import FileSource
 
@@ -46,7 +44,7 @@ class _Handles:
         self.now = 0
         self.peak = 0
         self._lock = threading.Lock()
-        original = mlaas4hep.sources.open_tree
+        original = mlaas4hep.formats.root.open_tree
 
         def counting(source: FileSource, *args: Any) -> tuple[Any, Any]:
             file, obj = original(source, *args)
@@ -64,8 +62,7 @@ class _Handles:
                 self.peak = max(self.peak, self.now)
             return file, obj
 
-        for module in (mlaas4hep.reader, mlaas4hep.sources, mlaas4hep.first_pass):
-            monkeypatch.setattr(module, "open_tree", counting)
+        monkeypatch.setattr(mlaas4hep.formats.root, "open_tree", counting)  # every ROOT file is opened there
 
     def reset(self) -> None:
         self.opens, self.peak = 0, self.now

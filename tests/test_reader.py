@@ -51,9 +51,9 @@ def test_reader_decompresses_each_cluster_once_and_reads_ahead(make_tree, tmp_pa
     calls: list[tuple[str, int, int]] = []
     read = reader._arrays
 
-    def spy(tree, names, start, stop):
-        calls.append((tree.file.file_path, start, stop))
-        return read(tree, names, start, stop)
+    def spy(table, names, start, stop):
+        calls.append((table.source.path, start, stop))
+        return read(table, names, start, stop)
 
     reader._arrays = spy
     n = len(reader)

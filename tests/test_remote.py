@@ -114,7 +114,7 @@ def test_xrootd_epoch_exactly_once(xrootd: XRootDServer, xrootd_mode: str) -> No
     seq = sequence([xrootd.url("f0.root"), xrootd.url("f1.root")])
     try:
         check_exactly_once(serve_epoch(seq))
-        source = seq.reader._open[0][0].file.source
+        source = seq.reader._open[0].file.file.source
         assert type(source).__name__ == ("XRootDSource" if xrootd_mode == "in-process" else "WorkerXRootDSource")
     finally:
         seq.close()

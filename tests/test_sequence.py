@@ -245,8 +245,8 @@ def test_shuffled_epochs_read_neighbouring_chunks_and_keep_little(two_files):
             kept = max(kept, len(seq.reader._segments))
         seq.on_epoch_end()
     assert kept <= 2 * len(two_files)  # an edge cluster per file and direction, never the whole epoch's
-    for file, _ in seq.reader._open.values():  # uproot's own array cache is not filled either
-        assert len(file.file.array_cache) == 0
+    for table in seq.reader._open.values():  # uproot's own array cache is not filled either
+        assert len(table.file.file.array_cache) == 0
 
 
 # -- the batch contract, through model.fit ------------------------------------------------------
