@@ -192,6 +192,25 @@ def test_cuts_aliases_and_splits_work_alike(root_file: Path, copies: dict[str, P
         root.close()
 
 
+@pytest.mark.parametrize("ext", ["parquet", "jsonl", "avro"])
+def test_the_collections_layout_reads_a_copy_like_the_root_file(
+    root_file: Path, copies: dict[str, Path], ext: str
+) -> None:
+    """Per-collection tensors and masks of a copy are those of the ROOT file, event for event."""
+    kw = {"labels": [1], "branches": FLAT + JETS, "layout": "collections", "shuffle": False}
+    root, copy = sequence([root_file], **kw), sequence([copies[ext]], **kw)
+    try:
+        assert copy.input_spec == root.input_spec and "Jet_mask" in root.input_spec
+        for i in range(len(root)):
+            expected, got = root[i][0], copy[i][0]
+            assert set(got) == set(expected)
+            for name in expected:
+                np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, atol=1e-6, err_msg=name)
+    finally:
+        root.close()
+        copy.close()
+
+
 def test_a_sequence_mixes_root_and_parquet_files_in_every_chunk(tmp_path: Path) -> None:
     root = write_tree(tmp_path / "a.root", 1200, seed=1, file_id=0, basket=300)
     other = write_tree(tmp_path / "b.root", 1800, seed=2, file_id=1, basket=300)
