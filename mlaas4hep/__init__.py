@@ -5,7 +5,7 @@
 >>> model.fit(train, epochs=5)  # doctest: +SKIP
 
 Importing the package is light: Keras (and TensorFlow) load only when
-:class:`RootSequence` is first used.
+:class:`RootSequence` or :class:`LoaderStats` is first used.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ __all__ = [
     "FileSource",
     "InputRecipe",
     "JaggedFlattener",
+    "LoaderStats",
     "MLaaS4HEPError",
     "ParameterError",
     "RootSequence",
@@ -78,6 +79,10 @@ def __getattr__(name: str) -> Any:
         from .sequence import RootSequence
 
         return RootSequence
+    if name == "LoaderStats":  # a Keras callback
+        from .loader_stats import LoaderStats
+
+        return LoaderStats
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)
 

@@ -15,6 +15,7 @@ are views of it, each counted as a reference.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,10 +68,13 @@ class Buffers:
     ----------
     rows, features : int
         The shape of a buffer: the largest chunk, by the width of ``X``.
+    made : callable, optional
+        Called with every buffer made (to follow their memory).
     """
 
-    def __init__(self, rows: int, features: int) -> None:
+    def __init__(self, rows: int, features: int, made: Callable[[np.ndarray], None] | None = None) -> None:
         self.rows, self.features = int(rows), int(features)
+        self._made = made
         self._free: list[tuple[np.ndarray, Written | None]] = []
         self.slots: list[tuple[np.ndarray, np.ndarray | None]] = []
         self._free_slots: list[int] = []
@@ -81,7 +85,10 @@ class Buffers:
         """A buffer of at least ``n`` rows and the cells of it that hold values (None: all may)."""
         buffer, written = self._free.pop() if self._free else (None, None)
         if buffer is None or buffer.shape[0] < n:
-            return np.empty((self.rows, self.features), dtype=np.float32), None
+            buffer = np.empty((self.rows, self.features), dtype=np.float32)
+            if self._made is not None:
+                self._made(buffer)
+            return buffer, None
         return buffer, written
 
     def use_slots(self, slots: list[tuple[np.ndarray, np.ndarray | None]]) -> None:

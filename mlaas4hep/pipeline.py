@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +34,7 @@ from .buffers import Buffers, Decoded
 from .dataset import Dataset
 from .plan import EpochLayout, balance, chunk_permutation
 from .reader import Chunk, ChunkReader
+from .stats import LoaderCounters
 from .workers import ChunkJob, WorkerPool, fork_supported
 
 __all__ = ["Batch", "Pipeline"]
@@ -78,6 +80,8 @@ class Pipeline:
     processes : int
         Worker processes that read and flatten (1: threads of this process).
         Without ``fork`` (not Linux) or with remote files, threads are used.
+    stats : LoaderCounters, optional
+        Where to count what the pipeline does (default: counters of its own, :attr:`stats`).
 
     Notes
     -----
@@ -95,8 +99,10 @@ class Pipeline:
         cache_chunks: int | None = None,
         prefetch: int | None = None,
         processes: int = 1,
+        stats: LoaderCounters | None = None,
     ) -> None:
         options = dataset.options
+        self.stats = stats if stats is not None else LoaderCounters()
         self.dataset, self.layout = dataset, layout
         self.with_mask = bool(options.mask_output if with_mask is None else with_mask)
         self.cache_chunks = int(options.cache_chunks if cache_chunks is None else cache_chunks)
@@ -149,7 +155,7 @@ class Pipeline:
         self._futures: dict[Key, Future[Decoded]] = {}
         self._reads: dict[Key, Future[Chunk]] = {}  # read ahead, not yet flattened
         self._cache: OrderedDict[Key, Decoded] = OrderedDict()
-        self._buffers = Buffers(self.rows, self.dataset.flattener.num_features)
+        self._buffers = Buffers(self.rows, self.dataset.flattener.num_features, made=self.stats.buffer_made)
         self._pool: WorkerPool | None = None
         self._reader_lock = threading.Lock()  # for chunks made in this process while workers are running
 
@@ -178,14 +184,19 @@ class Pipeline:
         """Batch ``slot`` (of this shard) of ``epoch``: views of its chunk's matrix, or a copy across two chunks."""
         if os.getpid() != self._pid:  # forked (by Keras): this process reads for itself
             self._start_runtime()
+        t0, waited = time.perf_counter(), 0.0
         pieces: list[tuple[Decoded, slice]] = []
         try:
             for position, k, a, b in self.layout.pieces(epoch, slot):
-                pieces.append((self._chunk(self.layout.key(epoch, k)), slice(a, b)))
+                decoded, wait = self._chunk(self.layout.key(epoch, k))
+                pieces.append((decoded, slice(a, b)))
+                waited += wait
                 for n, (e, j) in enumerate(self.layout.following(epoch, position, self.prefetch)):
                     # the next chunk is flattened ahead, the others only read
                     self._prefetch(self.layout.key(e, j), flatten=n == 0)
-            return self._assemble(pieces)
+            batch = self._assemble(pieces)
+            self.stats.served(epoch, len(batch), time.perf_counter() - t0, waited)
+            return batch
         finally:
             for decoded, _ in pieces:
                 self._release(decoded)
@@ -212,16 +223,21 @@ class Pipeline:
         w = None if first.w is None else joined([None if d.w is None else d.w[rows] for d, rows in pieces])
         return Batch(x, mask, y, w)
 
-    def _chunk(self, key: Key) -> Decoded:
-        """The flattened chunk of ``key``, from the cache or made now; the caller releases it."""
+    def _chunk(self, key: Key) -> tuple[Decoded, float]:
+        """The flattened chunk of ``key``, from the cache or made now, and the seconds waited for it.
+
+        The caller releases the chunk.
+        """
+        waited = 0.0
         while True:
             with self._lock:
                 decoded = self._cache.get(key)
                 if decoded is not None:
                     self._cache.move_to_end(key)
                     decoded.users += 1
-                    return decoded
+                    return decoded, waited
                 future = self._submit(key)
+            t0 = time.perf_counter()
             try:
                 decoded = future.result()
             except BaseException:  # forgotten, so that the next request reads the chunk again
@@ -229,6 +245,8 @@ class Pipeline:
                     if self._futures.get(key) is future:
                         del self._futures[key]
                 raise
+            finally:
+                waited += time.perf_counter() - t0
             with self._lock:
                 if decoded.evicted and decoded.buffer is None:  # cached, used up and recycled meanwhile
                     continue
@@ -241,7 +259,7 @@ class Pipeline:
                         if old.users == 0:
                             self._buffers.recycle(old)
                 decoded.users += 1
-            return decoded
+            return decoded, waited
 
     def _release(self, decoded: Decoded) -> None:
         """A thread is done cutting a batch from ``decoded``."""
@@ -266,7 +284,7 @@ class Pipeline:
             if self._pool is not None:
                 future = flattener.submit(self._flatten_in_workers, key)
             else:
-                read = self._reads.pop(key, None) or executor.submit(self.reader.read, key[1])
+                read = self._reads.pop(key, None) or executor.submit(self._read, key)
                 future = flattener.submit(self._flatten, read, key[0])
             self._futures[key] = future
         return future
@@ -279,7 +297,7 @@ class Pipeline:
         if self._pool is not None:  # the workers flatten what they read, into their own shared buffers
             self._submit(key)
             return
-        self._reads[key] = executor.submit(self.reader.read, key[1])
+        self._reads[key] = executor.submit(self._read, key)
         while len(self._reads) > self.prefetch:  # reads ahead that were never asked for (another shard...)
             self._reads.pop(next(iter(self._reads))).cancel()
 
@@ -299,9 +317,17 @@ class Pipeline:
         return self._executor, self._flatten_executor
 
     # -- making chunks --------------------------------------------------------------------------
+    def _read(self, key: Key) -> Chunk:
+        """Read chunk ``key[1]``, counted as read for epoch ``key[0]``."""
+        t0, decompressed = time.perf_counter(), self.reader.decompress.value
+        chunk = self.reader.read(key[1])
+        self.stats.chunk_read(*key, time.perf_counter() - t0, self.reader.decompress.value - decompressed)
+        return chunk
+
     def _flatten(self, read: Future[Chunk], epoch: int) -> Decoded:
         """Flatten a chunk once read, its events already in the epoch's shuffled order."""
         chunk = read.result()
+        t0 = time.perf_counter()
         dataset = self.dataset
         y, w = dataset.outputs.extract(chunk.pieces, chunk.file_index, chunk.labels)
         n = len(chunk)
@@ -315,9 +341,12 @@ class Pipeline:
         if order is not None:
             y = None if y is None else y[order]
             w = None if w is None else w[order]
+        if M is not None:  # a mask is made for each chunk
+            self.stats.buffer_made(M)
         decoded = Decoded(X, M, y, w, buffer, written=written)
         del buffer, X  # counted as Buffers.recycle will count: the chunk's own references only
         decoded.count_own_references()
+        self.stats.add(epoch, flatten_s=time.perf_counter() - t0)
         return decoded
 
     def _start_workers(self, groups: list[list[int]]) -> None:
@@ -327,6 +356,10 @@ class Pipeline:
         features = self.dataset.flattener.num_features
         self._pool = WorkerPool(job, groups, n_slots, self.rows, features, with_mask=self.with_mask)
         self._buffers.use_slots(self._pool.slots)
+        for arrays in self._pool.slots:
+            for array in arrays:
+                if array is not None:
+                    self.stats.buffer_made(array)
         weakref.finalize(self, self._pool.close)
 
     def _flatten_in_workers(self, key: Key) -> Decoded:
@@ -340,7 +373,7 @@ class Pipeline:
         if slot is None:  # every shared buffer is taken: this chunk is made here, in this thread
             read: Future[Chunk] = Future()
             with self._reader_lock:  # the other dispatching thread may be here too
-                read.set_result(self.reader.read(k))
+                read.set_result(self._read(key))
             return self._flatten(read, epoch)
         rows = np.arange(n, dtype=np.int64)
         if self.layout.shuffle:  # row r holds event order[r], as in _flatten
@@ -357,6 +390,10 @@ class Pipeline:
                 self._buffers.give_slot(slot)
             raise
         self.reader.reads += 1
+        # summed over the workers: read_s, decompress_s and flatten_s are their seconds, not the wall's
+        read_s, decompress_s, flatten_s = (sum(p[2][i] for p in parts) for i in range(3))
+        self.stats.chunk_read(epoch, k, read_s, decompress_s)
+        self.stats.add(epoch, flatten_s=flatten_s)
         X, M = self._pool.slots[slot]
         y = _gather([p[0] for p in parts], per_worker, n)
         w = _gather([p[1] for p in parts], per_worker, n)

@@ -28,6 +28,7 @@ from .formats import Table, open_table
 from .plan import ChunkPlan
 from .selection import Selection
 from .sources import DEFAULT_TIMEOUT, FileInfo, FileSource
+from .stats import Tally, TimedExecutor
 
 __all__ = ["Chunk", "ChunkReader"]
 
@@ -165,6 +166,7 @@ class ChunkReader:
         self.retry_backoff = check_number(retry_backoff, "retry_backoff", what="a non-negative number of seconds")
         self.reads = 0
         self.bytes_read = 0
+        self.decompress = Tally()  # seconds the decompression threads spent on this reader's baskets
         self._open: OrderedDict[int, Table] = OrderedDict()
         self._cluster_cache: dict[int, np.ndarray | None] = {}
         # clusters read and still needed by other chunks: (block read with them, its first entry, chunks to come)
@@ -373,7 +375,8 @@ class ChunkReader:
     def _arrays(self, table: Table, names: list[str], start: int, stop: int) -> ak.Array:
         """Read ``names`` for entries ``[start, stop)`` (a ROOT file's baskets decompressed on two threads)."""
         if self._executor is None:
-            self._executor = table.make_executor()
+            executor = table.make_executor()
+            self._executor = None if executor is None else TimedExecutor(executor, self.decompress)
         arrays = table.arrays(names, start, stop, self._executor)
         self.bytes_read += arrays.layout.nbytes
         return arrays

@@ -36,6 +36,7 @@ from .pipeline import Batch, Pipeline
 from .plan import EpochLayout
 from .sources import DEFAULT_TREE, FileSource
 from .specs import Specs
+from .stats import LoaderCounters
 
 __all__ = ["RootDataset", "to_tensors"]
 
@@ -221,6 +222,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         self.dataset: Dataset = prepare(files, labels, self.options)
         self._epoch: Any = multiprocessing.RawValue("q", 0)  # shared with the workers, persistent ones too
         self._pipeline: Pipeline | None = None
+        self.stats = LoaderCounters()  # what this process's pipelines do (mlaas4hep.LoaderStats reads it)
         self._pipeline_key: tuple[int, int, int] | None = None  # (process, workers, worker) it serves
 
     # -- what the dataset serves ---------------------------------------------------------------
@@ -300,7 +302,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
             if self._pipeline is not None and self._pipeline_key is not None and self._pipeline_key[0] == key[0]:
                 self._pipeline.close()  # this process serves another shard now
             layout = self.layout(num_workers, worker)
-            self._pipeline = Pipeline(self.dataset, layout)
+            self._pipeline = Pipeline(self.dataset, layout, stats=self.stats)
             self._pipeline_key = key
             start, stop = layout.shard
             log.info(

@@ -19,6 +19,7 @@ import multiprocessing
 import signal
 import sys
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -35,6 +36,9 @@ __all__ = ["ChunkJob", "WorkerPool", "fork_supported"]
 
 log = logging.getLogger(__name__)
 
+Reply = tuple[Any, Any, tuple[float, float, float]]
+"""A worker's answer for a chunk: ``(y, w, (read_s, decompress_s, flatten_s))``."""
+
 
 def fork_supported() -> bool:
     """Whether worker processes can be forked here (Linux; elsewhere the pipeline uses threads)."""
@@ -49,12 +53,17 @@ class ChunkJob:
     outputs: Outputs
     flattener: JaggedFlattener
 
-    def fill(self, k: int, files: list[int], X: np.ndarray, M: np.ndarray | None, rows: np.ndarray) -> tuple[Any, Any]:
-        """Read the shares of ``files`` of chunk ``k`` and flatten them into ``rows``; return their ``(y, w)``."""
+    def fill(self, k: int, files: list[int], X: np.ndarray, M: np.ndarray | None, rows: np.ndarray) -> Reply:
+        """Read the shares of ``files`` of chunk ``k`` and flatten them into ``rows``.
+
+        Returns their ``(y, w)`` and the seconds spent reading, decompressing and flattening.
+        """
+        t0, decompressed = time.perf_counter(), self.reader.decompress.value
         chunk = self.reader.read(k, files)
+        t1 = time.perf_counter()
         y, w = self.outputs.extract(chunk.pieces, chunk.file_index, chunk.labels)
         self.flattener.write_rows(chunk.pieces, X, M, rows)
-        return y, w
+        return y, w, (t1 - t0, self.reader.decompress.value - decompressed, time.perf_counter() - t1)
 
 
 def _shared(shape: tuple[int, int], dtype: type) -> np.ndarray:
@@ -129,8 +138,8 @@ class WorkerPool:
         """The worker processes (``multiprocessing.Process``), one per group of files."""
         return list(self._procs)
 
-    def run(self, k: int, slot: int, rows: list[np.ndarray]) -> list[tuple[Any, Any]]:
-        """Have every worker flatten its files' share of chunk ``k`` into ``slot``; return their ``(y, w)``.
+    def run(self, k: int, slot: int, rows: list[np.ndarray]) -> list[Reply]:
+        """Have every worker flatten its files' share of chunk ``k`` into ``slot``; return their replies.
 
         ``rows[g]`` are the rows of the buffer for worker ``g``'s events, in the
         order its files and entries come; workers with no events in the chunk
@@ -145,7 +154,7 @@ class WorkerPool:
                     asked.append(g)
                 except OSError as err:  # a broken pipe: the worker is gone
                     error = error or self._died(g, k, err)
-        replies: dict[int, tuple[Any, Any]] = {}
+        replies: dict[int, Reply] = {}
         for g in asked:  # every reply is collected, so that no stale one is left in a pipe
             try:
                 status, *payload = self._reply(g, slot)
@@ -155,10 +164,10 @@ class WorkerPool:
             if status == "error":
                 error = error or payload[0]
             else:
-                replies[g] = (payload[0], payload[1])
+                replies[g] = (payload[0], payload[1], payload[2])
         if error is not None:
             raise error
-        return [replies.get(g, (None, None)) for g in range(len(rows))]
+        return [replies.get(g, (None, None, (0.0, 0.0, 0.0))) for g in range(len(rows))]
 
     def _reply(self, g: int, slot: int) -> tuple[Any, ...]:
         """Worker ``g``'s reply for ``slot``. Several threads may wait on one worker: each keeps the
@@ -213,8 +222,8 @@ def _serve(job: ChunkJob, files: list[int], conn: Connection, slots: list[tuple[
         k, slot, rows = task
         try:
             X, M = slots[slot]
-            y, w = job.fill(k, files, X, M, rows)
-            conn.send(("ok", slot, y, w))
+            y, w, seconds = job.fill(k, files, X, M, rows)
+            conn.send(("ok", slot, y, w, seconds))
         except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent, which raises it
             try:
                 conn.send(("error", slot, err))

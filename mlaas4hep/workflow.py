@@ -407,7 +407,11 @@ def _train(ml_model: Any, train: Any, val: Any | None, params: WorkflowParams) -
     """Fit the model for ``params.epochs``, one log line per epoch; the metrics of every epoch."""
     from .errors import reraise
 
-    callback = _history_callback()
+    callbacks = [_history_callback()]
+    if params.verbose >= 1 and hasattr(train, "pipeline"):  # a RootSequence: one line per epoch on the loader
+        from .loader_stats import LoaderStats
+
+        callbacks.append(LoaderStats(train))
     t1 = time.perf_counter()
     with reraise(*(s for s in (train, val) if s is not None)):  # a read error as the library's, not TensorFlow's
         returned = fit_model(
@@ -416,10 +420,10 @@ def _train(ml_model: Any, train: Any, val: Any | None, params: WorkflowParams) -
             val,
             epochs=params.epochs,
             verbose=1 if params.verbose >= 2 else 0,
-            callbacks=[callback],
+            callbacks=callbacks,
         )
     log.info("####Time for training: %.2f s", time.perf_counter() - t1)
-    history: dict[str, list[float]] = callback.history or dict(getattr(returned, "history", None) or {})
+    history: dict[str, list[float]] = callbacks[0].history or dict(getattr(returned, "history", None) or {})
     return history
 
 

@@ -59,6 +59,9 @@ def test_subclass_fit_receives_the_sequences(
     assert set(result.metrics) >= {"loss", "accuracy", "auc", "roc_auc"}
     assert 0.5 < result.metrics["roc_auc"] <= 1
     assert "--- first pass:" in caplog.text and "Epoch 2/2" in caplog.text
+    # verbose 1: one line per epoch on the loader (LoaderStats)
+    loader_lines = [r.getMessage() for r in caplog.records if r.name == "mlaas4hep.loader_stats"]
+    assert len(loader_lines) == 2 and all("events/s" in line and "chunks read" in line for line in loader_lines)
 
 
 def test_label_branch_and_one_chunk(tmp_path: Path, make_tree: Callable[..., Path]) -> None:

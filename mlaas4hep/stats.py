@@ -1,0 +1,189 @@
+"""What the loader did, counted where it happens: the numbers behind :class:`mlaas4hep.LoaderStats`.
+
+:class:`LoaderCounters` keeps, for each epoch of a pipeline, the batches and
+events it served, how long the caller was blocked on a chunk that was not ready
+yet, and the chunks read (and read again) for that epoch with the seconds spent
+reading, decompressing and flattening them; work done ahead for the next epoch
+is counted as that epoch's. It also follows the memory of the flattened chunks'
+buffers (live and peak). It knows nothing of Keras or PyTorch.
+
+:class:`TimedExecutor` wraps uproot's decompression executor so that the time
+its threads spend on baskets is counted (summed over the threads: with two of
+them, up to twice the wall time of the read).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["EPOCH_FIELDS", "SERVED_FIELDS", "LoaderCounters", "Tally", "TimedExecutor"]
+
+EPOCH_FIELDS = (
+    "batches",
+    "events",
+    "wait_s",
+    "serve_s",
+    "read_s",
+    "decompress_s",
+    "flatten_s",
+    "chunks_read",
+    "chunks_reread",
+)
+"""The per-epoch counts of :meth:`LoaderCounters.epoch` (seconds end in ``_s``)."""
+
+SERVED_FIELDS = ("batches", "events", "wait_s", "serve_s")
+"""What :meth:`LoaderCounters.served_totals` sums over every epoch."""
+
+_KEPT_EPOCHS = 8  # epochs whose counts are kept
+
+
+class Tally:
+    """A sum that several threads add to."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0.0
+
+    def add(self, amount: float) -> None:
+        with self._lock:
+            self.value += amount
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._lock = threading.Lock()
+        self.value = float(state["value"])
+
+
+class TimedExecutor:
+    """An executor whose tasks' seconds are added to ``tally`` (uproot's ``decompression_executor``).
+
+    uproot calls only ``submit`` (and ``shutdown`` when it owns the executor);
+    everything else goes to the wrapped executor.
+    """
+
+    def __init__(self, executor: Any, tally: Tally) -> None:
+        self.executor, self.tally = executor, tally
+
+    def submit(self, task: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        def timed() -> Any:
+            t0 = time.perf_counter()
+            try:
+                return task(*args, **kwargs)
+            finally:
+                self.tally.add(time.perf_counter() - t0)
+
+        return self.executor.submit(timed)
+
+    def shutdown(self, *args: Any, **kwargs: Any) -> Any:
+        return self.executor.shutdown(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.executor, name)
+
+
+class LoaderCounters:
+    """Running counts of one loader (a pipeline, or every pipeline of a PyTorch dataset), by epoch.
+
+    Thread-safe. A forked or unpickled copy counts on its own (a worker
+    process's counts are not seen by its parent).
+
+    Examples
+    --------
+    >>> counters = LoaderCounters()
+    >>> counters.add(0, batches=1, events=100)
+    >>> counters.epoch(0)["events"]
+    100.0
+    """
+
+    def __init__(self) -> None:
+        self._start()
+
+    def _start(self) -> None:
+        self._lock = threading.Lock()
+        self._epochs: OrderedDict[int, dict[str, float]] = OrderedDict()
+        self._read: dict[int, set[int]] = {}  # chunks read, by epoch
+        self.last_epoch = -1  # the epoch of the last batch served
+        self._served = dict.fromkeys(SERVED_FIELDS, 0.0)
+        self.buffer_bytes = 0  # flattened chunks' buffers alive now
+        self.peak_buffer_bytes = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._start()
+
+    def _counts(self, epoch: int) -> dict[str, float]:
+        """The counts of ``epoch`` (caller holds the lock)."""
+        counts = self._epochs.get(epoch)
+        if counts is None:
+            counts = self._epochs[epoch] = dict.fromkeys(EPOCH_FIELDS, 0.0)
+            while len(self._epochs) > _KEPT_EPOCHS:
+                old, _ = self._epochs.popitem(last=False)
+                self._read.pop(old, None)
+        return counts
+
+    def add(self, epoch: int, **amounts: float) -> None:
+        """Add ``amounts`` (names of :data:`EPOCH_FIELDS`) to the counts of ``epoch``."""
+        with self._lock:
+            counts = self._counts(epoch)
+            for name, amount in amounts.items():
+                counts[name] += amount
+
+    def served(self, epoch: int, events: int, seconds: float, waited: float) -> None:
+        """A batch of ``events`` of ``epoch`` was served in ``seconds``, ``waited`` of them blocked on a chunk."""
+        with self._lock:
+            for counts in (self._counts(epoch), self._served):
+                counts["batches"] += 1
+                counts["events"] += events
+                counts["serve_s"] += seconds
+                counts["wait_s"] += waited
+            self.last_epoch = epoch
+
+    def served_totals(self) -> dict[str, float]:
+        """Batches, events and seconds served so far, over every epoch (:data:`SERVED_FIELDS`)."""
+        with self._lock:
+            return dict(self._served)
+
+    def chunk_read(self, epoch: int, k: int, seconds: float, decompress: float) -> None:
+        """Chunk ``k`` of ``epoch`` was read; a second read of it (it had left the cache) is a re-read."""
+        with self._lock:
+            counts = self._counts(epoch)
+            seen = self._read.setdefault(epoch, set())
+            counts["chunks_read"] += 1
+            counts["chunks_reread"] += k in seen
+            counts["read_s"] += seconds
+            counts["decompress_s"] += decompress
+            seen.add(k)
+
+    def epoch(self, epoch: int) -> dict[str, float]:
+        """A copy of the counts of ``epoch`` (zeros for an epoch nothing was done for)."""
+        with self._lock:
+            counts = self._epochs.get(epoch)
+            return dict(counts) if counts is not None else dict.fromkeys(EPOCH_FIELDS, 0.0)
+
+    def buffer_made(self, array: np.ndarray) -> None:
+        """Follow a new buffer's memory until it is garbage collected."""
+        nbytes = int(array.nbytes)
+        with self._lock:
+            self.buffer_bytes += nbytes
+            self.peak_buffer_bytes = max(self.peak_buffer_bytes, self.buffer_bytes)
+        weakref.finalize(array, self._buffer_freed, nbytes)
+
+    def _buffer_freed(self, nbytes: int) -> None:
+        with self._lock:
+            self.buffer_bytes -= nbytes
+
+    def reset_peak(self) -> None:
+        """Start a new peak from the memory alive now."""
+        with self._lock:
+            self.peak_buffer_bytes = self.buffer_bytes
