@@ -9,6 +9,7 @@ pipeline as it works.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -25,6 +26,8 @@ __all__ = ["LoaderStats", "format_record"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_NAN = float("nan")
 
 
 def counters_of(loader: Any) -> LoaderCounters:
@@ -49,25 +52,35 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
     Each epoch adds a dict to :attr:`history` and logs it at INFO:
 
     ``seconds``, ``events``, ``batches``, ``events_per_s``
-        The epoch's wall time, the events and batches served in it.
+        The epoch's wall time (without ``fit``'s validation at its end), the
+        events and batches served in it.
     ``wait_s``, ``wait_fraction``
         Seconds the training loop waited for batches (and their share of the
-        epoch). Under ``model.fit``, the time ``seq[i]`` was blocked on a chunk
-        that was not ready yet; under :meth:`iterate`, the whole time of each
+        epoch). Under ``model.fit``, the time the pipeline was blocked on a
+        chunk that was not ready yet when a batch was asked for, summed over
+        the threads asking (Keras' fetching threads, where used, can make it
+        exceed the epoch); under :meth:`iterate`, the whole time of each
         ``next()`` on the loader. TensorFlow's ``tf.data`` asks for batches a
         step ahead, which can hide some of that wait behind the model's step.
     ``serve_s``
-        Seconds spent in ``seq[i]`` (waiting included).
+        Seconds the pipeline spent cutting batches (waiting included).
     ``read_s``, ``decompress_s``, ``flatten_s``
-        Seconds spent reading the epoch's chunks (decompression included),
-        decompressing their baskets and flattening them. They are summed over
-        threads and worker processes, so they can exceed ``seconds``; work done
-        ahead for the next epoch counts as the next epoch's.
+        Seconds spent reading chunks (decompression included), decompressing
+        their baskets (ROOT files; 0 for formats read without an executor) and
+        flattening them. They are summed over threads and worker processes,
+        so they can exceed ``seconds``.
     ``chunks_read``, ``chunks_reread``
-        Chunks of the epoch read, and how many of those were read a second
-        time (they had left the cache: raise ``cache_chunks`` if they are many).
+        Chunks read, and how many of those were read a second time in one
+        epoch (they had left the cache: raise ``cache_chunks`` if they are many).
     ``peak_buffer_mb``
-        The most memory the flattened chunks' buffers held during the epoch.
+        The most memory the flattened chunks' buffers held during the epoch
+        (:meth:`begin` starts a new peak for every ``LoaderStats`` of the loader).
+
+    The work fields (reading to re-reads) count the work done for the loader
+    epochs served since the last record, work done ahead of time included, and
+    each only once: the records of a training add up, also when
+    ``steps_per_epoch`` makes a Keras epoch shorter than the loader's.
+    ``epoch`` is the loader epoch served last.
 
     Parameters
     ----------
@@ -80,8 +93,9 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
     -----
     What Keras' own worker processes (``use_multiprocessing=True``) or a
     PyTorch ``DataLoader``'s workers (``num_workers > 0``) do is counted in
-    those processes and not seen here: only ``seconds``, ``wait_s``,
-    ``events`` and ``batches`` (the last two counted by :meth:`iterate`).
+    those processes and not seen here. When this process served no batch in
+    an epoch, every field it could not count is NaN ("n/a" in the log line);
+    :meth:`iterate` still counts the wait, the events and the batches.
 
     Examples
     --------
@@ -97,7 +111,9 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
         self.level = int(level)
         self.history: list[dict[str, float]] = []
         self._t0: float | None = None
+        self._paused: float | None = None
         self._served = self.counters.served_totals()
+        self._reported: dict[int, dict[str, float]] = {}  # each epoch's counts as last reported
 
     # -- Keras ----------------------------------------------------------------------------------
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
@@ -106,10 +122,19 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self.end()
 
+    def on_test_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        if self._t0 is not None:  # fit's validation at the end of an epoch: not the training's time
+            self._paused = time.perf_counter()
+
+    def on_test_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        if self._t0 is not None and self._paused is not None:
+            self._t0 += time.perf_counter() - self._paused
+        self._paused = None
+
     # -- any loop -------------------------------------------------------------------------------
     def begin(self) -> None:
         """An epoch starts now."""
-        self._t0 = time.perf_counter()
+        self._t0, self._paused = time.perf_counter(), None
         self._served = self.counters.served_totals()
         self.counters.reset_peak()
 
@@ -123,29 +148,46 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
         if self._t0 is None:
             msg = "LoaderStats.end() called before begin()"
             raise ParameterError(msg)
-        seconds = time.perf_counter() - self._t0
-        self._t0 = None
-        record: dict[str, float] = {"epoch": float(self.counters.last_epoch)}
-        # what was done for the epoch served last (ahead of time too), and what was served meanwhile
-        record.update(self.counters.epoch(self.counters.last_epoch))
+        stop = time.perf_counter() if self._paused is None else self._paused  # ended in a validation
+        seconds = stop - self._t0
+        self._t0 = self._paused = None
         served = self.counters.served_totals()
-        record.update({name: served[name] - self._served[name] for name in SERVED_FIELDS})
+        record: dict[str, float] = {name: served[name] - self._served[name] for name in SERVED_FIELDS}
+        record.update(self._work())
+        if record["batches"] == 0:  # served by other processes: what they did is not seen here
+            record.update({name: _NAN for name in (*EPOCH_FIELDS, "peak_buffer_mb") if name not in SERVED_FIELDS})
+            record.update(epoch=_NAN, batches=float(batches), events=float(events), serve_s=_NAN, wait_s=_NAN)
+        else:
+            record["epoch"] = float(self.counters.last_epoch)
+            record["peak_buffer_mb"] = self.counters.peak_buffer_bytes / 2**20
         if waited is not None:
             record["wait_s"] = waited
-        if record["events"] == 0:
-            record["events"], record["batches"] = float(events), float(batches)
         record["seconds"] = seconds
-        record["events_per_s"] = record["events"] / seconds if seconds > 0 else float("nan")
-        record["wait_fraction"] = record["wait_s"] / seconds if seconds > 0 else float("nan")
-        record["peak_buffer_mb"] = self.counters.peak_buffer_bytes / 2**20
+        record["events_per_s"] = record["events"] / seconds if seconds > 0 else _NAN
+        record["wait_fraction"] = record["wait_s"] / seconds if seconds > 0 else _NAN
         self.history.append(record)
         log.log(self.level, "%s", format_record(record))
         return record
 
+    def _work(self) -> dict[str, float]:
+        """Reading and flattening done for the epochs served since the last record, not reported before."""
+        work = dict.fromkeys((name for name in EPOCH_FIELDS if name not in SERVED_FIELDS), 0.0)
+        for epoch, counts in self.counters.epochs().items():
+            before = self._reported.get(epoch)
+            if before is not None and counts["batches"] == before["batches"]:
+                continue  # not served since (work done ahead for it is reported once it is)
+            if before is None and counts["batches"] == 0:
+                continue
+            for name in work:
+                work[name] += counts[name] - (before[name] if before else 0.0)
+            self._reported[epoch] = counts
+        return work
+
     def iterate(self, batches: Iterable[T]) -> Iterator[T]:
         """The batches of ``batches`` (a ``DataLoader``, a ``RootDataset``...), one epoch, timed.
 
-        The time of each ``next()`` counts as waited.
+        The time of each ``next()`` counts as waited. A loop that stops early
+        (``break``) still gets a record, of the batches it took.
 
         Examples
         --------
@@ -155,18 +197,20 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
         self.begin()
         waited, n_batches, n_events = 0.0, 0, 0
         iterator = iter(batches)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                break
-            finally:
-                waited += time.perf_counter() - t0
-            n_batches += 1
-            n_events += _length(batch)
-            yield batch
-        self.end(waited=waited, batches=n_batches, events=n_events)
+        try:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    break
+                finally:
+                    waited += time.perf_counter() - t0
+                n_batches += 1
+                n_events += _length(batch)
+                yield batch
+        finally:
+            self.end(waited=waited, batches=n_batches, events=n_events)
 
     @property
     def last(self) -> dict[str, float]:
@@ -183,13 +227,18 @@ def _length(batch: Any) -> int:
 
 
 def format_record(record: Mapping[str, float]) -> str:
-    """One line of a :class:`LoaderStats` record."""
-    r = {name: record.get(name, 0.0) for name in (*EPOCH_FIELDS, "seconds", "events_per_s", "peak_buffer_mb")}
-    fraction = 100 * r["wait_s"] / r["seconds"] if r["seconds"] > 0 else 0.0
+    """One line of a :class:`LoaderStats` record ("n/a" for what was not counted)."""
+
+    def f(name: str, digits: int = 2) -> str:
+        value = record.get(name, _NAN)
+        return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+    seconds, wait = record.get("seconds", _NAN), record.get("wait_s", _NAN)
+    share = "n/a" if math.isnan(wait) or not seconds > 0 else f"{100 * wait / seconds:.0f}%"
     return (
-        f"loader: {r['events']:.0f} events in {r['seconds']:.2f} s ({r['events_per_s']:.0f} events/s); "
-        f"waited {r['wait_s']:.2f} s for batches ({fraction:.0f}%); read {r['read_s']:.2f} s "
-        f"(decompress {r['decompress_s']:.2f} s), flatten {r['flatten_s']:.2f} s; "
-        f"{r['chunks_read']:.0f} chunks read, {r['chunks_reread']:.0f} re-read; "
-        f"buffers peak {r['peak_buffer_mb']:.0f} MB"
+        f"loader: {f('events', 0)} events in {f('seconds')} s ({f('events_per_s', 0)} events/s); "
+        f"waited {f('wait_s')} s for batches ({share}); read {f('read_s')} s "
+        f"(decompress {f('decompress_s')} s), flatten {f('flatten_s')} s; "
+        f"{f('chunks_read', 0)} chunks read, {f('chunks_reread', 0)} re-read; "
+        f"buffers peak {f('peak_buffer_mb', 0)} MB"
     )

@@ -188,12 +188,12 @@ class Pipeline:
         pieces: list[tuple[Decoded, slice]] = []
         try:
             for position, k, a, b in self.layout.pieces(epoch, slot):
-                decoded, wait = self._chunk(self.layout.key(epoch, k))
+                decoded, wait = self._chunk(self.layout.key(epoch, k), epoch)
                 pieces.append((decoded, slice(a, b)))
                 waited += wait
                 for n, (e, j) in enumerate(self.layout.following(epoch, position, self.prefetch)):
                     # the next chunk is flattened ahead, the others only read
-                    self._prefetch(self.layout.key(e, j), flatten=n == 0)
+                    self._prefetch(self.layout.key(e, j), e, flatten=n == 0)
             batch = self._assemble(pieces)
             self.stats.served(epoch, len(batch), time.perf_counter() - t0, waited)
             return batch
@@ -223,10 +223,11 @@ class Pipeline:
         w = None if first.w is None else joined([None if d.w is None else d.w[rows] for d, rows in pieces])
         return Batch(x, mask, y, w)
 
-    def _chunk(self, key: Key) -> tuple[Decoded, float]:
+    def _chunk(self, key: Key, epoch: int) -> tuple[Decoded, float]:
         """The flattened chunk of ``key``, from the cache or made now, and the seconds waited for it.
 
-        The caller releases the chunk.
+        The caller releases the chunk. ``epoch`` is the epoch served, which work
+        done for it is counted under (unshuffled epochs share their keys).
         """
         waited = 0.0
         while True:
@@ -236,7 +237,7 @@ class Pipeline:
                     self._cache.move_to_end(key)
                     decoded.users += 1
                     return decoded, waited
-                future = self._submit(key)
+                future = self._submit(key, epoch)
             t0 = time.perf_counter()
             try:
                 decoded = future.result()
@@ -268,36 +269,36 @@ class Pipeline:
             if decoded.evicted and decoded.users == 0:
                 self._buffers.recycle(decoded)
 
-    def _prefetch(self, key: Key, *, flatten: bool = True) -> None:
+    def _prefetch(self, key: Key, epoch: int, *, flatten: bool = True) -> None:
         with self._lock:
             if key not in self._cache:
                 if flatten:
-                    self._submit(key)
+                    self._submit(key, epoch)
                 else:
-                    self._read_ahead(key)
+                    self._read_ahead(key, epoch)
 
-    def _submit(self, key: Key) -> Future[Decoded]:
-        """Start loading the chunk of ``key`` (caller holds the lock)."""
+    def _submit(self, key: Key, epoch: int) -> Future[Decoded]:
+        """Start loading the chunk of ``key`` for ``epoch`` (caller holds the lock)."""
         future = self._futures.get(key)
         if future is None:
             executor, flattener = self._start_threads()
             if self._pool is not None:
-                future = flattener.submit(self._flatten_in_workers, key)
+                future = flattener.submit(self._flatten_in_workers, key, epoch)
             else:
-                read = self._reads.pop(key, None) or executor.submit(self._read, key)
-                future = flattener.submit(self._flatten, read, key[0])
+                read = self._reads.pop(key, None) or executor.submit(self._read, key, epoch)
+                future = flattener.submit(self._flatten, read, key[0], epoch)
             self._futures[key] = future
         return future
 
-    def _read_ahead(self, key: Key) -> None:
+    def _read_ahead(self, key: Key, epoch: int) -> None:
         """Start reading the chunk of ``key``, to be flattened when it is next (caller holds the lock)."""
         if key in self._reads or key in self._futures:
             return
         executor, _ = self._start_threads()
         if self._pool is not None:  # the workers flatten what they read, into their own shared buffers
-            self._submit(key)
+            self._submit(key, epoch)
             return
-        self._reads[key] = executor.submit(self._read, key)
+        self._reads[key] = executor.submit(self._read, key, epoch)
         while len(self._reads) > self.prefetch:  # reads ahead that were never asked for (another shard...)
             self._reads.pop(next(iter(self._reads))).cancel()
 
@@ -317,15 +318,15 @@ class Pipeline:
         return self._executor, self._flatten_executor
 
     # -- making chunks --------------------------------------------------------------------------
-    def _read(self, key: Key) -> Chunk:
-        """Read chunk ``key[1]``, counted as read for epoch ``key[0]``."""
+    def _read(self, key: Key, epoch: int) -> Chunk:
+        """Read chunk ``key[1]``, counted as read for ``epoch``."""
         t0, decompressed = time.perf_counter(), self.reader.decompress.value
         chunk = self.reader.read(key[1])
-        self.stats.chunk_read(*key, time.perf_counter() - t0, self.reader.decompress.value - decompressed)
+        self.stats.chunk_read(epoch, key[1], time.perf_counter() - t0, self.reader.decompress.value - decompressed)
         return chunk
 
-    def _flatten(self, read: Future[Chunk], epoch: int) -> Decoded:
-        """Flatten a chunk once read, its events already in the epoch's shuffled order."""
+    def _flatten(self, read: Future[Chunk], epoch: int, counted: int) -> Decoded:
+        """Flatten a chunk once read, its events already in ``epoch``'s shuffled order (counted for ``counted``)."""
         chunk = read.result()
         t0 = time.perf_counter()
         dataset = self.dataset
@@ -346,7 +347,7 @@ class Pipeline:
         decoded = Decoded(X, M, y, w, buffer, written=written)
         del buffer, X  # counted as Buffers.recycle will count: the chunk's own references only
         decoded.count_own_references()
-        self.stats.add(epoch, flatten_s=time.perf_counter() - t0)
+        self.stats.add(counted, flatten_s=time.perf_counter() - t0)
         return decoded
 
     def _start_workers(self, groups: list[list[int]]) -> None:
@@ -362,8 +363,8 @@ class Pipeline:
                     self.stats.buffer_made(array)
         weakref.finalize(self, self._pool.close)
 
-    def _flatten_in_workers(self, key: Key) -> Decoded:
-        """Have the worker processes read and flatten chunk ``key[1]`` into a shared buffer."""
+    def _flatten_in_workers(self, key: Key, counted: int) -> Decoded:
+        """Have the worker processes read and flatten chunk ``key[1]`` into a shared buffer (for ``counted``)."""
         assert self._pool is not None and self.groups is not None
         epoch, k = key
         counts = self.dataset.plan.counts[k]
@@ -373,8 +374,8 @@ class Pipeline:
         if slot is None:  # every shared buffer is taken: this chunk is made here, in this thread
             read: Future[Chunk] = Future()
             with self._reader_lock:  # the other dispatching thread may be here too
-                read.set_result(self._read(key))
-            return self._flatten(read, epoch)
+                read.set_result(self._read(key, counted))
+            return self._flatten(read, epoch, counted)
         rows = np.arange(n, dtype=np.int64)
         if self.layout.shuffle:  # row r holds event order[r], as in _flatten
             rows[chunk_permutation(self.layout.seed, epoch, k, n)] = np.arange(n, dtype=np.int64)
@@ -392,8 +393,8 @@ class Pipeline:
         self.reader.reads += 1
         # summed over the workers: read_s, decompress_s and flatten_s are their seconds, not the wall's
         read_s, decompress_s, flatten_s = (sum(p[2][i] for p in parts) for i in range(3))
-        self.stats.chunk_read(epoch, k, read_s, decompress_s)
-        self.stats.add(epoch, flatten_s=flatten_s)
+        self.stats.chunk_read(counted, k, read_s, decompress_s)
+        self.stats.add(counted, flatten_s=flatten_s)
         X, M = self._pool.slots[slot]
         y = _gather([p[0] for p in parts], per_worker, n)
         w = _gather([p[1] for p in parts], per_worker, n)

@@ -14,6 +14,7 @@ them, up to twice the wall time of the read).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -44,12 +45,29 @@ SERVED_FIELDS = ("batches", "events", "wait_s", "serve_s")
 _KEPT_EPOCHS = 8  # epochs whose counts are kept
 
 
+_LOCKED: weakref.WeakSet[Tally | LoaderCounters] = weakref.WeakSet()
+
+
+def _new_locks() -> None:
+    """In a forked child: fresh locks, since a thread of the parent may have held one at the fork."""
+    for counter in list(_LOCKED):
+        counter.new_lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks)
+
+
 class Tally:
     """A sum that several threads add to."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.new_lock()
         self.value = 0.0
+        _LOCKED.add(self)
+
+    def new_lock(self) -> None:
+        self._lock = threading.Lock()
 
     def add(self, amount: float) -> None:
         with self._lock:
@@ -59,8 +77,9 @@ class Tally:
         return {"value": self.value}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._lock = threading.Lock()
+        self.new_lock()
         self.value = float(state["value"])
+        _LOCKED.add(self)
 
 
 class TimedExecutor:
@@ -87,6 +106,8 @@ class TimedExecutor:
         return self.executor.shutdown(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "executor":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self.executor, name)
 
 
@@ -107,8 +128,13 @@ class LoaderCounters:
     def __init__(self) -> None:
         self._start()
 
+    def new_lock(self) -> None:
+        # re-entrant: a garbage collection while the lock is held may free a buffer (see buffer_made)
+        self._lock = threading.RLock()
+
     def _start(self) -> None:
-        self._lock = threading.Lock()
+        self.new_lock()
+        _LOCKED.add(self)
         self._epochs: OrderedDict[int, dict[str, float]] = OrderedDict()
         self._read: dict[int, set[int]] = {}  # chunks read, by epoch
         self.last_epoch = -1  # the epoch of the last batch served
@@ -117,7 +143,7 @@ class LoaderCounters:
         self.peak_buffer_bytes = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        return {}
+        return {"fresh": True}  # counts are not copied (not empty: pickle protocols 0 and 1 skip an empty state)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._start()
@@ -170,6 +196,11 @@ class LoaderCounters:
         with self._lock:
             counts = self._epochs.get(epoch)
             return dict(counts) if counts is not None else dict.fromkeys(EPOCH_FIELDS, 0.0)
+
+    def epochs(self) -> dict[int, dict[str, float]]:
+        """A copy of the counts of every epoch kept (the last few)."""
+        with self._lock:
+            return {epoch: dict(counts) for epoch, counts in self._epochs.items()}
 
     def buffer_made(self, array: np.ndarray) -> None:
         """Follow a new buffer's memory until it is garbage collected."""

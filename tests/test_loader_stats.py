@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import math
+import time
 
 import numpy as np
 import pytest
@@ -98,6 +101,89 @@ def test_counters_of_worker_processes_come_back_with_their_chunks(two_files):
     assert record["events"] == seq.total_events
 
 
+def test_unshuffled_epochs_count_their_own_reads(two_files):
+    # unshuffled epochs share their chunks' cache keys: the work must still go to the epoch served
+    seq = RootSequence(two_files, labels=[1, 0], batch_size=100, chunk_size=700, shuffle=False)
+    n_chunks = len(seq.reader)
+    stats = LoaderStats(seq)
+    for _ in range(3):
+        stats.begin()
+        for i in range(len(seq)):
+            seq[i]
+        seq.on_epoch_end()
+        stats.end()
+    for e, record in enumerate(stats.history):
+        assert record["epoch"] == e
+        _check_sums(record, seq)
+        assert record["chunks_read"] == n_chunks and record["chunks_reread"] == 0
+
+
+def test_short_keras_epochs_add_up_to_the_loaders(two_files):
+    seq = RootSequence(two_files, labels=[1, 0], batch_size=100, chunk_size=700, seed=5)
+    n_chunks, steps = len(seq.reader), len(seq) // 2
+    assert len(seq) == 2 * steps
+    stats = LoaderStats(seq)
+    _model(seq.num_features).fit(seq, epochs=4, steps_per_epoch=steps, verbose=0, callbacks=[stats])
+    # tf.data asks for batches ahead within a loader epoch: a Keras epoch may be served a few more
+    assert sum(r["batches"] for r in stats.history) == 4 * steps
+    assert all(abs(r["batches"] - steps) <= 3 for r in stats.history)
+    assert sum(r["events"] for r in stats.history) == 2 * seq.total_events
+    # each loader epoch's reads are reported once, in the Keras epochs that served it
+    assert sum(r["chunks_read"] for r in stats.history) == 2 * n_chunks
+    assert sum(r["chunks_reread"] for r in stats.history) == 0
+
+
+def test_validation_is_not_counted_as_the_epochs_time(two_files):
+    train = RootSequence(
+        two_files, labels=[1, 0], batch_size=100, chunk_size=700, seed=3, validation_split=0.5, subset="training"
+    )
+    val = RootSequence(
+        two_files, labels=[1, 0], batch_size=100, chunk_size=700, seed=3, validation_split=0.5, subset="validation"
+    )
+    stats = LoaderStats(train)
+    times: dict[str, list[float]] = {"epoch": [], "test": []}
+
+    class Clock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_test_begin(self, logs=None):
+            self.t1 = time.perf_counter()
+
+        def on_test_end(self, logs=None):
+            times["test"].append(time.perf_counter() - self.t1)
+
+        def on_epoch_end(self, epoch, logs=None):
+            times["epoch"].append(time.perf_counter() - self.t0)
+
+    _model(train.num_features).fit(train, validation_data=val, epochs=2, verbose=0, callbacks=[stats, Clock()])
+    for record, whole, test in zip(stats.history, times["epoch"], times["test"], strict=True):
+        assert record["events"] == train.total_events
+        assert record["seconds"] == pytest.approx(whole - test, abs=0.05)
+
+
+def test_the_buffers_memory_is_given_back(two_files):
+    seq = RootSequence(two_files, labels=[1, 0], batch_size=100, chunk_size=700, seed=3)
+    counters = seq.pipeline.stats
+    for i in range(len(seq)):
+        seq[i]
+    assert counters.buffer_bytes > 0 and counters.peak_buffer_bytes >= counters.buffer_bytes
+    seq.close()
+    del seq
+    gc.collect()
+    assert counters.buffer_bytes == 0
+
+
+def test_what_other_processes_served_is_not_a_number():
+    stats = LoaderStats(LoaderCounters())  # as under use_multiprocessing: nothing served in this process
+    stats.begin()
+    record = stats.end(batches=3, events=300)
+    assert record["events"] == 300 and record["batches"] == 3
+    assert all(math.isnan(record[name]) for name in ("read_s", "flatten_s", "chunks_read", "wait_s", "epoch"))
+    line = format_record(record)
+    assert "waited n/a s for batches (n/a)" in line and "n/a chunks read" in line
+
+
 def test_format_and_bad_loaders():
     counters = LoaderCounters()
     counters.served(0, 100, 0.5, 0.25)
@@ -126,3 +212,24 @@ def test_a_pytorch_loop_over_a_dataloader(two_files):
         assert events == record["events"] == dataset.total_events
         assert record["epoch"] == epoch and record["chunks_read"] == len(dataset.dataset.plan.counts)
         assert 0 < record["serve_s"] <= record["wait_s"] <= record["seconds"]
+
+
+def test_a_buffer_freed_by_a_collection_inside_the_counters_lock_does_not_hang():
+    import threading
+
+    counters = LoaderCounters()
+
+    def scenario() -> None:
+        cycle: list = []
+        array = np.zeros(1000, np.float32)
+        cycle.append((array, cycle))  # kept only by a reference cycle: freed by the garbage collector
+        counters.buffer_made(array)
+        del array, cycle
+        with counters._lock:  # a collection while a counting thread holds the lock
+            gc.collect()
+
+    thread = threading.Thread(target=scenario, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "freeing a buffer inside the counters' lock deadlocked"
+    assert counters.buffer_bytes == 0 and counters.peak_buffer_bytes == 4000
