@@ -153,17 +153,25 @@ class Buffers:
 
 
 def _private(shape: tuple[int, int]) -> np.ndarray:
-    """An uninitialized float32 array on memory of its own, in small pages where the system allows.
+    """An uninitialized float32 array on memory of its own, in small (4 KiB) pages.
 
     numpy asks the kernel for transparent huge pages for every large array; the
-    first touch of a fresh huge page can stall for compaction, which made each
+    first touch of a fresh huge page can stall (compaction), which made each
     new buffer of the demo files (71 MB) cost up to 0.2 s against 0.03 s in
-    4 KiB pages, three times in a first epoch. Made straight on a private
-    anonymous mapping (unmapped with the array), like the workers' shared slots.
+    small pages, three times in a first epoch. The array is made straight on a
+    private anonymous mapping (unmapped with it), like the workers' shared
+    slots, and the mapping is marked for small pages where the system has the
+    flag (Linux), so that a system set to huge pages "always" does not stall.
     """
     flags = getattr(mmap, "MAP_PRIVATE", None)
     if flags is None:  # not POSIX
         return np.empty(shape, dtype=np.float32)
     memory = mmap.mmap(-1, max(int(np.prod(shape)) * 4, 1), flags=flags | mmap.MAP_ANONYMOUS)
+    no_huge_pages = getattr(mmap, "MADV_NOHUGEPAGE", None)
+    if no_huge_pages is not None:
+        try:
+            memory.madvise(no_huge_pages)
+        except OSError:  # a kernel without transparent huge pages
+            pass
     array: np.ndarray = np.ndarray(shape, dtype=np.float32, buffer=memory)
     return array

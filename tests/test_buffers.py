@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import mmap
 import weakref
 
 import numpy as np
@@ -24,6 +25,8 @@ def test_a_buffer_is_reused_once_no_view_of_it_is_held():
     made: list[np.ndarray] = []
     buffers = Buffers(50, 7, made=made.append)
     first = _decoded(buffers, 40)
+    if hasattr(mmap, "MAP_PRIVATE"):  # made on a mapping of its own, which views refer to through it
+        assert isinstance(first.buffer.base, mmap.mmap) and first.X.base is first.buffer
     assert first.X.dtype == np.float32 and first.buffer.shape == (50, 7) and len(made) == 1
     kept = first.X[:10]  # a batch a caller keeps
     buffers.recycle(first)
