@@ -114,6 +114,7 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
         self._paused: float | None = None
         self._served = self.counters.served_totals()
         self._reported: dict[int, dict[str, float]] = {}  # each epoch's counts as last reported
+        self._batches: dict[int, float] = {}  # each epoch's batches served when the epoch began
 
     # -- Keras ----------------------------------------------------------------------------------
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
@@ -136,6 +137,7 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
         """An epoch starts now."""
         self._t0, self._paused = time.perf_counter(), None
         self._served = self.counters.served_totals()
+        self._batches = {epoch: counts["batches"] for epoch, counts in self.counters.epochs().items()}
         self.counters.reset_peak()
 
     def end(self, *, waited: float | None = None, batches: int = 0, events: int = 0) -> dict[str, float]:
@@ -173,11 +175,9 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
         """Reading and flattening done for the epochs served since the last record, not reported before."""
         work = dict.fromkeys((name for name in EPOCH_FIELDS if name not in SERVED_FIELDS), 0.0)
         for epoch, counts in self.counters.epochs().items():
+            if counts["batches"] <= self._batches.get(epoch, 0.0):
+                continue  # not served since the epoch began (work done ahead for it is reported once it is)
             before = self._reported.get(epoch)
-            if before is not None and counts["batches"] == before["batches"]:
-                continue  # not served since (work done ahead for it is reported once it is)
-            if before is None and counts["batches"] == 0:
-                continue
             for name in work:
                 work[name] += counts[name] - (before[name] if before else 0.0)
             self._reported[epoch] = counts

@@ -118,6 +118,20 @@ def test_unshuffled_epochs_count_their_own_reads(two_files):
         assert record["chunks_read"] == n_chunks and record["chunks_reread"] == 0
 
 
+def test_a_late_start_reports_only_what_it_saw(two_files):
+    seq = RootSequence(two_files, labels=[1, 0], batch_size=100, chunk_size=700, seed=3)
+    for i in range(len(seq)):  # an epoch before LoaderStats starts
+        seq[i]
+    seq.on_epoch_end()
+    stats = LoaderStats(seq)
+    stats.begin()
+    for i in range(len(seq)):
+        seq[i]
+    record = stats.end()
+    assert record["epoch"] == 1 and record["chunks_read"] == len(seq.reader)
+    _check_sums(record, seq)
+
+
 def test_short_keras_epochs_add_up_to_the_loaders(two_files):
     seq = RootSequence(two_files, labels=[1, 0], batch_size=100, chunk_size=700, seed=5)
     n_chunks, steps = len(seq.reader), len(seq) // 2
