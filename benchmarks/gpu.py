@@ -13,6 +13,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -46,6 +47,11 @@ def _epoch_rate(fit: object, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _waited(record: dict[str, float]) -> str:
+    """What LoaderStats says of an epoch: how long the GPU's training loop waited for batches."""
+    return f"waited {record['wait_s']:.2f} s for batches ({100 * record['wait_fraction']:.0f}% of the epoch)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000, help="events in the first demo file")
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import numpy as np
 
-    from mlaas4hep import RootSequence
+    from mlaas4hep import LoaderStats, RootSequence
     from mlaas4hep.datasets import make_demo_files
 
     devices = keras.config.backend(), [str(d) for d in __import__("tensorflow").config.list_physical_devices("GPU")]
@@ -73,10 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preloaded arrays: {arrays / 1e3:.0f} kev/s ({n} events x {X.shape[1]} features)")
         for workers in args.workers:
             seq = RootSequence(files, specs=Path(tmp) / "specs.json", workers=workers, **kw)
-            rate = _epoch_rate(lambda s=seq: model.fit(s, epochs=1, verbose=0), n)
+            stats = LoaderStats(seq, level=logging.DEBUG)
+            rate = _epoch_rate(lambda s=seq, c=stats: model.fit(s, epochs=1, verbose=0, callbacks=[c]), n)
             print(
                 f"RootSequence workers={workers} ({seq.worker_processes} processes): {rate / 1e3:.0f} kev/s, "
-                f"{rate / arrays:.2f} of the preloaded arrays"
+                f"{rate / arrays:.2f} of the preloaded arrays; {_waited(stats.last)}"
             )
             seq.close()
     return 0
