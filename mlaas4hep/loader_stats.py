@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import ParameterError
 from .pipeline import Pipeline
-from .stats import EPOCH_FIELDS, SERVED_FIELDS, LoaderCounters
+from .stats import SERVED_FIELDS, WORK_FIELDS, LoaderCounters
 
 __all__ = ["LoaderStats", "format_record"]
 
@@ -157,8 +157,8 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
         record: dict[str, float] = {name: served[name] - self._served[name] for name in SERVED_FIELDS}
         record.update(self._work())
         if record["batches"] == 0:  # served by other processes: what they did is not seen here
-            record.update({name: _NAN for name in (*EPOCH_FIELDS, "peak_buffer_mb") if name not in SERVED_FIELDS})
-            record.update(epoch=_NAN, batches=float(batches), events=float(events), serve_s=_NAN, wait_s=_NAN)
+            record.update(dict.fromkeys((*WORK_FIELDS, "peak_buffer_mb", "epoch", "serve_s", "wait_s"), _NAN))
+            record.update(batches=float(batches), events=float(events))
         else:
             record["epoch"] = float(self.counters.last_epoch)
             record["peak_buffer_mb"] = self.counters.peak_buffer_bytes / 2**20
@@ -173,7 +173,7 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
 
     def _work(self) -> dict[str, float]:
         """Reading and flattening done for the epochs served since the last record, not reported before."""
-        work = dict.fromkeys((name for name in EPOCH_FIELDS if name not in SERVED_FIELDS), 0.0)
+        work = dict.fromkeys(WORK_FIELDS, 0.0)
         for epoch, counts in self.counters.epochs().items():
             if counts["batches"] <= self._batches.get(epoch, 0.0):
                 continue  # not served since the epoch began (work done ahead for it is reported once it is)

@@ -320,9 +320,8 @@ class Pipeline:
     # -- making chunks --------------------------------------------------------------------------
     def _read(self, key: Key, epoch: int) -> Chunk:
         """Read chunk ``key[1]``, counted as read for ``epoch``."""
-        t0, decompressed = time.perf_counter(), self.reader.decompress.value
         chunk = self.reader.read(key[1])
-        self.stats.chunk_read(epoch, key[1], time.perf_counter() - t0, self.reader.decompress.value - decompressed)
+        self.stats.chunk_read(epoch, key[1], chunk.read_s, chunk.decompress_s)
         return chunk
 
     def _flatten(self, read: Future[Chunk], epoch: int, counted: int) -> Decoded:

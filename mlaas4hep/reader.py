@@ -42,7 +42,8 @@ class Chunk:
     ``labels`` has one value per event (from the per-file labels or the label
     branch), ``file_index`` and ``entry`` say where each event came from. A
     piece is an awkward record array, or a mapping of branch name to values
-    when aliases were derived on it.
+    when aliases were derived on it. ``read_s`` is the wall time of the read,
+    ``decompress_s`` the seconds the decompression threads spent on it.
     """
 
     index: int
@@ -50,6 +51,8 @@ class Chunk:
     labels: np.ndarray | None
     file_index: np.ndarray
     entry: np.ndarray
+    read_s: float = 0.0
+    decompress_s: float = 0.0
 
     def __len__(self) -> int:
         return int(self.file_index.size)
@@ -406,8 +409,7 @@ class ChunkReader:
         if not 0 <= k < len(self):
             msg = f"chunk index {k} out of range for {len(self)} chunks"
             raise IndexError(msg)
-        t0 = time.perf_counter()
-        bytes_before = self.bytes_read
+        t0, bytes_before, decompressed = time.perf_counter(), self.bytes_read, self.decompress.value
         contributing = np.flatnonzero(self.plan.counts[k])
         if files is not None:
             contributing = np.intersect1d(contributing, np.asarray(files, dtype=np.int64))
@@ -434,9 +436,11 @@ class ChunkReader:
             np.concatenate(labels) if labels else None,
             np.concatenate(file_index) if file_index else np.zeros(0, np.int32),
             np.concatenate(entries) if entries else np.zeros(0, np.int64),
+            time.perf_counter() - t0,
+            self.decompress.value - decompressed,
         )
         self.reads += 1
-        self._log_read(chunk, self.bytes_read - bytes_before, time.perf_counter() - t0)
+        self._log_read(chunk, self.bytes_read - bytes_before, chunk.read_s)
         return chunk
 
     @property

@@ -24,23 +24,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EPOCH_FIELDS", "SERVED_FIELDS", "LoaderCounters", "Tally", "TimedExecutor"]
-
-EPOCH_FIELDS = (
-    "batches",
-    "events",
-    "wait_s",
-    "serve_s",
-    "read_s",
-    "decompress_s",
-    "flatten_s",
-    "chunks_read",
-    "chunks_reread",
-)
-"""The per-epoch counts of :meth:`LoaderCounters.epoch` (seconds end in ``_s``)."""
+__all__ = ["EPOCH_FIELDS", "SERVED_FIELDS", "WORK_FIELDS", "LoaderCounters", "Tally", "TimedExecutor"]
 
 SERVED_FIELDS = ("batches", "events", "wait_s", "serve_s")
-"""What :meth:`LoaderCounters.served_totals` sums over every epoch."""
+"""What serving batches counts (:meth:`LoaderCounters.served_totals` sums them over every epoch)."""
+
+WORK_FIELDS = ("read_s", "decompress_s", "flatten_s", "chunks_read", "chunks_reread")
+"""What making the chunks counts."""
+
+EPOCH_FIELDS = SERVED_FIELDS + WORK_FIELDS
+"""The per-epoch counts of :meth:`LoaderCounters.epoch` (seconds end in ``_s``)."""
 
 _KEPT_EPOCHS = 8  # epochs whose counts are kept
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import mmap
 import multiprocessing
 import signal
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .buffers import mapped
 from .errors import MLaaS4HEPError
 from .flatten import JaggedFlattener
 from .reader import ChunkReader
@@ -58,23 +58,11 @@ class ChunkJob:
 
         Returns their ``(y, w)`` and the seconds spent reading, decompressing and flattening.
         """
-        t0, decompressed = time.perf_counter(), self.reader.decompress.value
         chunk = self.reader.read(k, files)
-        t1 = time.perf_counter()
+        t0 = time.perf_counter()
         y, w = self.outputs.extract(chunk.pieces, chunk.file_index, chunk.labels)
         self.flattener.write_rows(chunk.pieces, X, M, rows)
-        return y, w, (t1 - t0, self.reader.decompress.value - decompressed, time.perf_counter() - t1)
-
-
-def _shared(shape: tuple[int, int], dtype: type) -> np.ndarray:
-    """A zero-initialized array in anonymous shared memory, seen by processes forked after its creation.
-
-    Pages are committed only when written, so slots that are never used cost nothing.
-    """
-    size = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
-    # made straight on the mapping, so that every view of it refers to this array (and can be counted)
-    array: np.ndarray = np.ndarray(shape, dtype=dtype, buffer=mmap.mmap(-1, size))
-    return array
+        return y, w, (chunk.read_s, chunk.decompress_s, time.perf_counter() - t0)
 
 
 class WorkerPool:
@@ -106,7 +94,10 @@ class WorkerPool:
     ) -> None:
         self.groups = groups
         self.slots = [
-            (_shared((rows, features), np.float32), _shared((rows, features), np.bool_) if with_mask else None)
+            (
+                mapped((rows, features), shared=True),
+                mapped((rows, features), np.bool_, shared=True) if with_mask else None,
+            )
             for _ in range(n_slots)
         ]
         self._conns: list[Connection] = []
