@@ -28,7 +28,10 @@ that broke off) and keeps those made within one. Keras' ``steps_per_epoch``
 the second pass that ends unfinished: from then on the epoch's passes are one.
 So ``steps_per_epoch`` serves every event exactly once per epoch when it is at
 most half the batches; a larger one can serve a few batches of an epoch twice
-when its indices run out within its second pass.
+when its indices run out within its second pass. A fit that was interrupted in
+its second short pass looks like ``steps_per_epoch`` at first; the next fit
+tells it apart by asking again, before the epoch's slots run out, for an index
+an earlier pass asked for (``steps_per_epoch``'s passes never do).
 """
 
 from __future__ import annotations
@@ -45,9 +48,9 @@ __all__ = ["EpochTracker", "OrderWatch"]
 log = logging.getLogger(__name__)
 
 # the tracker's state: one array of int64, shared between processes when asked to
-# counters and flags; then n slots, then n "asked in this pass" marks
-_EPOCH, _GIVEN, _ASKED, _CROSSED, _SHORT, _STEPS = range(6)
-_HEAD = 6
+# counters and flags; then n slots, then n marks: the pass an index was last asked in (0: none kept)
+_EPOCH, _GIVEN, _ASKED, _CROSSED, _SHORT, _STEPS, _PASS = range(7)
+_HEAD = 7
 
 
 class EpochTracker:
@@ -78,33 +81,44 @@ class EpochTracker:
         self._slots = self._state[_HEAD : _HEAD + self.n]
         self._asked = self._state[_HEAD + self.n :]
         self._slots[:] = -1
+        self._state[_PASS] = 1  # requests before the first pass are of pass 1 (a mark of 0 is none)
         self._in_pass = False
 
     def assign(self, index: int) -> tuple[int, int]:
         """The ``(epoch, slot)`` that batch index ``index`` (in ``[0, n)``) names now."""
         state = self._state
         with self._lock:
-            if self._asked[index] and state[_GIVEN] == self.n:  # asked again once every slot is given
-                self._advance()
+            this_pass, mark = state[_PASS], self._asked[index]
+            if mark and mark != this_pass and state[_STEPS] and state[_GIVEN] < self.n:
+                # steps_per_epoch's passes go on through the epoch's indices without repeating one:
+                # an index of an earlier pass asked again before the slots run out is a new fit's
+                state[_STEPS] = 0
+            if mark and state[_GIVEN] == self.n and (mark == this_pass or state[_STEPS]):
+                self._advance()  # asked again once every slot is given: the next epoch
                 state[_CROSSED] = 1
             slot = int(self._slots[index])
             if slot < 0:
                 slot = int(state[_GIVEN]) if self.by_arrival else index
                 self._slots[index] = slot
                 state[_GIVEN] += 1
-            if not self._asked[index]:
-                self._asked[index] = 1
-                state[_ASKED] += 1
+            if self._asked[index] != this_pass:
+                state[_ASKED] += self._asked[index] == 0
+                self._asked[index] = this_pass
             return int(state[_EPOCH]), slot
 
     def begin_epoch(self) -> None:
         """The start of a pass (Keras' ``on_epoch_begin``)."""
         with self._lock:
-            # a new pass, unless the epoch began in the last one (read ahead) or passes are shorter than epochs
-            if not self._state[_CROSSED] and not self._state[_STEPS]:
+            state = self._state
+            state[_PASS] += 1
+            # a new pass, unless the epoch began in the last one (read ahead: its requests count as this
+            # pass's) or passes are shorter than epochs (the earlier passes' requests are kept as theirs)
+            if state[_CROSSED] and not state[_STEPS]:
+                self._asked[self._asked > 0] = state[_PASS]
+            elif not state[_STEPS]:
                 self._asked[:] = 0
-                self._state[_ASKED] = 0
-            self._state[_CROSSED] = 0
+                state[_ASKED] = 0
+            state[_CROSSED] = 0
         self._in_pass = True
 
     def end_epoch(self) -> None:
@@ -123,7 +137,7 @@ class EpochTracker:
             elif not state[_CROSSED]:
                 state[_SHORT] += 1  # a pass ended before its epoch: an interrupted fit, or steps_per_epoch
                 if state[_SHORT] == 2:  # steps_per_epoch: Keras goes on through the epoch's indices
-                    self._asked[:] = self._slots >= 0
+                    self._asked[:] = np.where(self._slots >= 0, state[_PASS], 0)
                     state[_ASKED] = state[_GIVEN]
                     state[_STEPS] = 1
         self._in_pass = False

@@ -120,6 +120,28 @@ def test_a_pass_after_an_interrupted_one_completes_its_epoch():
     assert tracker.assign(3) == (1, 0)  # asked again in this pass, once the epoch is whole: the next epoch
 
 
+@given(data=st.data())
+def test_a_fit_interrupted_in_its_second_short_pass_is_completed_by_the_next(data):
+    """PyTorch's backend begins a pass, asks one index and ends it; a fit interrupted in the pass after
+    looks like steps_per_epoch. The next fit asks every index in a new order: each names its slot of the
+    same epoch, also an index of the interrupted pass asked for last (it began the next epoch before)."""
+    n = 12
+    tracker = EpochTracker(n, by_arrival=True, shared=False)
+    tracker.begin_epoch()
+    first = tracker.assign(7)
+    tracker.end_epoch()  # the first short pass
+    tracker.begin_epoch()
+    early = {i: tracker.assign(i) for i in (3, 9, 0)}
+    tracker.end_epoch()  # interrupted: the second short pass
+    order = data.draw(st.permutations(range(n)))
+    tracker.begin_epoch()
+    got = {i: tracker.assign(i) for i in order}
+    tracker.end_epoch()
+    assert {e for e, _ in got.values()} == {0} and sorted(s for _, s in got.values()) == list(range(n))
+    assert got[7] == first and all(got[i] == slot for i, slot in early.items())
+    assert tracker.epoch == 1
+
+
 @given(n=st.integers(2, 25), data=st.data())
 def test_passes_shorter_than_the_epoch_go_on_through_it(n, data):
     """Keras' steps_per_epoch: one permutation of the indices after another, cut into passes of ``steps``.
