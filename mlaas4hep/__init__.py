@@ -27,6 +27,7 @@ from .errors import (
 )
 from .first_pass import SpecBuilder
 from .flatten import JaggedFlattener
+from .formats.decompression import use_zlib, zlib_library
 from .plan import ChunkPlan
 from .preproc import load_preproc, translate_preproc
 from .reader import ChunkReader
@@ -63,7 +64,9 @@ __all__ = [
     "load_preproc",
     "reraise",
     "translate_preproc",
+    "use_zlib",
     "write_scores",
+    "zlib_library",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -13,6 +13,7 @@ import uproot
 
 from .._remote import open_options
 from ..errors import FileAccessError, TreeError
+from .decompression import default_zlib
 from .table import DEFAULT_TIMEOUT, BranchInfo, Table, check_local, check_ranges
 
 if TYPE_CHECKING:
@@ -26,10 +27,13 @@ _TREES = ("TTree", "ROOT::RNTuple", "ROOT::Experimental::RNTuple")
 def open_file(source: FileSource, timeout: float = DEFAULT_TIMEOUT) -> Any:
     """Open ``source``'s file with uproot, raising :class:`FileAccessError` with its name.
 
-    A remote file waits at most ``timeout`` seconds for its server, to connect and for each read.
+    Its ZLIB baskets will be decompressed with ISA-L where uproot still uses its
+    default (:mod:`mlaas4hep.formats.decompression`). A remote file waits at
+    most ``timeout`` seconds for its server, to connect and for each read.
     """
     if not source.is_remote:
         check_local(source)
+    default_zlib()  # ZLIB baskets inflated by ISA-L, unless the user chose otherwise
     options = open_options(source.path, timeout) if source.is_remote else {}
     try:
         file = uproot.open(source.path, **options)
