@@ -7,12 +7,13 @@ ratios is reported next to its target.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import operator
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "print_table",
     "raw_read",
     "timed",
+    "zlib_as",
 ]
 
 log = logging.getLogger("benchmarks")
@@ -174,15 +176,33 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+@contextlib.contextmanager
+def zlib_as(library: str) -> Iterator[None]:
+    """Have uproot inflate ZLIB baskets with ``library`` inside the block, then go back to the library before.
+
+    The baselines (a raw uproot loop, the original's reads) use ``"zlib"``, uproot's
+    default, as a hand-written loop does; mlaas4hep uses ISA-L where it is installed.
+    """
+    from mlaas4hep import use_zlib, zlib_library
+
+    before = zlib_library()
+    use_zlib(library)
+    try:
+        yield
+    finally:
+        use_zlib(before)
+
+
 def raw_read(files: Sequence[Path], branches: Sequence[str], step_size: int | str) -> int:
-    """Read ``branches`` of every file with a plain ``TTree.iterate`` (library "ak"); return the events read."""
+    """Read ``branches`` of every file with a plain ``TTree.iterate`` (library "ak", uproot's default zlib)."""
     import uproot
 
     n = 0
-    for path in files:
-        with uproot.open(path) as f:
-            for arrays in f[TREE].iterate(filter_name=list(branches), step_size=step_size, library="ak"):
-                n += len(arrays)
+    with zlib_as("zlib"):
+        for path in files:
+            with uproot.open(path) as f:
+                for arrays in f[TREE].iterate(filter_name=list(branches), step_size=step_size, library="ak"):
+                    n += len(arrays)
     return n
 
 

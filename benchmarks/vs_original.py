@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import uproot
 
-from .common import TREE, Config, Result, measure, median, ratios
+from .common import TREE, Config, Result, measure, median, ratios, zlib_as
 from .original import EventLayout, convert_events, event_layout
 from .throughput import epoch
 
@@ -87,11 +87,12 @@ def _raw_reads(sources: Sequence[FileSource], plan: ChunkPlan, branches: list[st
     n = 0
     opened = [uproot.open(s.path) for s in sources]
     trees = [f[TREE] for f in opened]
-    for k in range(plan.n_chunks):
-        for i, tree in enumerate(trees):
-            start, count = int(plan.starts[k, i]), int(plan.counts[k, i])
-            if count:
-                n += len(tree.arrays(filter_name=branches, entry_start=start, entry_stop=start + count))
+    with zlib_as("zlib"):  # uproot's default, as the original had
+        for k in range(plan.n_chunks):
+            for i, tree in enumerate(trees):
+                start, count = int(plan.starts[k, i]), int(plan.counts[k, i])
+                if count:
+                    n += len(tree.arrays(filter_name=branches, entry_start=start, entry_stop=start + count))
     for f in opened:
         f.close()
     return n
