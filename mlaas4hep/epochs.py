@@ -31,7 +31,8 @@ most half the batches; a larger one can serve a few batches of an epoch twice
 when its indices run out within its second pass. A fit that was interrupted in
 its second short pass looks like ``steps_per_epoch`` at first; the next fit
 tells it apart by asking again, before the epoch's slots run out, for an index
-an earlier pass asked for (``steps_per_epoch``'s passes never do).
+an earlier pass asked for, or by asking for more than twice as many indices
+(and two) as the short pass did (``steps_per_epoch``'s passes do neither).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ log = logging.getLogger(__name__)
 
 # the tracker's state: one array of int64, shared between processes when asked to
 # counters and flags; then n slots, then n marks: the pass an index was last asked in (0: none kept)
-_EPOCH, _GIVEN, _ASKED, _CROSSED, _SHORT, _STEPS, _PASS = range(7)
-_HEAD = 7
+_EPOCH, _GIVEN, _ASKED, _CROSSED, _SHORT, _STEPS, _PASS, _IN_PASS, _STEPS_LEN = range(9)
+_HEAD = 9
 
 
 class EpochTracker:
@@ -89,9 +90,13 @@ class EpochTracker:
         state = self._state
         with self._lock:
             this_pass, mark = state[_PASS], self._asked[index]
-            if mark and mark != this_pass and state[_STEPS] and state[_GIVEN] < self.n:
-                # steps_per_epoch's passes go on through the epoch's indices without repeating one:
-                # an index of an earlier pass asked again before the slots run out is a new fit's
+            asked_in_pass = state[_IN_PASS] + (mark != this_pass)
+            if state[_STEPS] and (
+                (mark and mark != this_pass and state[_GIVEN] < self.n) or asked_in_pass > 2 * state[_STEPS_LEN] + 2
+            ):
+                # steps_per_epoch's passes go on through the epoch's indices without repeating one, each
+                # as long as the short pass (and what is read ahead): an index of an earlier pass asked
+                # again before the slots run out, or a pass much longer than the short one, is a new fit's
                 state[_STEPS] = 0
             if mark and state[_GIVEN] == self.n and (mark == this_pass or state[_STEPS]):
                 self._advance()  # asked again once every slot is given: the next epoch
@@ -103,6 +108,7 @@ class EpochTracker:
                 state[_GIVEN] += 1
             if self._asked[index] != this_pass:
                 state[_ASKED] += self._asked[index] == 0
+                state[_IN_PASS] += 1
                 self._asked[index] = this_pass
             return int(state[_EPOCH]), slot
 
@@ -111,6 +117,7 @@ class EpochTracker:
         with self._lock:
             state = self._state
             state[_PASS] += 1
+            state[_IN_PASS] = 0
             # a new pass, unless the epoch began in the last one (read ahead: its requests count as this
             # pass's) or passes are shorter than epochs (the earlier passes' requests are kept as theirs)
             if state[_CROSSED] and not state[_STEPS]:
@@ -139,7 +146,7 @@ class EpochTracker:
                 if state[_SHORT] == 2:  # steps_per_epoch: Keras goes on through the epoch's indices
                     self._asked[:] = np.where(self._slots >= 0, state[_PASS], 0)
                     state[_ASKED] = state[_GIVEN]
-                    state[_STEPS] = 1
+                    state[_STEPS], state[_STEPS_LEN] = 1, state[_IN_PASS]
         self._in_pass = False
 
     def _forget(self) -> None:

@@ -142,6 +142,26 @@ def test_a_fit_interrupted_in_its_second_short_pass_is_completed_by_the_next(dat
     assert tracker.epoch == 1
 
 
+def test_a_new_fit_asking_the_interrupted_indices_last_stays_in_the_epoch():
+    """The case the property above finds 1 run in about 500: the next fit asks every index the interrupted
+    fit did not before any it did, so the epoch's slots run out first. Its pass, longer than the short
+    pass, is no steps_per_epoch pass: the indices asked last name their slots of the same epoch."""
+    n = 12
+    tracker = EpochTracker(n, by_arrival=True, shared=False)
+    tracker.begin_epoch()
+    first = tracker.assign(7)
+    tracker.end_epoch()
+    tracker.begin_epoch()
+    early = {i: tracker.assign(i) for i in (3, 9, 0)}
+    tracker.end_epoch()
+    tracker.begin_epoch()
+    got = {i: tracker.assign(i) for i in [*(i for i in range(n) if i not in (7, 3, 9, 0)), 7, 9, 3, 0]}
+    tracker.end_epoch()
+    assert {e for e, _ in got.values()} == {0} and sorted(s for _, s in got.values()) == list(range(n))
+    assert got[7] == first and all(got[i] == slot for i, slot in early.items())
+    assert tracker.epoch == 1
+
+
 @given(n=st.integers(2, 25), data=st.data())
 def test_passes_shorter_than_the_epoch_go_on_through_it(n, data):
     """Keras' steps_per_epoch: one permutation of the indices after another, cut into passes of ``steps``.
