@@ -209,11 +209,10 @@ def raw_read(files: Sequence[Path], branches: Sequence[str], step_size: int | st
 def format_result(r: Result) -> str:
     """One line per target: ``[1] title  ratio 0.62x  target >= 0.80x  NOT MET  (detail)``."""
     samples = " ".join(f"{s:.3g}" for s in r.samples)
+    spread = f"median of [{samples}]; " if r.samples else ""  # a line derived from other lines has none
     verdict = "info" if r.info else "MET" if r.met else "NOT MET"
     goal = "" if r.info else f"target {r.op} {r.goal:g}{r.unit}"
-    return (
-        f"[{r.key}] {r.title:<44} {r.value:9.3g}{r.unit:<2} {goal:<16} {verdict:<8}  median of [{samples}]; {r.detail}"
-    )
+    return f"[{r.key}] {r.title:<44} {r.value:9.3g}{r.unit:<2} {goal:<16} {verdict:<8}  {spread}{r.detail}"
 
 
 def print_table(results: Sequence[Result]) -> None:
