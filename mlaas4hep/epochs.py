@@ -30,9 +30,13 @@ So ``steps_per_epoch`` serves every event exactly once per epoch when it is at
 most half the batches; a larger one can serve a few batches of an epoch twice
 when its indices run out within its second pass. A fit that was interrupted in
 its second short pass looks like ``steps_per_epoch`` at first; the next fit
-tells it apart by asking again, before the epoch's slots run out, for an index
-an earlier pass asked for, or by asking for more than twice as many indices
-(and two) as the short pass did (``steps_per_epoch``'s passes do neither).
+tells it apart by asking again for an index an earlier pass asked for, before
+the epoch's slots run out, or after they have in a pass that asked for more
+than half the epoch's indices and more than twice (and two) as many as the
+short pass (``steps_per_epoch``'s passes, read-ahead included, do neither).
+That is exact while the interrupted pass asked for fewer than a third of the
+indices; past that, a next fit that asks for every other index first (1 chance
+in ``C(n, k + 1)`` for ``k`` asked) serves the rest of its epoch from the next.
 """
 
 from __future__ import annotations
@@ -90,13 +94,10 @@ class EpochTracker:
         state = self._state
         with self._lock:
             this_pass, mark = state[_PASS], self._asked[index]
-            asked_in_pass = state[_IN_PASS] + (mark != this_pass)
-            if state[_STEPS] and (
-                (mark and mark != this_pass and state[_GIVEN] < self.n) or asked_in_pass > 2 * state[_STEPS_LEN] + 2
-            ):
+            if state[_STEPS] and mark and mark != this_pass and (state[_GIVEN] < self.n or self._long_pass(mark)):
                 # steps_per_epoch's passes go on through the epoch's indices without repeating one, each
-                # as long as the short pass (and what is read ahead): an index of an earlier pass asked
-                # again before the slots run out, or a pass much longer than the short one, is a new fit's
+                # about as long as the short pass: an index of an earlier pass asked again before the slots
+                # run out, or once they have in a pass over most of the epoch, is a new fit's
                 state[_STEPS] = 0
             if mark and state[_GIVEN] == self.n and (mark == this_pass or state[_STEPS]):
                 self._advance()  # asked again once every slot is given: the next epoch
@@ -111,6 +112,12 @@ class EpochTracker:
                 state[_IN_PASS] += 1
                 self._asked[index] = this_pass
             return int(state[_EPOCH]), slot
+
+    def _long_pass(self, mark: int) -> bool:
+        """Whether this pass, asking again for an index of an earlier one, asked for more than half the epoch's
+        indices and more than twice (and two) as many as the short pass: a new fit's, not steps_per_epoch's."""
+        asked = int(self._state[_IN_PASS]) + int(mark != self._state[_PASS])
+        return bool(2 * asked > self.n and asked > 2 * int(self._state[_STEPS_LEN]) + 2)
 
     def begin_epoch(self) -> None:
         """The start of a pass (Keras' ``on_epoch_begin``)."""

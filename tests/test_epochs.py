@@ -120,26 +120,53 @@ def test_a_pass_after_an_interrupted_one_completes_its_epoch():
     assert tracker.assign(3) == (1, 0)  # asked again in this pass, once the epoch is whole: the next epoch
 
 
-@given(data=st.data())
-def test_a_fit_interrupted_in_its_second_short_pass_is_completed_by_the_next(data):
+@given(n=st.integers(6, 40), data=st.data())
+def test_a_fit_interrupted_in_its_second_short_pass_is_completed_by_the_next(n, data):
     """PyTorch's backend begins a pass, asks one index and ends it; a fit interrupted in the pass after
     looks like steps_per_epoch. The next fit asks every index in a new order: each names its slot of the
-    same epoch, also an index of the interrupted pass asked for last (it began the next epoch before)."""
-    n = 12
+    same epoch, also an index of the interrupted pass asked for last (it began the next epoch before).
+    Exact while the interrupted pass asked for less than a third of the epoch (see the module's docstring)."""
+    k = data.draw(st.integers(1, (n - 3) // 3))
+    asked = data.draw(st.permutations(range(n)))
     tracker = EpochTracker(n, by_arrival=True, shared=False)
     tracker.begin_epoch()
-    first = tracker.assign(7)
+    first = tracker.assign(asked[0])
     tracker.end_epoch()  # the first short pass
     tracker.begin_epoch()
-    early = {i: tracker.assign(i) for i in (3, 9, 0)}
+    early = {i: tracker.assign(i) for i in asked[1 : 1 + k]}
     tracker.end_epoch()  # interrupted: the second short pass
     order = data.draw(st.permutations(range(n)))
     tracker.begin_epoch()
     got = {i: tracker.assign(i) for i in order}
     tracker.end_epoch()
     assert {e for e, _ in got.values()} == {0} and sorted(s for _, s in got.values()) == list(range(n))
-    assert got[7] == first and all(got[i] == slot for i, slot in early.items())
+    assert got[asked[0]] == first and all(got[i] == slot for i, slot in early.items())
     assert tracker.epoch == 1
+
+
+@given(n=st.integers(8, 40), data=st.data())
+def test_passes_shorter_than_the_epoch_with_batches_read_ahead(n, data):
+    """steps_per_epoch on TensorFlow: each pass asks its ``steps`` indices and up to ``ahead`` more before
+    ``on_epoch_end`` (read ahead), never beyond the end of Keras' permutation; the next pass goes on from
+    there. The read-ahead does not make a pass look like a new fit's: each permutation is one epoch."""
+    steps = data.draw(st.integers(1, n // 4))
+    ahead = data.draw(st.integers(0, 3))
+    perms = [data.draw(st.permutations(range(n))) for _ in range(4)]
+    requests = [i for p in perms for i in p]
+    tracker = EpochTracker(n, by_arrival=True, shared=False)
+    served: list[tuple[int, int]] = []
+    consumed = 0
+    while consumed < 3 * n:
+        tracker.begin_epoch()
+        stop = min(consumed + steps, (consumed // n + 1) * n)  # a pass ends with its permutation
+        consumed = max(consumed, stop)
+        extra = data.draw(st.integers(0, ahead))
+        while len(served) < max(stop, min(consumed + extra, len(requests))):
+            served.append(tracker.assign(requests[len(served)]))
+        tracker.end_epoch()
+    for epoch in range(3):
+        part = served[epoch * n : (epoch + 1) * n]
+        assert {e for e, _ in part} == {epoch} and sorted(s for _, s in part) == list(range(n))
 
 
 def test_a_new_fit_asking_the_interrupted_indices_last_stays_in_the_epoch():
