@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import awkward as ak
 import numpy as np
 import pytest
@@ -22,6 +24,8 @@ def fresh(monkeypatch: pytest.MonkeyPatch):
     decompressor = uproot.compression._decompress_ZLIB
     before = dict(vars(decompressor))
     monkeypatch.setattr(decompression, "_decided", False)
+    monkeypatch.setattr(decompression, "_ours", False)
+    monkeypatch.setattr(type(decompressor), "library", "zlib")
     monkeypatch.delenv(decompression.ENVIRONMENT, raising=False)
     vars(decompressor).pop("library", None)
     assert zlib_library() == "zlib"
@@ -99,14 +103,58 @@ def test_a_library_chosen_in_uproot_is_left_alone(fresh):
     assert decompression.default_zlib() == "deflate"
 
 
+def test_zlib_chosen_in_uproot_before_is_left_alone(fresh):
+    uproot.compression._decompress_ZLIB.library = "zlib"  # the same value as uproot's default, but chosen
+    assert decompression.default_zlib() == "zlib"
+
+
+def test_a_library_chosen_on_uproots_class_after_the_default_is_used(fresh):
+    assert decompression.default_zlib() == "isal"
+    type(uproot.compression._decompress_ZLIB).library = "deflate"  # the fixture puts it back
+    assert decompression.default_zlib() == "deflate"
+
+
+def test_use_zlib_is_passed_on_to_processes_started_afresh(fresh):
+    use_zlib("zlib")
+    assert os.environ[decompression.ENVIRONMENT] == "zlib"
+
+
+def test_the_environment_may_name_isal(fresh, monkeypatch):
+    monkeypatch.setenv(decompression.ENVIRONMENT, " ISAL ")
+    assert decompression.default_zlib() == "isal"
+
+
+def test_an_unknown_library_in_the_environment_is_refused_at_every_open(fresh, monkeypatch, tmp_path):
+    monkeypatch.setenv(decompression.ENVIRONMENT, "gzip")
+    path = write_tree(tmp_path / "a.root", 300, seed=1)
+    for _ in range(2):
+        with pytest.raises(ParameterError, match=r"MLAAS4HEP_ZLIB must be one of .*, got 'gzip'"):
+            RootSequence([str(path)], labels=[1], batch_size=100)
+
+
 def test_without_isal_zlib_stays(fresh, monkeypatch):
-    monkeypatch.setattr(decompression.importlib.util, "find_spec", lambda name: None)
+    real = decompression.importlib.import_module
+
+    def no_isal(name, *args):
+        if name.startswith("isal"):
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(decompression.importlib, "import_module", no_isal)
     assert decompression.default_zlib() == "zlib"
     with pytest.raises(ParameterError, match="pip install isal"):
         use_zlib("isal")
 
 
+def test_an_uproot_without_the_setting_reads_with_zlib(fresh, monkeypatch):
+    monkeypatch.delattr(uproot.compression, "_decompress_ZLIB")
+    assert decompression.default_zlib() == "zlib" and zlib_library() == "zlib"
+    with pytest.raises(ParameterError, match="decompresses ZLIB only with zlib"):
+        use_zlib("isal")
+    use_zlib("zlib")  # nothing to set: fine
+
+
 def test_an_unknown_library_is_refused(fresh):
-    with pytest.raises(ParameterError, match=r"ZLIB library must be one of \('zlib', 'isal'\), got 'gzip'"):
+    with pytest.raises(ParameterError, match=r"library must be one of \('zlib', 'isal', 'deflate'\), got 'gzip'"):
         use_zlib("gzip")
     assert zlib_library() == "zlib"
