@@ -183,9 +183,10 @@ def zlib_as(library: str) -> Iterator[None]:
     The baselines (a raw uproot loop, the original's reads) use ``"zlib"``, uproot's
     default, as a hand-written loop does; mlaas4hep uses ISA-L where it is installed.
     """
-    from mlaas4hep import use_zlib, zlib_library
+    from mlaas4hep import use_zlib
+    from mlaas4hep.formats.decompression import default_zlib
 
-    before = zlib_library()
+    before = default_zlib()  # mlaas4hep's own choice, made first, is what comes back after the block
     use_zlib(library)
     try:
         yield

@@ -93,10 +93,15 @@ def _raw_in_processes(cfg: Config) -> float:
     processes = [context.Process(target=child, args=(i,)) for i in range(len(cfg.files))]
     for process in processes:
         process.start()
-    start.wait()
-    seconds = [results.get(timeout=120) for _ in processes]
-    for process in processes:
-        process.join()
+    try:
+        start.wait(timeout=120)
+        seconds = [results.get(timeout=120) for _ in processes]
+    finally:  # a child that failed or hangs is not left behind
+        for process in processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+                process.join()
     return max(seconds)  # each child times its own read, files opened: the slowest is the wall
 
 
