@@ -94,7 +94,7 @@ class EpochTracker:
         state = self._state
         with self._lock:
             this_pass, mark = state[_PASS], self._asked[index]
-            if state[_STEPS] and mark and mark != this_pass and (state[_GIVEN] < self.n or self._long_pass(mark)):
+            if state[_STEPS] and mark and mark != this_pass and (state[_GIVEN] < self.n or self._long_pass()):
                 # steps_per_epoch's passes go on through the epoch's indices without repeating one, each
                 # about as long as the short pass: an index of an earlier pass asked again before the slots
                 # run out, or once they have in a pass over most of the epoch, is a new fit's
@@ -113,11 +113,11 @@ class EpochTracker:
                 self._asked[index] = this_pass
             return int(state[_EPOCH]), slot
 
-    def _long_pass(self, mark: int) -> bool:
-        """Whether this pass, asking again for an index of an earlier one, asked for more than half the epoch's
-        indices and more than twice (and two) as many as the short pass: a new fit's, not steps_per_epoch's."""
-        asked = int(self._state[_IN_PASS]) + int(mark != self._state[_PASS])
-        return bool(2 * asked > self.n and asked > 2 * int(self._state[_STEPS_LEN]) + 2)
+    def _long_pass(self) -> bool:
+        """Whether this pass, now asking for an index of an earlier one (its request counted), asked for more than
+        half the epoch's indices and more than twice (and two) as many as the short pass: a new fit's."""
+        asked = int(self._state[_IN_PASS]) + 1
+        return 2 * asked > self.n and asked > 2 * int(self._state[_STEPS_LEN]) + 2
 
     def begin_epoch(self) -> None:
         """The start of a pass (Keras' ``on_epoch_begin``)."""
