@@ -76,7 +76,7 @@ class Config:
     @property
     def files(self) -> list[Path]:
         """The two demo files, written once and reused while their size matches."""
-        from mlaas4hep.datasets import make_demo_files
+        from mlaas4hep.workflow.demo import make_demo_files
 
         directory = self.data_dir / f"demo_{self.n_events}"
         paths = make_demo_files(directory, n_events=self.n_events, overwrite=False)
@@ -184,7 +184,7 @@ def zlib_as(library: str) -> Iterator[None]:
     default, as a hand-written loop does; mlaas4hep uses ISA-L where it is installed.
     """
     from mlaas4hep import use_zlib
-    from mlaas4hep.formats.decompression import default_zlib
+    from mlaas4hep.inputs.formats.decompression import default_zlib
 
     before = default_zlib()  # mlaas4hep's own choice, made first, is what comes back after the block
     use_zlib(library)

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from mlaas4hep import LoaderStats, RootSequence
-    from mlaas4hep.datasets import make_demo_files
+    from mlaas4hep.workflow.demo import make_demo_files
 
     devices = keras.config.backend(), [str(d) for d in __import__("tensorflow").config.list_physical_devices("GPU")]
     print(f"keras {keras.__version__}, backend and GPUs: {devices}; {os.cpu_count()} CPUs")

@@ -29,7 +29,7 @@ def stage_times(cfg: Config) -> dict[str, float]:
     import uproot
 
     from mlaas4hep import ChunkReader, JaggedFlattener
-    from mlaas4hep.sources import parse_sources
+    from mlaas4hep.inputs.sources import parse_sources
 
     specs = cfg.specs
     flattener = JaggedFlattener(specs)
@@ -85,7 +85,7 @@ def stage_times(cfg: Config) -> dict[str, float]:
 
 def profile(cfg: Config, top: int) -> str:
     from mlaas4hep import ChunkReader, JaggedFlattener
-    from mlaas4hep.sources import parse_sources
+    from mlaas4hep.inputs.sources import parse_sources
 
     specs = cfg.specs
     flattener = JaggedFlattener(specs)

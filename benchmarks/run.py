@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.n_events = args.n_events
     t0 = time.perf_counter()
     print(f"machine: {describe_machine()}")
-    from mlaas4hep.formats.decompression import default_zlib
+    from mlaas4hep.inputs.formats.decompression import default_zlib
 
     print(f"ZLIB baskets inflated by {default_zlib()} in mlaas4hep, by zlib (uproot's default) in the baselines")
     import keras

@@ -21,13 +21,13 @@ def bench_scores(cfg: Config) -> list[Result]:
     before the timed runs. ``write_scores`` also checks every file, reads and
     writes every entry of each file and renames its outputs into place.
     """
-    from mlaas4hep import InputRecipe, write_scores
-    from mlaas4hep.models import seed_model
+    from mlaas4hep import Preprocessing, write_scores
+    from mlaas4hep.workflow.models import seed_model
 
     batch = min(10 * cfg.batch_size, cfg.chunk_size)
     files = [str(p) for p in cfg.files]
     probe = cfg.sequence(shuffle=False, batch_size=batch)
-    recipe = InputRecipe.from_dataset(probe.dataset)
+    recipe = Preprocessing.from_prepared(probe.prepared)
     n_events, features = probe.n_events, probe.num_features
     probe.close()
     model = seed_model(features)

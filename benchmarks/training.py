@@ -30,7 +30,7 @@ def bench_training(cfg: Config) -> list[Result]:
     """
     import keras
 
-    from mlaas4hep.models import seed_model
+    from mlaas4hep.workflow.models import seed_model
 
     nevts = cfg.train_events
     preloaded = cfg.sequence(nevts=nevts, shuffle=False)

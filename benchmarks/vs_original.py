@@ -14,7 +14,7 @@ from .throughput import epoch
 
 if TYPE_CHECKING:
     from mlaas4hep import ChunkPlan, ChunkReader, JaggedFlattener, Specs
-    from mlaas4hep.sources import FileSource
+    from mlaas4hep.inputs.sources import FileSource
 
 __all__ = ["bench_original"]
 
@@ -35,7 +35,7 @@ def bench_original(cfg: Config) -> list[Result]:
     read plus convert in one thread is reported beside it.
     """
     from mlaas4hep import ChunkReader, JaggedFlattener
-    from mlaas4hep.sources import parse_sources
+    from mlaas4hep.inputs.sources import parse_sources
 
     specs = cfg.specs
     flattener = JaggedFlattener(specs)

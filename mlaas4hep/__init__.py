@@ -25,17 +25,17 @@ from .errors import (
     TreeError,
     reraise,
 )
-from .first_pass import SpecBuilder
-from .flatten import JaggedFlattener
-from .formats.decompression import use_zlib, zlib_library
-from .plan import ChunkPlan
-from .preproc import load_preproc, translate_preproc
-from .reader import ChunkReader
-from .recipe import InputRecipe
+from .inputs.formats.decompression import use_zlib, zlib_library
+from .inputs.selection import Selection
+from .inputs.sources import FileSource
+from .preprocessing import Preprocessing
 from .scores import write_scores
-from .selection import Selection
-from .sources import FileSource
-from .specs import BranchSpec, Specs
+from .specs.first_pass import SpecBuilder
+from .specs.values import BranchSpec, Specs
+from .stream.plan import ChunkPlan
+from .stream.reader import ChunkReader
+from .transform.flatten import JaggedFlattener
+from .workflow.preproc import load_preproc, translate_preproc
 
 __version__ = "0.1.0"
 
@@ -47,11 +47,11 @@ __all__ = [
     "DataWarning",
     "FileAccessError",
     "FileSource",
-    "InputRecipe",
     "JaggedFlattener",
     "LoaderStats",
     "MLaaS4HEPError",
     "ParameterError",
+    "Preprocessing",
     "RootSequence",
     "Selection",
     "SkippedBranchWarning",
@@ -71,8 +71,8 @@ __all__ = [
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-# XRootD.client imported after TensorFlow crashes the process; before it, it is safe (mlaas4hep._remote)
-from ._remote import preload_xrootd  # noqa: E402
+# XRootD.client imported after TensorFlow crashes the process; before it, it is safe (mlaas4hep.inputs.remote)
+from .inputs.remote import preload_xrootd  # noqa: E402
 
 preload_xrootd()
 
@@ -86,6 +86,11 @@ def __getattr__(name: str) -> Any:
         from .loader_stats import LoaderStats
 
         return LoaderStats
+    if name == "InputRecipe":  # the name of Preprocessing before 0.2
+        import warnings
+
+        warnings.warn("InputRecipe is now called Preprocessing", DeprecationWarning, stacklevel=2)
+        return Preprocessing
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)
 

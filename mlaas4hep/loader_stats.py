@@ -2,7 +2,7 @@
 
 A Keras callback (``model.fit(train, callbacks=[LoaderStats(train)])``) that
 also serves a plain PyTorch loop (``for batch in stats.iterate(loader)``). The
-numbers come from :class:`~mlaas4hep.stats.LoaderCounters`, counted by the
+numbers come from :class:`~mlaas4hep.stream.counters.LoaderCounters`, counted by the
 pipeline as it works.
 """
 
@@ -18,8 +18,8 @@ import keras
 import numpy as np
 
 from .errors import ParameterError
-from .pipeline import Pipeline
-from .stats import SERVED_FIELDS, WORK_FIELDS, LoaderCounters
+from .stream.counters import SERVED_FIELDS, WORK_FIELDS, LoaderCounters
+from .stream.pipeline import Pipeline
 
 __all__ = ["LoaderStats", "format_record"]
 

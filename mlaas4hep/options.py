@@ -19,8 +19,8 @@ import numpy as np
 
 from ._checks import check_fraction, check_int, check_number
 from .errors import ParameterError
-from .sources import DEFAULT_TREE
-from .specs import Specs
+from .inputs.sources import DEFAULT_TREE
+from .specs.values import Specs
 
 __all__ = ["LAYOUTS", "SUBSETS", "Options"]
 
@@ -30,7 +30,7 @@ SUBSETS = ("training", "validation", "test")
 _FLAGS = ("common_branches", "balance_classes", "one_hot", "mask_output", "use_multiprocessing", "drop_nonfinite")
 
 LAYOUTS = ("flat", "collections")
-"""Values of ``layout``: a padded vector per event, or a tensor per collection (:mod:`mlaas4hep.collections_layout`)."""
+"""Values of ``layout``: a padded vector per event, or a tensor per collection (:mod:`mlaas4hep.transform.tensors`)."""
 
 
 def _names(value: str | Sequence[str] | None, name: str) -> tuple[str, ...] | None:

@@ -1,18 +1,18 @@
 """Scoring: a trained model applied to ROOT files, its scores written back beside the input trees.
 
 :func:`write_scores` is the inference face of the data path. For each input
-tree it prepares a :class:`~mlaas4hep.dataset.Dataset` from the file and the
-saved preprocessing (:class:`~mlaas4hep.recipe.InputRecipe`): the same
+tree it prepares a :class:`~mlaas4hep.stream.prepare.PreparedData` from the file and the
+saved preprocessing (:class:`~mlaas4hep.preprocessing.Preprocessing`): the same
 branches, aliases, normalization and widths the model was trained with, every
 entry in order (``shuffle=False``, no split). The
-:class:`~mlaas4hep.pipeline.Pipeline` reads and flattens it chunk by chunk
+:class:`~mlaas4hep.stream.pipeline.Pipeline` reads and flattens it chunk by chunk
 in the background, the model predicts batch by batch, and the scores are
 written block by block into a tree of the input tree's name with exactly its
 entries, in the same order: a *friend tree* (entries that fail a cut get NaN).
 Memory stays bounded by the pipeline's cached and prefetched chunks.
 
 Each input file is one task: one after another by default, or on a thread
-pool or a Dask cluster (:func:`~mlaas4hep.executors.map_files`). Everything that can be checked is
+pool or a Dask cluster (:func:`~mlaas4hep.inputs.executors.map_files`). Everything that can be checked is
 checked before anything is written; each output is written to a temporary
 name in the output directory and renamed into place.
 """
@@ -32,17 +32,18 @@ from typing import Any
 import numpy as np
 import uproot
 
-from .dataset import prepare
 from .errors import MLaaS4HEPError, ParameterError
-from .executors import map_files
-from .first_pass import scan_selection
+from .inputs.contents import FileInfo, inspect_file
+from .inputs.executors import map_files
+from .inputs.selection import encode_mask
+from .inputs.sources import FileSource, parse_sources
 from .options import Options
-from .pipeline import Pipeline
-from .plan import EpochLayout
-from .recipe import InputRecipe
-from .selection import encode_mask
-from .sources import FileInfo, FileSource, inspect_file, parse_sources
-from .specs import FileSpec
+from .preprocessing import Preprocessing
+from .specs.first_pass import scan_selection
+from .specs.values import FileSpec
+from .stream.pipeline import Pipeline
+from .stream.plan import EpochPlan
+from .stream.prepare import prepare
 
 __all__ = ["output_paths", "write_scores"]
 
@@ -80,7 +81,7 @@ class _Scorer:
     loads the model when first used.
     """
 
-    recipe: InputRecipe
+    recipe: Preprocessing
     options: Options
     branches: tuple[str, ...]
     rntuple: bool
@@ -107,9 +108,8 @@ class _Scorer:
 
 
 def _load_model(path: str | os.PathLike[str]) -> Any:
-    from .workflow import import_keras
+    import keras  # a library call: Keras is imported as it is, its logging left to the user
 
-    keras = import_keras()
     log.info("loading the model %s", os.fspath(path))
     return keras.models.load_model(path, compile=False)
 
@@ -139,7 +139,7 @@ def _resolve_model(model: Any, executor: Any) -> tuple[Any, str | None]:
     return _load_model(path), str(path.resolve())
 
 
-def _output_width(model: Any, recipe: InputRecipe) -> int:
+def _output_width(model: Any, recipe: Preprocessing) -> int:
     """How many scores the model gives per event, checking that it takes the preprocessing's inputs."""
     spec = recipe.input_spec
     features = recipe.num_features
@@ -220,7 +220,7 @@ def write_scores(
     model: Any,
     files: str | os.PathLike[str] | Iterable[str | os.PathLike[str] | FileSource],
     *,
-    preprocessing: InputRecipe | str | os.PathLike[str],
+    preprocessing: Preprocessing | str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
     name: str = "score",
     tree: str | None = None,
@@ -246,7 +246,7 @@ def write_scores(
         every Dask task. A live model needs an executor of this process (threads).
     files : path, URL, or sequence of them
         Input files; ``"file.root:tree"`` names the tree.
-    preprocessing : InputRecipe, or path of its JSON file
+    preprocessing : Preprocessing, or path of its JSON file
         What turns events into the model's inputs, as saved at training
         (``RootSequence.save_preprocessing``, ``model.preprocessing.json``).
     output_dir : path
@@ -265,7 +265,7 @@ def write_scores(
     prefetch : int
         Chunks read ahead in the background.
     executor : {"serial", "threads"}, Executor, dask.distributed.Client, or None
-        Where the tasks (one per file) run (see :func:`~mlaas4hep.executors.map_files`).
+        Where the tasks (one per file) run (see :func:`~mlaas4hep.inputs.executors.map_files`).
         Default (None, ``"serial"``): one file after another in this process,
         each read and flattened in background threads while the model
         predicts (on a few cores, scoring files side by side only adds
@@ -295,7 +295,7 @@ def write_scores(
     >>> write_scores("model.keras", ["data.root"], preprocessing=recipe, output_dir="scores")  # doctest: +SKIP
     [PosixPath('scores/data_score.root')]
     """
-    recipe = preprocessing if isinstance(preprocessing, InputRecipe) else InputRecipe.load(preprocessing)
+    recipe = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.load(preprocessing)
     options = recipe.options(cut=cut, tree=tree, batch_size=batch_size, chunk_size=chunk_size, prefetch=prefetch)
     if not isinstance(name, str) or not name.isidentifier():
         msg = f"name must be a branch name (letters, digits and _), got {name!r}"
@@ -406,7 +406,7 @@ def _predictions(source: FileSource, entries: int, mask: np.ndarray | None, scor
         options = replace(options, specs=specs)
     dataset = prepare([source], None, options)
     assert options.seed is not None  # filled in by Options
-    layout = EpochLayout(dataset.plan.sizes, batch_size=options.batch_size, shuffle=False, seed=options.seed, epochs=1)
+    layout = EpochPlan(dataset.plan.sizes, batch_size=options.batch_size, shuffle=False, seed=options.seed, epochs=1)
     pipeline = Pipeline(dataset, layout)
     try:
         for slot in range(layout.batches):

@@ -12,20 +12,20 @@ import keras
 import numpy as np
 
 from ._checks import is_int
-from .dataset import Dataset, prepare
-from .epochs import EpochTracker, OrderWatch
 from .errors import MLaaS4HEPError, reraise_from
-from .flatten import JaggedFlattener
+from .inputs.selection import Selection
+from .inputs.sources import DEFAULT_TREE, FileSource
 from .options import Options
-from .pipeline import Pipeline
-from .plan import shard_layout
-from .reader import ChunkReader
-from .selection import Selection
-from .sources import DEFAULT_TREE, FileSource
-from .specs import Specs
-from .targets import Outputs
+from .specs.values import Specs
+from .stream.epochs import EpochTracker, OrderWatch
+from .stream.pipeline import Pipeline
+from .stream.plan import shard_bounds
+from .stream.prepare import PreparedData, prepare
+from .stream.reader import ChunkReader
+from .transform.flatten import JaggedFlattener
+from .transform.outputs import Outputs
 
-__all__ = ["RootSequence", "shard_layout"]
+__all__ = ["RootSequence", "shard_bounds"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     epoch, in file order: ``model.predict(seq)`` lines up with the files. With
     ``shuffle=True`` an index names the batch whose turn it is when it is first
     asked for, so chunks are read one after another however ``fit`` orders its
-    requests (see :mod:`mlaas4hep.epochs` and the user guide).
+    requests (see :mod:`mlaas4hep.stream.epochs` and the user guide).
 
     Events are read in chunks of ``chunk_size`` that mix all files in proportion
     to their entries, each read, flattened and cached once, the next one read
@@ -82,7 +82,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         Serve only the events where this expression is true, in uproot's
         expression language, e.g. ``"(nMuon >= 1) & (MET_pt > 20)"``; jagged
         branches are reduced with ``any(...)``/``all(...)`` (see
-        :class:`~mlaas4hep.selection.Selection`). ``len()``, ``nevts``, the
+        :class:`~mlaas4hep.inputs.selection.Selection`). ``len()``, ``nevts``, the
         chunks and the validation split all count surviving events.
     aliases : mapping of str to str, optional
         Derived branches, e.g. ``{"log_Jet_pt": "log(Jet_pt)"}``: features
@@ -150,7 +150,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         ``x`` is a dict, ``x["Jet"]`` float32 ``(batch, L, F)`` for each collection of
         jagged branches sharing their counts (``Jet_pt``, ``Jet_eta``, ...),
         ``x["Jet_mask"]`` ``(batch, L)`` and ``x["event"]`` the flat branches, with the
-        flat layout's numbers (see :mod:`mlaas4hep.collections_layout`, :attr:`input_spec`).
+        flat layout's numbers (see :mod:`mlaas4hep.transform.tensors`, :attr:`input_spec`).
     redirector : str
         Prefix for bare file names (e.g. an XRootD redirector).
     retries : int
@@ -199,7 +199,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     -----
     **Sharding.** With ``num_shards > 1`` each epoch's stream is cut into
     ``num_shards`` consecutive blocks of sizes within one event of each other,
-    and this sequence serves block ``shard_index`` (:func:`~mlaas4hep.plan.shard_layout`):
+    and this sequence serves block ``shard_index`` (:func:`~mlaas4hep.stream.plan.shard_bounds`):
     over all shards every event is served once per epoch, all shards in step.
 
     **The epoch's stream** is the chunks in the epoch's order (see ``shuffle``),
@@ -276,9 +276,9 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         workers, use_multiprocessing = _keras_fetching(options)
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         self.options = options
-        self.dataset: Dataset = prepare(files, labels, options)
-        self.layout = self.dataset.layout()
-        self.pipeline = Pipeline(self.dataset, self.layout, processes=_processes(options))
+        self.prepared: PreparedData = prepare(files, labels, options)
+        self.epoch_plan = self.prepared.epoch_plan()
+        self.pipeline = Pipeline(self.prepared, self.epoch_plan, processes=_processes(options))
         if self.pipeline.worker_processes:  # Keras' own fetching threads would only queue up for this process's lock
             self.workers = 1
         self._epochs = EpochTracker(len(self), by_arrival=bool(options.shuffle), shared=options.use_multiprocessing)
@@ -289,32 +289,32 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     @property
     def sources(self) -> tuple[FileSource, ...]:
         """The input files and trees."""
-        return self.dataset.sources
+        return self.prepared.sources
 
     @property
     def specs(self) -> Specs:
         """The specs of the features (give them to a validation sequence: ``specs=train.specs``)."""
-        return self.dataset.specs
+        return self.prepared.specs
 
     @property
     def selection(self) -> Selection:
         """The cut and the aliases."""
-        return self.dataset.selection
+        return self.prepared.selection
 
     @property
     def outputs(self) -> Outputs:
         """Labels or targets, and sample weights."""
-        return self.dataset.outputs
+        return self.prepared.outputs
 
     @property
     def flattener(self) -> JaggedFlattener:
         """What turns a chunk into ``x``: its columns, widths and normalization."""
-        return self.dataset.flattener
+        return self.prepared.flattener
 
     @property
     def label_branch(self) -> str | None:
         """The branch holding each event's label, if the labels come from one."""
-        return self.dataset.label_branch
+        return self.prepared.label_branch
 
     @property
     def reader(self) -> ChunkReader:
@@ -351,12 +351,12 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     @property
     def total_events(self) -> int:
         """Events of the subset over all shards."""
-        return self.dataset.n_events
+        return self.prepared.n_events
 
     @property
     def n_events(self) -> int:
         """Events this sequence (its shard) serves per epoch."""
-        start, stop = self.layout.shard
+        start, stop = self.epoch_plan.shard
         return stop - start
 
     # -- the arguments, as given (see the class docstring) --------------------------------------------
@@ -387,10 +387,10 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     @property
     def num_batches(self) -> int:
         """Batches per epoch (same as ``len``)."""
-        return self.layout.batches
+        return self.epoch_plan.batches
 
     def __len__(self) -> int:
-        return self.layout.batches
+        return self.epoch_plan.batches
 
     @property
     def epoch(self) -> int:
@@ -423,7 +423,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
             raise IndexError(msg)
         epoch, slot = self._epochs.assign(int(index) % n)
         if not self.shuffle:
-            self._order.watch(self.layout.position(epoch, slot), self)
+            self._order.watch(self.epoch_plan.position(epoch, slot), self)
         try:
             batch = self.pipeline.batch(epoch, slot)
         except MLaaS4HEPError as err:  # kept: TensorFlow hands fit's caller its own UnknownError instead
@@ -438,7 +438,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         return (x, y) if batch.w is None else (x, y, batch.w)
 
     def save_preprocessing(self, path: str | os.PathLike[str]) -> Path:
-        """Write everything that turns events into ``x`` as JSON (see :class:`~mlaas4hep.recipe.InputRecipe`).
+        """Write everything that turns events into ``x`` as JSON (see :class:`~mlaas4hep.preprocessing.Preprocessing`).
 
         The branches in column order, aliases, cut, normalization with these
         specs, widths, pad value and layout: :func:`~mlaas4hep.write_scores`
@@ -446,9 +446,9 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
 
         >>> train.save_preprocessing("model.preprocessing.json")  # doctest: +SKIP
         """
-        from .recipe import InputRecipe
+        from .preprocessing import Preprocessing
 
-        return InputRecipe.from_dataset(self.dataset).save(path)
+        return Preprocessing.from_prepared(self.prepared).save(path)
 
     def close(self) -> None:
         """Stop the background reading and close the files."""

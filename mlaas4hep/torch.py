@@ -29,14 +29,14 @@ except ModuleNotFoundError as err:  # the one place the missing extra is explain
     raise ModuleNotFoundError(msg, name=err.name) from err
 
 from ._checks import check_int, is_int
-from .dataset import Dataset, prepare
 from .errors import ParameterError
+from .inputs.sources import DEFAULT_TREE, FileSource
 from .options import Options
-from .pipeline import Batch, Pipeline
-from .plan import EpochLayout
-from .sources import DEFAULT_TREE, FileSource
-from .specs import Specs
-from .stats import LoaderCounters
+from .specs.values import Specs
+from .stream.counters import LoaderCounters
+from .stream.pipeline import Batch, Pipeline
+from .stream.plan import EpochPlan
+from .stream.prepare import PreparedData, prepare
 
 __all__ = ["RootDataset", "to_tensors"]
 
@@ -78,7 +78,7 @@ def to_tensors(value: Any, *, share: bool) -> Any:
     with warnings.catch_warnings():
         # A read-only view of a chunk's buffer, shared only where the tensor is never written to
         # (it leaves the DataLoader worker as a copy). The tensor holds the view, and so the buffer,
-        # which the pipeline reuses only once nothing refers to it (mlaas4hep.buffers).
+        # which the pipeline reuses only once nothing refers to it (mlaas4hep.stream.buffers).
         warnings.filterwarnings("ignore", message=_NOT_WRITABLE, category=UserWarning)
         return torch.from_numpy(array)
 
@@ -105,7 +105,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
     chunks its block touches; every worker, and so every rank, serves the
     same number of batches (:meth:`num_batches`), which keeps DDP's ranks in
     step. Batches are ``batch_size`` events, but each worker's last, which
-    holds the rest of its block (see :func:`~mlaas4hep.plan.shard_layout`).
+    holds the rest of its block (see :func:`~mlaas4hep.stream.plan.shard_bounds`).
 
     Parameters
     ----------
@@ -219,7 +219,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         # every argument but the files and labels is an option, checked once; the ranks are its shards
         arguments.update(num_shards=self.world_size, shard_index=self.rank)
         self.options = Options.from_arguments(arguments)
-        self.dataset: Dataset = prepare(files, labels, self.options)
+        self.prepared: PreparedData = prepare(files, labels, self.options)
         self._epoch: Any = multiprocessing.RawValue("q", 0)  # shared with the workers, persistent ones too
         self._pipeline: Pipeline | None = None
         self.stats = LoaderCounters()  # what this process's pipelines do (mlaas4hep.LoaderStats reads it)
@@ -229,29 +229,29 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
     @property
     def specs(self) -> Specs:
         """The specs of the features (give them to a validation dataset: ``specs=train.specs``)."""
-        return self.dataset.specs
+        return self.prepared.specs
 
     @property
     def num_features(self) -> int:
         """Width of ``x``: the input dimension of the model."""
-        return self.dataset.flattener.num_features
+        return self.prepared.flattener.num_features
 
     @property
     def feature_names(self) -> list[str]:
         """Name of each column of ``x``."""
-        return self.dataset.flattener.feature_names
+        return self.prepared.flattener.feature_names
 
     @property
     def total_events(self) -> int:
         """Events of the subset per epoch, over all ranks and workers."""
-        return self.dataset.n_events
+        return self.prepared.n_events
 
     batch_size = property(lambda self: self.options.batch_size, doc="Events per batch.")
     shuffle = property(lambda self: self.options.shuffle, doc="Whether events are shuffled anew every epoch.")
     seed = property(lambda self: self.options.seed, doc="Seed of the shuffling (drawn when none was given).")
     subset = property(lambda self: self.options.subset, doc="The part of the split served.")
 
-    def layout(self, num_workers: int = 0, worker: int = 0) -> EpochLayout:
+    def epoch_plan(self, num_workers: int = 0, worker: int = 0) -> EpochPlan:
         """Where the batches of worker ``worker`` of this rank lie in each epoch, with ``num_workers`` workers.
 
         Raises :class:`~mlaas4hep.errors.ParameterError` when there are fewer
@@ -261,15 +261,17 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         if not is_int(worker) or not 0 <= int(worker) < workers:
             msg = f"worker must be an integer in [0, {workers}), got {worker!r}"
             raise ParameterError(msg)
-        return self.dataset.layout(num_shards=self.world_size * workers, shard_index=self.rank * workers + int(worker))
+        return self.prepared.epoch_plan(
+            num_shards=self.world_size * workers, shard_index=self.rank * workers + int(worker)
+        )
 
     def num_batches(self, num_workers: int = 0) -> int:
         """Batches this rank serves per epoch through a ``DataLoader`` with ``num_workers`` workers."""
-        return _processes(num_workers) * self.layout(num_workers).batches
+        return _processes(num_workers) * self.epoch_plan(num_workers).batches
 
     def num_events(self, num_workers: int = 0) -> int:
         """Events this rank serves per epoch through a ``DataLoader`` with ``num_workers`` workers."""
-        shards = [self.layout(num_workers, w).shard for w in range(_processes(num_workers))]
+        shards = [self.epoch_plan(num_workers, w).shard for w in range(_processes(num_workers))]
         return sum(stop - start for start, stop in shards)
 
     @property
@@ -292,7 +294,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         info = get_worker_info()
         pipeline = self._worker_pipeline(0 if info is None else info.num_workers, 0 if info is None else info.id)
         epoch = self.epoch
-        for slot in range(pipeline.layout.batches):
+        for slot in range(pipeline.epoch_plan.batches):
             yield to_tensors(self._arrays(pipeline.batch(epoch, slot)), share=info is not None)
 
     def _worker_pipeline(self, num_workers: int, worker: int) -> Pipeline:
@@ -301,8 +303,8 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         if self._pipeline is None or self._pipeline_key != key:
             if self._pipeline is not None and self._pipeline_key is not None and self._pipeline_key[0] == key[0]:
                 self._pipeline.close()  # this process serves another shard now
-            layout = self.layout(num_workers, worker)
-            self._pipeline = Pipeline(self.dataset, layout, stats=self.stats)
+            layout = self.epoch_plan(num_workers, worker)
+            self._pipeline = Pipeline(self.prepared, layout, stats=self.stats)
             self._pipeline_key = key
             start, stop = layout.shard
             log.info(
@@ -317,7 +319,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         x: Any = batch.x
         if batch.mask is not None:
             x = {"features": batch.x, "mask": batch.mask.astype(np.float32)}
-        y = self.dataset.outputs.batch_y(batch.y)
+        y = self.prepared.outputs.batch_y(batch.y)
         if y is None:
             return (x,)
         return (x, y) if batch.w is None else (x, y, batch.w)
@@ -343,7 +345,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
 
     def __repr__(self) -> str:
         return (
-            f"RootDataset({len(self.dataset.sources)} files, {self.total_events} events, batches of "
+            f"RootDataset({len(self.prepared.sources)} files, {self.total_events} events, batches of "
             f"{self.batch_size}, {self.num_features} features, subset={self.subset!r}, "
             f"rank {self.rank} of {self.world_size})"
         )

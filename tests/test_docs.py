@@ -28,7 +28,7 @@ def test_docs_build_strict(tmp_path: Path) -> None:
 
 
 def test_every_params_key_is_documented() -> None:
-    from mlaas4hep.params import DEFAULT_PARAMS
+    from mlaas4hep.workflow.params import DEFAULT_PARAMS
 
     text = (ROOT / "docs" / "pages" / "workflow.md").read_text()
     missing = [key for key in DEFAULT_PARAMS if f"| `{key}` |" not in text]
@@ -51,10 +51,9 @@ def test_the_reliability_table_lists_what_the_tests_try() -> None:
     """Every case of the bad-input tables is in docs/pages/reliability.md, and every test it names exists."""
     import re
 
-    sys.path.insert(0, str(ROOT / "tests"))
     import test_errors
-    import test_formats
     import test_reliability
+    from inputs import test_formats
 
     page = (ROOT / "docs" / "pages" / "reliability.md").read_text()
     rows = [line for line in page.splitlines() if line.startswith("| ") and not line.startswith("| case")]
@@ -62,7 +61,7 @@ def test_the_reliability_table_lists_what_the_tests_try() -> None:
     for table in (test_errors.CASES, test_reliability.CASES, test_formats.CASES):
         missing = [case[0] for case in table if case[0] not in cases]
         assert not missing, f"cases missing from reliability.md: {missing}"
-    sources = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    sources = "".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py"))
     named = {name for line in rows for name in re.findall(r"`(test_\w+)`", line)}
     unknown = sorted(name for name in named if f"def {name}(" not in sources)
     assert not unknown, f"reliability.md names tests that do not exist: {unknown}"

@@ -14,7 +14,7 @@ keras = pytest.importorskip("keras")
 
 from mlaas4hep import LoaderStats, ParameterError, RootSequence  # noqa: E402
 from mlaas4hep.loader_stats import format_record  # noqa: E402
-from mlaas4hep.stats import LoaderCounters  # noqa: E402
+from mlaas4hep.stream.counters import LoaderCounters  # noqa: E402
 
 
 def _model(idim: int) -> keras.Model:
@@ -224,7 +224,7 @@ def test_a_pytorch_loop_over_a_dataloader(two_files):
         events = sum(len(x) for x, _ in stats.iterate(DataLoader(dataset, batch_size=None)))
         record = stats.last
         assert events == record["events"] == dataset.total_events
-        assert record["epoch"] == epoch and record["chunks_read"] == len(dataset.dataset.plan.counts)
+        assert record["epoch"] == epoch and record["chunks_read"] == len(dataset.prepared.plan.counts)
         assert 0 < record["serve_s"] <= record["wait_s"] <= record["seconds"]
 
 

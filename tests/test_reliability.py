@@ -4,7 +4,7 @@ The classes of docs/pages/reliability.md: non-finite labels, targets and
 weights; the same file twice; leaks between the parts of a split; no feature
 left; stale or edited specs; files that change after construction; the user's
 specs file never overwritten; weak answers made clear; errors inside ``fit``.
-Precision lives in test_flatten.py, remote waits in test_remote.py.
+Precision lives in transform/test_flatten.py, remote waits in inputs/test_remote.py.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def test_a_file_rewritten_in_place_is_not_described_by_old_specs(d: Path, tmp_pa
 
 def test_a_file_with_the_same_size_and_uuid_but_a_newer_time_is_another_file() -> None:
     """A file rewritten in place by a tool that keeps its size and ROOT UUID: the modification time tells."""
-    from mlaas4hep.specs import FileSpec
+    from mlaas4hep.specs.values import FileSpec
 
     before = FileSpec("/data/f.root", "Events", 100, size=5000, mtime=1.0, uuid="u-1")
     now = FileSpec("/data/f.root", "Events", 100, size=5000, mtime=2.0, uuid="u-1")
@@ -347,7 +347,7 @@ def test_a_tree_in_a_directory(tmp_path: Path) -> None:
 
 # -- the command line -------------------------------------------------------------------------------------
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from mlaas4hep.cli import main; sys.exit(main())"
+    code = "import sys; from mlaas4hep.workflow.cli import main; sys.exit(main())"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 
@@ -360,7 +360,7 @@ def test_specs_written_to_a_missing_directory_is_a_clear_error(d: Path) -> None:
 def test_a_model_file_with_a_syntax_error_names_the_file_and_line(d: Path, tmp_path: Path) -> None:
     model = tmp_path / "broken_model.py"
     model.write_text("import keras\n\ndef model(idim)\n    return None\n")
-    code = "import sys; from mlaas4hep.cli import workflow_main; sys.exit(workflow_main())"
+    code = "import sys; from mlaas4hep.workflow.cli import workflow_main; sys.exit(workflow_main())"
     files = f"{d / 'a.root'},{d / 'b.root'}"
     args = ["--files", files, "--labels", "1,0", "--model", str(model)]
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)

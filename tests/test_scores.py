@@ -20,9 +20,9 @@ import uproot
 
 keras = pytest.importorskip("keras")
 
-from mlaas4hep import BranchError, InputRecipe, ParameterError, RootSequence, write_scores  # noqa: E402
-from mlaas4hep.cli import main  # noqa: E402
-from mlaas4hep.reader import ChunkReader  # noqa: E402
+from mlaas4hep import BranchError, ParameterError, Preprocessing, RootSequence, write_scores  # noqa: E402
+from mlaas4hep.stream.reader import ChunkReader  # noqa: E402
+from mlaas4hep.workflow.cli import main  # noqa: E402
 
 
 @dataclass
@@ -127,7 +127,7 @@ def test_a_cut_gives_nan_where_it_fails(trained: Trained, tmp_path: Path) -> Non
     (output,) = write_scores(
         str(trained.model_path),
         [source],
-        preprocessing=InputRecipe.load(trained.recipe_path),
+        preprocessing=Preprocessing.load(trained.recipe_path),
         output_dir=tmp_path,
         cut="(MET_pt > 40) & any(Jet_pt > 30)",
         chunk_size=300,
@@ -356,14 +356,14 @@ def test_an_existing_output_needs_overwrite(trained: Trained, tmp_path: Path) ->
 
 def test_the_collections_layout_is_scored_as_it_was_served(two_files: list[Path], tmp_path: Path) -> None:
     """A deep-sets model on the collections layout: its scores equal predict over a sequence in file order."""
-    from mlaas4hep.models import deep_sets
+    from mlaas4hep.workflow.models import deep_sets
 
     kw: dict[str, Any] = {"exclude": ["uid", "run"], "batch_size": 100, "chunk_size": 500, "layout": "collections"}
     train = RootSequence(two_files, labels=[1, 0], seed=1, **kw)
     keras.utils.set_random_seed(2)
     model = deep_sets(train)
     recipe_path = train.save_preprocessing(tmp_path / "sets.preprocessing.json")
-    recipe = InputRecipe.load(recipe_path)
+    recipe = Preprocessing.load(recipe_path)
     assert recipe.layout == "collections" and sorted(recipe.input_spec) == sorted(train.input_spec)
     (written,) = write_scores(model, two_files[:1], preprocessing=recipe_path, output_dir=tmp_path / "out")
     scores = uproot.open(written)["Events"]["score"].array(library="np")

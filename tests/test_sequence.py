@@ -165,7 +165,7 @@ def test_fit_reads_each_chunk_once_per_epoch_under_keras_shuffling(two_files):
 @pytest.mark.parametrize("processes", [True, False], ids=["worker-processes", "keras-threads"])
 def test_fit_with_two_workers_serves_each_event_once(two_files, processes, monkeypatch):
     if not processes:  # where worker processes cannot be forked, Keras fetches in two threads
-        monkeypatch.setattr("mlaas4hep.pipeline.fork_supported", lambda: False)
+        monkeypatch.setattr("mlaas4hep.stream.pipeline.fork_supported", lambda: False)
     seq = _make(two_files, batch_size=50, chunk_size=300, workers=2, seed=5)
     # Keras' own fetching threads only with TensorFlow (see mlaas4hep.sequence._keras_queue_is_safe)
     assert (seq.worker_processes, seq.workers) == ((2, 1) if processes else (0, 2 if TENSORFLOW else 1))
@@ -231,7 +231,7 @@ def test_shuffled_epochs_read_neighbouring_chunks_and_keep_little(two_files):
     n = len(seq.reader)
     firsts, directions = set(), set()
     for epoch in range(8):
-        order, _ = seq.layout.order(epoch)
+        order, _ = seq.epoch_plan.order(epoch)
         assert sorted(order) == list(range(n))
         steps = set(np.diff(order) % n)
         assert len(steps) == 1 and steps <= {1, n - 1}
@@ -341,7 +341,7 @@ def test_predict_lines_up_with_the_labels_and_the_files(two_files):
     labels = np.concatenate([val[i][1] for i in range(len(val))])
     np.testing.assert_array_equal(labels, np.where(predicted < 1_000_000, 1.0, 0.0))
     # in the files' order: chunk after chunk, each file's share of it entry after entry
-    plan = val.dataset.plan
+    plan = val.prepared.plan
     expected = [
         i * 1_000_000 + np.arange(plan.starts[k, i], plan.starts[k, i] + plan.counts[k, i])
         for k in range(plan.n_chunks)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threade
 from torch.utils.data import DataLoader  # noqa: E402
 
 from mlaas4hep import ParameterError  # noqa: E402
-from mlaas4hep.pipeline import Pipeline  # noqa: E402
+from mlaas4hep.stream.pipeline import Pipeline  # noqa: E402
 from mlaas4hep.torch import RootDataset, to_tensors  # noqa: E402
 
 ID = 1_000_000  # uid = file_id * ID + entry
@@ -130,15 +130,15 @@ def test_a_loop_may_change_its_tensors_in_place(two_files):
 def test_shared_tensors_keep_their_chunk_buffer_until_let_go(two_files):
     """A tensor made on a batch's memory holds the view, so its buffer is reused only once it is let go."""
     ds = _make(two_files, batch_size=50, chunk_size=300)
-    pipeline = Pipeline(ds.dataset, ds.layout(), cache_chunks=1, prefetch=1)
-    n = pipeline.layout.batches
+    pipeline = Pipeline(ds.prepared, ds.epoch_plan(), cache_chunks=1, prefetch=1)
+    n = pipeline.epoch_plan.batches
     expected = [np.array(pipeline.batch(1, s).x) for s in range(n)]  # epoch 1: its chunks are made anew
     kept = [to_tensors(pipeline.batch(0, s).x, share=True) for s in range(n)]
     assert not pipeline.buffers.free  # no buffer went back to the pool while its tensors are held
     for s in range(n):
         np.testing.assert_array_equal(to_tensors(pipeline.batch(1, s).x, share=True).numpy(), expected[s])
     assert pipeline.buffers.free  # let go at once: reused
-    again = Pipeline(ds.dataset, ds.layout())
+    again = Pipeline(ds.prepared, ds.epoch_plan())
     for s, tensor in enumerate(kept):
         np.testing.assert_array_equal(tensor.numpy(), again.batch(0, s).x)
     pipeline.close()
@@ -254,9 +254,9 @@ def test_bad_arguments_are_parameter_errors(two_files, kw, match):
     with pytest.raises(ParameterError, match="num_workers"):
         ds.num_batches(-1)
     with pytest.raises(ParameterError, match="worker must be"):
-        ds.layout(2, worker=2)
+        ds.epoch_plan(2, worker=2)
     with pytest.raises(ParameterError, match="num_shards=6000 is more than the 3000 events"):
-        ds.layout(6000)  # more DataLoader workers than events
+        ds.epoch_plan(6000)  # more DataLoader workers than events
 
 
 def test_pickled_keeps_its_epoch_and_batches(two_files):

@@ -1,0 +1,503 @@
+"""Parquet, CSV, JSON lines and Avro inputs (mlaas4hep.inputs.formats): the same events give the same features as ROOT.
+
+Each format's copies of a ROOT file are written here, with awkward (Parquet, JSON lines),
+pyarrow (CSV) and fastavro (Avro), and served through the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+from conftest import write_tree
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+pcsv = pytest.importorskip("pyarrow.csv")
+fastavro = pytest.importorskip("fastavro")
+keras = pytest.importorskip("keras")
+
+import mlaas4hep.inputs.formats.convert  # noqa: E402
+import mlaas4hep.inputs.formats.lines  # noqa: E402
+from mlaas4hep import (  # noqa: E402
+    BranchError,
+    FileAccessError,
+    FileSource,
+    MLaaS4HEPError,
+    ParameterError,
+    RootSequence,
+    SpecBuilder,
+    TreeError,
+)
+from mlaas4hep.inputs.contents import inspect_file  # noqa: E402
+from mlaas4hep.inputs.formats import open_table  # noqa: E402
+from mlaas4hep.inputs.sources import parse_sources  # noqa: E402
+
+ID = 1_000_000  # uid = file_id * ID + entry
+JETS = ["Jet_pt", "Jet_eta"]
+FLAT = ["uid", "MET_pt", "nPV", "flag", "nJet"]
+AVRO_TYPES = {"int64": "long", "int32": "int", "float32": "float", "float64": "double", "bool": "boolean"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The Parquet copies of CSV, JSON lines and Avro files go to a directory of this module's own."""
+    directory = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(mlaas4hep.inputs.formats.convert.CACHE_ENV, str(directory))
+        yield directory
+
+
+def events(path: Path) -> ak.Array:
+    return uproot.open(path)["Events"].arrays()
+
+
+def write_copy(array: ak.Array, path: Path, row_group: int = 500) -> Path:
+    """``array`` (fields of numbers and lists of numbers) written in the format that ``path``'s extension names."""
+    fmt = path.suffix
+    if fmt == ".parquet":
+        ak.to_parquet(array, path, row_group_size=row_group)
+    elif fmt == ".jsonl":  # floats as the shortest text that reads back as the same float64: exact
+        ak.to_json(array, path, line_delimited=True)
+    elif fmt == ".csv":  # flat columns only; float32 values written as float64, exactly
+        columns = {f: ak.to_numpy(array[f]) for f in array.fields if array[f].ndim == 1}
+        table = pa.table({f: v.astype(np.float64) if v.dtype.kind == "f" else v for f, v in columns.items()})
+        pcsv.write_csv(table, path)
+    elif fmt == ".avro":
+
+        def avro_type(values: ak.Array) -> Any:
+            if values.ndim == 1:
+                return AVRO_TYPES[str(values.type.content)]
+            return {"type": "array", "items": AVRO_TYPES[str(values.type.content.content)]}
+
+        fields = [{"name": f, "type": avro_type(array[f])} for f in array.fields]
+        schema = fastavro.parse_schema({"type": "record", "name": "Event", "fields": fields})
+        with path.open("wb") as f:
+            fastavro.writer(f, schema, ak.to_list(array))
+    else:
+        raise AssertionError(fmt)
+    return path
+
+
+@pytest.fixture(scope="module")
+def root_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tree(tmp_path_factory.mktemp("root") / "sig.root", 1500, seed=1, file_id=0, basket=400)
+
+
+@pytest.fixture(scope="module")
+def copies(root_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The events of ``root_file`` in every other format."""
+    d = tmp_path_factory.mktemp("copies")
+    array = events(root_file)
+    return {ext: write_copy(array, d / f"sig.{ext}") for ext in ("parquet", "jsonl", "csv", "avro")}
+
+
+def sequence(files: list[Path | str | FileSource], **kw: Any) -> RootSequence:
+    kw = {
+        "labels": [1, 0][: len(files)],
+        "batch_size": 100,
+        "chunk_size": 400,
+        "seed": 3,
+        "normalization": None,
+        "prefetch": 0,
+        **kw,
+    }
+    return RootSequence([f if isinstance(f, FileSource) else str(f) for f in files], **kw)
+
+
+def epoch(seq: RootSequence) -> np.ndarray:
+    """Every feature row of one epoch, in the order served."""
+    seq.on_epoch_begin()
+    rows = [np.array(seq[i][0]) for i in range(len(seq))]
+    seq.on_epoch_end()
+    return np.concatenate(rows)
+
+
+def uids(seq: RootSequence) -> np.ndarray:
+    return epoch(seq)[:, seq.feature_names.index("uid")].astype(np.int64)
+
+
+# -- formats and kinds ----------------------------------------------------------------------------
+def test_the_format_comes_from_the_name_or_is_given(tmp_path: Path) -> None:
+    assert [FileSource(n).format for n in ("a.root", "a.parquet", "a.pq", "a.csv", "a.jsonl", "a.json", "a.avro")] == [
+        "root", "parquet", "parquet", "csv", "jsonl", "jsonl", "avro",
+    ]  # fmt: skip
+    assert FileSource("https://host/data/f.parquet?version=2").format == "parquet"
+    assert FileSource("events.dat").format == "root"  # any other name: ROOT, as before
+    assert FileSource("events.dat", format="CSV") == FileSource("events.dat", "Events", "csv")
+    assert FileSource("events.txt", format="json").format == "jsonl"
+    assert [s.format for s in parse_sources(["a.txt", FileSource("b.txt", format="avro")], format="csv")] == [
+        "csv",
+        "avro",
+    ]
+    assert [s.format for s in SpecBuilder(["a.txt"], format="parquet").sources] == ["parquet"]
+    assert str(FileSource("a.parquet")) == "a.parquet" and str(FileSource("a.root")) == "a.root:Events"
+    with pytest.raises(ParameterError, match=r"format 'xml' of 'a\.xml' is none of"):
+        FileSource("a.xml", format="xml")
+
+
+def test_each_format_has_the_branches_of_the_root_file(root_file: Path, copies: dict[str, Path]) -> None:
+    """A list field is a jagged branch, exactly as the ROOT file's; CSV holds the flat ones."""
+    kinds = inspect_file(FileSource(str(root_file))).kinds
+    for ext, path in copies.items():
+        info = inspect_file(FileSource(str(path)))
+        assert info.entries == 1500 and info.uuid is None
+        expected = {n: k for n, k in kinds.items() if ext != "csv" or k == "flat"}
+        assert info.kinds == expected, ext
+        assert (info.size, info.mtime) == (path.stat().st_size, path.stat().st_mtime)  # the file's own fingerprint
+
+
+@pytest.mark.parametrize("ext", ["parquet", "jsonl", "csv", "avro"])
+@pytest.mark.parametrize("normalization", [None, "standard"])
+def test_a_copy_gives_the_features_of_the_root_file(
+    root_file: Path, copies: dict[str, Path], ext: str, normalization: str | None
+) -> None:
+    branches = FLAT if ext == "csv" else FLAT + JETS
+    kw = {"labels": [1], "branches": branches, "normalization": normalization, "shuffle": False}
+    root, copy = sequence([root_file], **kw), sequence([copies[ext]], **kw)
+    try:
+        assert copy.feature_names == root.feature_names and copy.n_events == root.n_events == 1500
+        expected, got = epoch(root), epoch(copy)
+        if normalization is None:  # the same numbers, every event once
+            np.testing.assert_array_equal(got, expected)
+            assert np.array_equal(np.sort(got[:, copy.feature_names.index("uid")]), np.arange(1500))
+        else:  # statistics summed in other steps (row groups): equal to float32 precision
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    finally:
+        root.close()
+        copy.close()
+
+
+def test_cuts_aliases_and_splits_work_alike(root_file: Path, copies: dict[str, Path]) -> None:
+    kw: dict[str, Any] = {
+        "labels": [1],
+        "branches": ["uid", "MET_pt", "HT", "Jet_pt"],
+        "cut": "(nJet >= 1) & (MET_pt > 10)",
+        "aliases": {"HT": "sum(Jet_pt)"},
+        "normalization": None,
+        "shuffle": False,
+    }
+    for split in ("training", "validation"):
+        root = sequence([root_file], validation_split=0.3, subset=split, **kw)
+        for ext in ("parquet", "jsonl", "avro"):
+            copy = sequence([copies[ext]], validation_split=0.3, subset=split, **kw)
+            np.testing.assert_allclose(epoch(copy), epoch(root), rtol=1e-6)
+            copy.close()
+        root.close()
+
+
+@pytest.mark.parametrize("ext", ["parquet", "jsonl", "avro"])
+def test_the_collections_layout_reads_a_copy_like_the_root_file(
+    root_file: Path, copies: dict[str, Path], ext: str
+) -> None:
+    """Per-collection tensors and masks of a copy are those of the ROOT file, event for event."""
+    kw = {"labels": [1], "branches": FLAT + JETS, "layout": "collections", "shuffle": False}
+    root, copy = sequence([root_file], **kw), sequence([copies[ext]], **kw)
+    try:
+        assert copy.input_spec == root.input_spec and "Jet_mask" in root.input_spec
+        for i in range(len(root)):
+            expected, got = root[i][0], copy[i][0]
+            assert set(got) == set(expected)
+            for name in expected:
+                np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, atol=1e-6, err_msg=name)
+    finally:
+        root.close()
+        copy.close()
+
+
+def test_a_sequence_mixes_root_and_parquet_files_in_every_chunk(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "a.root", 1200, seed=1, file_id=0, basket=300)
+    other = write_tree(tmp_path / "b.root", 1800, seed=2, file_id=1, basket=300)
+    parquet = write_copy(events(other), tmp_path / "b.parquet", row_group=700)
+    seq = sequence([root, parquet], branches=FLAT + JETS, shuffle=True, chunk_size=500)
+    try:
+        counts = seq.reader.plan.counts
+        assert (counts > 0).all() and counts.sum(axis=0).tolist() == [1200, 1800]  # in proportion to entries
+        for _ in range(2):
+            got = np.sort(uids(seq))
+            assert np.array_equal(got, np.concatenate([np.arange(1200), ID + np.arange(1800)]))
+    finally:
+        seq.close()
+
+
+def test_worker_processes_serve_every_event_of_mixed_formats_once(tmp_path: Path) -> None:
+    paths = [write_tree(tmp_path / f"f{i}.root", 700 + 100 * i, seed=i, file_id=i) for i in range(3)]
+    files = [paths[0], write_copy(events(paths[1]), tmp_path / "f1.parquet", 200), paths[2]]
+    files[2] = write_copy(events(paths[2]), tmp_path / "f2.jsonl")
+    seq = sequence(files, labels=[1, 0, 1], branches=FLAT + JETS, workers=2, chunk_size=300)
+    try:
+        expected = np.concatenate([i * ID + np.arange(700 + 100 * i) for i in range(3)])
+        assert np.array_equal(np.sort(uids(seq)), expected)
+        assert seq.pipeline.workers is not None and len(seq.pipeline.workers.groups) == 2
+    finally:
+        seq.close()
+
+
+def test_parquet_reads_each_row_group_once_and_only_the_columns_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_copy(events(write_tree(tmp_path / "a.root", 2000, seed=1)), tmp_path / "a.parquet", row_group=300)
+    reads: list[tuple[tuple[int, ...], tuple[str, ...]]] = []
+    original = pq.ParquetFile.read_row_groups
+
+    def spy(self: Any, row_groups: list[int], columns: list[str] | None = None, **kw: Any) -> Any:
+        reads.append((tuple(row_groups), tuple(columns or ())))
+        return original(self, row_groups, columns=columns, **kw)
+
+    seq = sequence([path], labels=[1], branches=["uid", "Jet_pt"], chunk_size=450, shuffle=True)
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
+    try:
+        for _ in range(2):
+            reads.clear()
+            assert np.array_equal(np.sort(uids(seq)), np.arange(2000))
+            groups = sorted(g for r, _ in reads for g in r)
+            assert groups == list(range(7))  # each of the 7 row groups once per epoch
+            assert {c for _, c in reads} == {("uid", "Jet_pt")}
+    finally:
+        seq.close()
+
+
+def test_remote_parquet_over_http(tmp_path: Path) -> None:
+    import importlib.util
+
+    from servers import HTTPServer, unavailable
+
+    if importlib.util.find_spec("aiohttp") is None:
+        unavailable("aiohttp is not installed: pip install 'mlaas4hep[http]'")
+    write_copy(events(write_tree(tmp_path / "a.root", 900, seed=1)), tmp_path / "a.parquet", row_group=200)
+    server = HTTPServer(tmp_path)
+    server.start()
+    try:
+        seq = sequence([server.url("a.parquet")], labels=[1], branches=["uid", "Jet_pt"], chunk_size=300)
+        try:
+            assert seq.specs.files[0].path == server.url("a.parquet")
+            assert np.array_equal(np.sort(uids(seq)), np.arange(900))
+        finally:
+            seq.close()
+    finally:
+        server.stop()
+
+
+# -- conversion ------------------------------------------------------------------------------------
+def test_a_text_file_is_converted_once_and_again_when_it_changes(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_text("".join(json.dumps({"x": float(i), "j": [1.0] * (i % 3)}) + "\n" for i in range(50)))
+    calls: list[Path] = []
+    convert = mlaas4hep.inputs.formats.convert._convert
+    monkeypatch.setattr(
+        mlaas4hep.inputs.formats.convert, "_convert", lambda s, p, t: (calls.append(t), convert(s, p, t))
+    )
+    source = FileSource(str(path))
+    assert inspect_file(source).entries == 50 and inspect_file(source).entries == 50
+    assert len(calls) == 1 and calls[0].parent == cache and calls[0].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.jsonl"]  # nothing written beside the file
+    with path.open("a") as f:
+        f.write(json.dumps({"x": 50.0, "j": []}) + "\n")
+    assert inspect_file(source).entries == 51 and len(calls) == 2
+
+
+def test_blocks_widen_integers_to_floats_and_keep_every_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines parsed in many small blocks: a column of integers that later holds floats becomes float64."""
+    monkeypatch.setattr(mlaas4hep.inputs.formats.lines, "BLOCK_BYTES", 120)
+    rows = [{"x": i, "j": [] if i < 30 else [i, i + 0.5]} for i in range(40)] + [{"x": 40.25, "j": [1]}]
+    path = tmp_path / "w.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with open_table(FileSource(str(path))) as table:
+        assert table.entries == 41 and {b.name: (b.kind, b.dtype) for b in table.branches()} == {
+            "x": ("flat", "float64"),
+            "j": ("jagged", "float64"),
+        }
+        assert len(table.blocks(["x"])) - 1 > 5  # a row group per block
+        arrays = table.arrays(["x", "j"], 0, 41)
+    assert ak.to_list(arrays["x"]) == [r["x"] for r in rows] and ak.to_list(arrays["j"]) == [r["j"] for r in rows]
+    csv = tmp_path / "w.csv"
+    csv.write_text("a,b\n" + "".join(f"{i},{i % 2 == 0}\n".lower() for i in range(40)) + "0.5,true\n")
+    with open_table(FileSource(str(csv))) as table:
+        assert table.arrays(["a"], 0, 41)["a"].tolist() == [*range(40), 0.5]
+
+
+def test_the_first_pass_reads_in_bounded_steps(copies: dict[str, Path]) -> None:
+    with open_table(FileSource(str(copies["parquet"]))) as table:
+        steps = [len(a) for a in table.iterate(["uid", "Jet_pt"], 250)]
+        assert sum(steps) == 1500 and max(steps) <= 250
+        assert [len(a) for a in table.iterate([], "1 MB")] and sum(len(a) for a in table.iterate([], "1 MB")) == 1500
+    specs = SpecBuilder([copies["parquet"]], branches=["MET_pt"], step_size="1 kB").build()
+    reference = SpecBuilder([copies["parquet"]], branches=["MET_pt"]).build()
+    assert specs["MET_pt"].count == reference["MET_pt"].count == 1500
+    assert specs["MET_pt"].mean == pytest.approx(reference["MET_pt"].mean, rel=1e-12)
+
+
+# -- missing packages ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "hidden", "extra"),
+    [("a.parquet", "pyarrow.parquet", "parquet"), ("a.csv", "pyarrow", "formats"), ("a.avro", "fastavro", "avro")],
+)
+def test_a_missing_package_says_which_extra_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, hidden: str, extra: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, hidden, None)  # importing it now fails, as if it were not installed
+    with pytest.raises(FileAccessError, match=rf"pip install 'mlaas4hep\[{extra}\]'"):
+        inspect_file(FileSource(str(path)))
+
+
+# -- bad input -------------------------------------------------------------------------------------
+def _lines(path: Path, rows: list[str]) -> None:
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def bad(root_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of good copies and every kind of bad file in each format."""
+    d = tmp_path_factory.mktemp("bad")
+    array = events(root_file)
+    write_copy(array, d / "a.parquet")
+    write_copy(events(write_tree(d / "b.root", 800, seed=2, file_id=1)), d / "b.parquet")
+    write_copy(array[["uid", "MET_pt", "nPV"]], d / "nojets.parquet")
+    write_copy(ak.with_field(array, ak.Array([str(v) for v in array["MET_pt"]]), "MET_pt"), d / "strings.parquet")
+    write_copy(ak.with_field(array, array["Jet_pt"], "MET_pt"), d / "jagged.parquet")
+    met = pa.array([*np.arange(700.0), None, *np.arange(799.0)])
+    pq.write_table(pa.table({"uid": np.arange(1500), "MET_pt": met}), d / "nulls.parquet", row_group_size=500)
+    (d / "text.parquet").write_text("this is not a Parquet file\n" * 10)
+    whole = (d / "a.parquet").read_bytes()
+    (d / "half.parquet").write_bytes(whole[: len(whole) // 2])
+    good = '{"x": 1.5, "j": [1.0, 2.0]}'
+    _lines(d / "malformed.jsonl", [good, good, '{"x": 3.5, "j": [1.0', good])
+    _lines(d / "lacks.jsonl", [good, '{"x": 2.5}', good])
+    _lines(d / "types.jsonl", [good, good, '{"x": "high", "j": []}'])
+    _lines(d / "listed.jsonl", [good, '{"x": 2.5, "j": 3.0}'])
+    _lines(d / "null.jsonl", [good, good, good, '{"x": null, "j": []}'])
+    _lines(d / "array.json", [f"[{good},", f"{good}]"])
+    _lines(d / "fields.csv", ["x,y", "1,2", "3,4", "5", "7,8"])
+    _lines(d / "novalue.csv", ["x,y", "1,2", ",4", "5,6"])
+    _lines(d / "string.csv", ["x,y", "1,2", "3,4", "5,6", "abc,8"])
+    (d / "empty.csv").write_text("")
+    _lines(d / "header.csv", ["x,y"])
+    (d / "text.avro").write_text("not Avro\n")
+    nullable = {"name": "x", "type": ["null", "double"]}
+    schema = fastavro.parse_schema({"type": "record", "name": "E", "fields": [nullable]})
+    with (d / "null.avro").open("wb") as f:
+        fastavro.writer(f, schema, [{"x": 1.0}, {"x": 2.0}, {"x": None}, {"x": 4.0}])
+    union = {"type": "record", "name": "E", "fields": [{"name": "x", "type": ["int", "string"]}]}
+    with (d / "union.avro").open("wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(union), [{"x": 1}, {"x": "a"}])
+    whole = write_copy(array, d / "full.avro").read_bytes()
+    (d / "half.avro").write_bytes(whole[: len(whole) // 2])
+    return d
+
+
+def _bad(d: Path, files: list[str], **kw: Any) -> RootSequence:
+    kw = {"labels": [1, 0][: len(files)], "batch_size": 20, "chunk_size": 100, **kw}
+    return RootSequence([str(d / f) for f in files], **kw)
+
+
+# (id, call, expected error, what the message must name)
+CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
+    ("Parquet missing", lambda d: _bad(d, ["a.parquet", "nope.parquet"]), FileAccessError, "nope.parquet"),
+    ("not Parquet", lambda d: _bad(d, ["text.parquet"]), FileAccessError, r"text\.parquet.*not a readable Parquet"),
+    ("Parquet truncated", lambda d: _bad(d, ["half.parquet"]), FileAccessError, "half.parquet"),
+    (
+        "column missing in one file",
+        lambda d: _bad(d, ["a.parquet", "nojets.parquet"]),
+        BranchError,
+        r"nojets\.parquet lacks.*Jet_pt",
+    ),
+    (
+        "column of strings in one file",
+        lambda d: _bad(d, ["a.parquet", "strings.parquet"]),
+        BranchError,
+        r"'MET_pt' is flat \(float32\) in .*a\.parquet' but string \(string\) in .*strings\.parquet",
+    ),
+    (
+        "column jagged in one file",
+        lambda d: _bad(d, ["b.parquet", "jagged.parquet"]),
+        BranchError,
+        r"'MET_pt' is flat .*b\.parquet' but jagged .*jagged\.parquet",
+    ),
+    (
+        "Parquet null value",
+        lambda d: _bad(d, ["nulls.parquet"], labels=[1]),
+        BranchError,
+        r"'MET_pt' of .*nulls\.parquet' has a missing value \(null\) at entry 700 \(row group 1\)",
+    ),
+    ("JSON line malformed", lambda d: _bad(d, ["malformed.jsonl"]), FileAccessError, r"line 3 of .*malformed\.jsonl"),
+    (
+        "JSON line lacks a field",
+        lambda d: _bad(d, ["lacks.jsonl"]),
+        BranchError,
+        r"line 2 of .*lacks\.jsonl' lacks the fields \['j'\]",
+    ),
+    (
+        "JSON field type differs between lines",
+        lambda d: _bad(d, ["types.jsonl"]),
+        BranchError,
+        r"'x' of .*types\.jsonl' is a string on line 3 and a number on line 1",
+    ),
+    (
+        "JSON list and number",
+        lambda d: _bad(d, ["listed.jsonl"]),
+        BranchError,
+        r"'j' of .*listed\.jsonl' is a number on line 2 and a list of numbers on line 1",
+    ),
+    ("JSON null", lambda d: _bad(d, ["null.jsonl"]), BranchError, r"'x' is null on line 4 of .*null\.jsonl"),
+    ("JSON array, not lines", lambda d: _bad(d, ["array.json"]), FileAccessError, r"line 1 of .*array\.json' is not"),
+    (
+        "CSV line of other fields",
+        lambda d: _bad(d, ["fields.csv"]),
+        FileAccessError,
+        r"line 4 of .*fields\.csv. has 1 field,",
+    ),
+    ("CSV value missing", lambda d: _bad(d, ["novalue.csv"]), BranchError, r"'x' has no value on line 3 of"),
+    (
+        "CSV string among numbers",
+        lambda d: _bad(d, ["string.csv"]),
+        BranchError,
+        r"'x' of .*string\.csv' holds a string on line 5",
+    ),
+    ("CSV empty", lambda d: _bad(d, ["empty.csv"]), FileAccessError, r"empty\.csv' is empty"),
+    ("CSV header only", lambda d: _bad(d, ["header.csv"]), TreeError, r"header\.csv' has 0 entries"),
+    ("not Avro", lambda d: _bad(d, ["text.avro"]), FileAccessError, r"text\.avro' is not a readable Avro"),
+    ("Avro null", lambda d: _bad(d, ["null.avro"]), BranchError, r"'x' is null in record 3 of .*null\.avro"),
+    ("Avro union", lambda d: _bad(d, ["union.avro"]), BranchError, r"'x' is a union of \['int', 'string'\]"),
+    ("Avro truncated", lambda d: _bad(d, ["half.avro"]), FileAccessError, r"half\.avro' after record"),
+    (
+        "CSV from a server",
+        lambda d: RootSequence(["http://127.0.0.1:9/e.csv"], labels=[1]),
+        FileAccessError,
+        r"e\.csv'.*local paths only",
+    ),
+    (
+        "unknown format",
+        lambda d: RootSequence([FileSource(str(d / "a.parquet"), format="hdf5")], labels=[1]),
+        ParameterError,
+        "format 'hdf5'",
+    ),
+]
+
+BUILTIN = {FileAccessError: FileNotFoundError, TreeError: KeyError, BranchError: KeyError, ParameterError: ValueError}
+
+
+@pytest.mark.parametrize(("call", "error", "culprit"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(bad: Path, call: Callable[[Path], Any], error: type[Exception], culprit: str) -> None:
+    with pytest.raises(error, match=culprit) as info:
+        call(bad)
+    assert isinstance(info.value, MLaaS4HEPError) and isinstance(info.value, BUILTIN[error])
+
+
+def test_a_type_that_differs_between_blocks_names_its_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks parse alone: a string far down a column of numbers is found on its own line."""
+    monkeypatch.setattr(mlaas4hep.inputs.formats.lines, "BLOCK_BYTES", 64)
+    path = tmp_path / "late.csv"
+    _lines(path, ["x,y", *(f"{i},{i}" for i in range(60)), "7,seven"])
+    with pytest.raises(BranchError, match=r"'y' of .*late\.csv' holds a string on line 62 \('seven'\)"):
+        inspect_file(FileSource(str(path)))
