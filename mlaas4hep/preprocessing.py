@@ -17,16 +17,15 @@ with a clear error.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._json import load_json, write_json
 from .errors import BranchError, ParameterError, SpecsError
 from .inputs.contents import FileInfo
 from .inputs.selection import Selection
@@ -337,14 +336,7 @@ class Preprocessing:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the recipe as JSON, atomically (a temporary file renamed into place); return the path."""
-        target = Path(path)
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        target = write_json(path, self.to_dict(), "preprocessing")
         log.info("wrote the preprocessing (%d features) to %s", self.num_features, target)
         return target
 
@@ -360,23 +352,4 @@ class Preprocessing:
         ParameterError
             If it names a layout this version does not support.
         """
-        where = os.fspath(path)
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError as err:
-            msg = f"preprocessing file {where!r} does not exist"
-            raise SpecsError(msg) from err
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            msg = f"preprocessing file {where!r} is not valid JSON: {err}"
-            raise SpecsError(msg) from err
-        if not isinstance(data, dict):
-            msg = f"preprocessing file {where!r} holds a {type(data).__name__}, not a JSON object"
-            raise SpecsError(msg)
-        try:
-            return cls.from_dict(data)
-        except (SpecsError, ParameterError) as err:
-            msg = f"preprocessing file {where!r}: {err}"
-            raise type(err)(msg) from err
-        except (KeyError, TypeError, ValueError) as err:
-            msg = f"preprocessing file {where!r} is malformed: {type(err).__name__}: {err}"
-            raise SpecsError(msg) from err
+        return load_json(path, "preprocessing file", cls.from_dict, SpecsError)

@@ -26,6 +26,7 @@ about every tenth of the files.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import importlib
 import logging
 import os
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ..errors import ParameterError
+from .formats.decompression import chosen_zlib, use_zlib
 
 __all__ = ["EXECUTORS", "map_files"]
 
@@ -155,6 +157,9 @@ def map_files(
                 tick()
             return results
         own = executor in (None, "threads")
+        library = chosen_zlib()
+        if library and not own and not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            fn = functools.partial(_with_zlib, library, fn)  # another process: the user's choice goes along
         pool: Any = (
             concurrent.futures.ThreadPoolExecutor(
                 min(len(items), os.cpu_count() or 1), thread_name_prefix="mlaas4hep-scan"
@@ -177,3 +182,9 @@ def map_files(
     finally:
         if bar is not None:
             bar.close()
+
+
+def _with_zlib(library: str, fn: Callable[..., R], *args: Any) -> R:
+    """``fn(*args)`` after choosing the ZLIB library the caller's process uses (in a process of its own)."""
+    use_zlib(library)
+    return fn(*args)

@@ -66,16 +66,29 @@ def _xrootd_in_process() -> bool:
 XROOTD_DEFAULTS = {"XRD_TIMEOUTRESOLUTION": "1"}
 
 
+def _xrootd_settings() -> dict[str, str]:
+    """The settings of :data:`XROOTD_DEFAULTS` that the environment does not set."""
+    return {key: value for key, value in XROOTD_DEFAULTS.items() if key not in os.environ}
+
+
 def preload_xrootd() -> None:
-    """Import ``XRootD.client`` now, if it is installed and TensorFlow is not loaded yet."""
-    for key, value in XROOTD_DEFAULTS.items():  # read when the client starts, here or in the helper process
-        os.environ.setdefault(key, value)
+    """Import ``XRootD.client`` now, if it is installed and TensorFlow is not loaded yet.
+
+    XRootD reads its settings from the environment when its client starts:
+    :data:`XROOTD_DEFAULTS` are in the environment only while it is imported
+    (and in the helper process's), so that the process's environment is left as it was.
+    """
     if "XRootD.client" in sys.modules or "tensorflow" in sys.modules or not _installed("XRootD"):
         return
+    added = _xrootd_settings()
+    os.environ.update(added)
     try:
         import XRootD.client  # noqa: F401
     except ImportError:  # a broken install: open_options says what to do when a root:// file is used
         return
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
     atexit.register(_quiet_xrootd_exit)  # after XRootD's own exit handler, so it runs before it
 
 
@@ -141,7 +154,7 @@ class _Worker:
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
         code = "import sys; from mlaas4hep.inputs.remote import _serve; _serve(int(sys.argv[1]))"
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
+        env = dict(os.environ, **_xrootd_settings(), TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
         self.process = subprocess.Popen(
             [sys.executable, "-c", code, str(theirs.fileno())], pass_fds=(theirs.fileno(),), env=env
         )

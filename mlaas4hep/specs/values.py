@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from .._arrays import integer_difference
-from ..errors import BranchError, FileAccessError, ParameterError, SpecsError
+from .._json import load_json, write_json
+from ..errors import BranchError, ParameterError, SpecsError
 from ..inputs.contents import FileInfo
 
 __all__ = ["DEFAULT_EXCLUDE", "QUANTILES", "BranchSpec", "FileSpec", "Specs"]
@@ -407,17 +407,7 @@ class Specs:
         shared specs file while another writes it see the old file or the new
         one, never a partial one.
         """
-        target = Path(path)
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False, default=_json_default)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, target)
-        except OSError as err:
-            msg = f"cannot write the specs to {os.fspath(path)!r}: {err.strerror or err}"
-            raise FileAccessError(msg) from err
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_json(path, self.to_dict(), "specs", default=_json_default)
         log.info("wrote specs to %s", path)
 
     @staticmethod
@@ -445,26 +435,14 @@ class Specs:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Specs:
-        """Read specs written by :meth:`save` or by the original MLaaS4HEP."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError as err:
-            msg = f"specs file {os.fspath(path)!r} does not exist"
-            raise SpecsError(msg) from err
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            msg = f"specs file {os.fspath(path)!r} is not valid JSON: {err}"
-            raise SpecsError(msg) from err
-        if not isinstance(data, dict):
-            msg = f"specs file {os.fspath(path)!r} holds a {type(data).__name__}, not a JSON object"
-            raise SpecsError(msg)
-        try:
-            return cls.from_dict(data)
-        except SpecsError as err:
-            msg = f"specs file {os.fspath(path)!r}: {err}"
-            raise SpecsError(msg) from err
-        except (KeyError, TypeError, ValueError) as err:
-            msg = f"specs file {os.fspath(path)!r} is malformed: {type(err).__name__}: {err}"
-            raise SpecsError(msg) from err
+        """Read specs written by :meth:`save` or by the original MLaaS4HEP.
+
+        Raises
+        ------
+        SpecsError
+            If the file is missing, not JSON, not specs, or malformed (the message names the file).
+        """
+        return load_json(path, "specs file", cls.from_dict, SpecsError)
 
 
 def _json_default(obj: Any) -> Any:

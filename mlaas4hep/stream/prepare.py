@@ -19,7 +19,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -198,8 +198,8 @@ def prepare(
         plan,
         tuple(infos),
     )
-    if outputs.balance_classes:
-        outputs.set_class_totals(_class_totals(dataset))
+    if outputs.balance_classes:  # the factors need the data: a new value with them, nothing changed after
+        dataset = replace(dataset, outputs=outputs.with_class_totals(_class_totals(dataset)))
     return dataset
 
 

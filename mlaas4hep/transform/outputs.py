@@ -18,6 +18,7 @@ returns ``y`` and the sample weights ``w`` that Keras' ``fit`` takes as
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -201,12 +202,18 @@ class Outputs:
             w *= self.class_factors[y.astype(np.int64)]
         return y, w.astype(np.float32)
 
-    def set_class_totals(self, totals: np.ndarray) -> None:
-        """Balance the classes, given each class's total weight before balancing.
+    def with_class_totals(self, totals: np.ndarray) -> Outputs:
+        """A copy that balances the classes, given each class's total weight before balancing.
 
         Class ``c`` gets the factor ``mean(totals of the classes present) / totals[c]``:
         every class present then weighs the same, and the mean weight stays 1
-        when the input weights average 1.
+        when the input weights average 1. ``self`` is left as it is.
+
+        Examples
+        --------
+        >>> out = Outputs(2, labels=[0, 1], balance_classes=True)
+        >>> out.with_class_totals(np.array([30.0, 10.0])).class_factors.tolist()
+        [0.6666666666666666, 2.0]
         """
         totals = np.asarray(totals, dtype=np.float64)
         if self.num_classes is not None and totals.size < self.num_classes:
@@ -217,7 +224,9 @@ class Outputs:
             raise ParameterError(msg)
         factors = np.zeros_like(totals)
         factors[present] = totals[present].mean() / totals[present]
-        self.class_factors = factors
+        balanced = copy.copy(self)
+        balanced.class_factors = factors
+        return balanced
 
     def batch_y(self, y: np.ndarray | None) -> np.ndarray | None:
         """``y`` as served: one-hot encoded when asked for."""

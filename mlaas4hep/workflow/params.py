@@ -131,7 +131,7 @@ def load_params(path: str | os.PathLike[str]) -> WorkflowParams:
         If it is not a JSON object, or a key is unknown or has a wrong value.
     """
     where = os.fspath(path)
-    data = read_json(path, "--params", "params file")
+    data = read_json(path, "params file", option="--params")
     if not isinstance(data, dict):
         msg = f"--params: {where!r} holds a {type(data).__name__}, not a JSON object"
         raise ParameterError(msg)

@@ -183,5 +183,5 @@ def load_preproc(path: str | os.PathLike[str]) -> Preproc:
     ParameterError
         If it is not valid JSON or not a valid preproc.json.
     """
-    data = read_json(path, "--preproc", "preproc file")
+    data = read_json(path, "preproc file", option="--preproc")
     return translate_preproc(data, f"--preproc {os.fspath(path)!r}")

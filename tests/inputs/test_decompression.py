@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import os
 
 import awkward as ak
@@ -13,6 +15,7 @@ from conftest import SHARED_DATA, write_tree
 
 from mlaas4hep import RootSequence, use_zlib, zlib_library
 from mlaas4hep.errors import ParameterError
+from mlaas4hep.inputs.executors import map_files
 from mlaas4hep.inputs.formats import decompression
 
 pytest.importorskip("isal")
@@ -114,9 +117,16 @@ def test_a_library_chosen_on_uproots_class_after_the_default_is_used(fresh):
     assert decompression.default_zlib() == "deflate"
 
 
-def test_use_zlib_is_passed_on_to_processes_started_afresh(fresh):
-    use_zlib("zlib")
-    assert os.environ[decompression.ENVIRONMENT] == "zlib"
+def _library(_: object) -> str:
+    return zlib_library()
+
+
+def test_use_zlib_goes_with_the_tasks_to_processes_started_afresh_and_leaves_the_environment_alone(fresh):
+    use_zlib("isal")  # a fresh process decompresses with zlib until told otherwise
+    assert decompression.ENVIRONMENT not in os.environ
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        assert map_files(_library, [1, 2], executor=pool) == ["isal", "isal"]
 
 
 def test_the_environment_may_name_isal(fresh, monkeypatch):

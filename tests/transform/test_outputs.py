@@ -99,8 +99,9 @@ def test_outputs_weights_and_balancing():
     files, labels = np.array([0, 0, 1, 1, 1]), np.array([0, 0, 1, 1, 1], np.float32)
     _, w = out.extract(pieces, files, labels, balanced=False)
     np.testing.assert_allclose(w, [2, 6, 1, 1, 2])
-    out.set_class_totals(np.bincount(labels.astype(int), weights=w))
-    _, w = out.extract(pieces, files, labels)
+    balanced = out.with_class_totals(np.bincount(labels.astype(int), weights=w))
+    assert out.class_factors is None  # a new value: the one given is left as it is
+    _, w = balanced.extract(pieces, files, labels)
     assert w[:2].sum() == pytest.approx(w[2:].sum()) and w.sum() == pytest.approx(12)
 
 

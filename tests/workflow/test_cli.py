@@ -134,7 +134,7 @@ def test_cli_errors_exit_2_with_message(
     with pytest.raises(SystemExit):
         workflow_main([*args, "--preproc", "preproc.py"])
     err = capsys.readouterr().err
-    assert "--preproc" in err and "preproc.py" in err and "not found" in err
+    assert "--preproc" in err and "preproc.py" in err and "does not exist" in err
     with pytest.raises(SystemExit):
         workflow_main([*args, "--dtype", "csv"])
     assert "only ROOT files" in capsys.readouterr().err

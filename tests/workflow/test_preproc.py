@@ -71,7 +71,7 @@ def test_preproc_errors_name_the_place(data: dict[str, Any], match: str) -> None
 
 
 def test_load_preproc_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileAccessError, match="not found"):
+    with pytest.raises(FileAccessError, match="does not exist"):
         load_preproc(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{")

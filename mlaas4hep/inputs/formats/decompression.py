@@ -21,7 +21,10 @@ When mlaas4hep first opens a ROOT file, it has uproot use ISA-L, unless
 
 The setting is uproot's, for the whole process and the processes it forks:
 the user's own uproot reads get faster too, and read the same numbers. uproot's
-writing is not affected.
+writing is not affected. A library chosen with :func:`use_zlib` travels with
+the first pass's tasks to processes started afresh (a Dask cluster, a
+``spawn`` process pool: :func:`~mlaas4hep.inputs.executors.map_files`);
+mlaas4hep never writes the environment.
 
 Examples
 --------
@@ -43,7 +46,7 @@ import uproot.compression
 
 from ...errors import ParameterError
 
-__all__ = ["ENVIRONMENT", "LIBRARIES", "default_zlib", "use_zlib", "zlib_library"]
+__all__ = ["ENVIRONMENT", "LIBRARIES", "chosen_zlib", "default_zlib", "use_zlib", "zlib_library"]
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +54,13 @@ LIBRARIES = ("zlib", "isal", "deflate")
 """Libraries uproot can decompress ZLIB baskets with, as :func:`use_zlib` accepts them."""
 
 ENVIRONMENT = "MLAAS4HEP_ZLIB"
-"""Environment variable naming the library to use (one of :data:`LIBRARIES`); :func:`use_zlib` sets it."""
+"""Environment variable naming the library to use (one of :data:`LIBRARIES`), set by the user."""
 
 _MODULES = {"zlib": "zlib", "isal": "isal.isal_zlib", "deflate": "deflate"}
 _lock = threading.Lock()
 _decided = False  # whether the library was chosen in this process (by default_zlib or use_zlib)
 _ours = False  # whether the library in use is the default that default_zlib set
+_chosen: str | None = None  # the library given to use_zlib in this process
 
 
 def _decompressor() -> Any:
@@ -86,11 +90,12 @@ def zlib_library() -> str:
 
 
 def use_zlib(library: str) -> None:
-    """Have uproot decompress ZLIB baskets with ``library`` from now on, here and in processes started after.
+    """Have uproot decompress ZLIB baskets with ``library`` from now on, in this process and its tasks' processes.
 
-    mlaas4hep then leaves the choice alone (see :func:`default_zlib`). It is
-    also put in :data:`ENVIRONMENT`, which processes that start afresh
-    (``spawn``, Dask workers) read.
+    mlaas4hep then leaves the choice alone (see :func:`default_zlib`). The
+    first pass's tasks carry it to processes that start afresh (``spawn``,
+    Dask workers), where it is chosen again (:func:`chosen_zlib`); the
+    environment is left as it is.
 
     Parameters
     ----------
@@ -109,7 +114,7 @@ def use_zlib(library: str) -> None:
     >>> zlib_library()
     'zlib'
     """
-    global _decided, _ours
+    global _decided, _ours, _chosen
     _check(library, "library")
     decompressor = _decompressor()
     if decompressor is None and library != "zlib":
@@ -118,8 +123,19 @@ def use_zlib(library: str) -> None:
     with _lock:
         if decompressor is not None:
             decompressor.library = library
-        os.environ[ENVIRONMENT] = library
-        _decided, _ours = True, False
+        _decided, _ours, _chosen = True, False, library
+
+
+def chosen_zlib() -> str | None:
+    """The library given to :func:`use_zlib` in this process, or None if it was not called.
+
+    Examples
+    --------
+    >>> use_zlib("zlib")
+    >>> chosen_zlib()
+    'zlib'
+    """
+    return _chosen
 
 
 def _check(library: str, where: str) -> None:
