@@ -15,10 +15,11 @@ BACKENDS_STAMP := $(VENV)/.backends-installed
 setup: $(STAMP)
 
 # An editable install: the tests and the demo run the package in mlaas4hep/ as installed in .venv.
+# test: what `make test` needs; dev: the pinned ruff and mypy of `make lint`, and pre-commit.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
 	touch $(STAMP)
 
 demo: setup
@@ -47,11 +48,13 @@ test-backends: setup $(BACKENDS_STAMP)
 	done
 
 $(BACKENDS_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[test,backends]"
+	$(BIN)/python -m pip install --quiet -e ".[test,dev,backends]"
 	touch $(BACKENDS_STAMP)
 
-# The gate every commit passes: ruff (lint and format), mypy --strict on the package, and the size limits
+# The gate every commit passes: ruff (lint and format), mypy --strict on the package, and the size limits.
+# .pre-commit-config.yaml runs the same four checks; `$(BIN)/pre-commit install` makes every commit run them.
 lint: setup
+	$(BIN)/pre-commit validate-config .pre-commit-config.yaml
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

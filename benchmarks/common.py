@@ -217,7 +217,7 @@ def format_result(r: Result) -> str:
 
 
 def print_table(results: Sequence[Result]) -> None:
-    """The summary table, in Markdown so that it can be pasted into docs/performance.md."""
+    """The summary table, in Markdown so that it can be pasted into docs/pages/performance.md."""
     print()
     print("| target | measured | goal | met | detail |")
     print("|---|---|---|---|---|")

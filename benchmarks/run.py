@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             print(format_result(result), flush=True)
             results.append(result)
         logging.getLogger("benchmarks").info("%s took %.0f s", name, time.perf_counter() - t)
-    print("\n[7] against ROOT's RDataLoader: not measured here (make bench-root), see docs/performance.md")
+    print("\n[7] against ROOT's RDataLoader: not measured here (make bench-root), see docs/pages/performance.md")
     print_table(results)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     return 0

@@ -37,7 +37,7 @@ from .stream.reader import ChunkReader
 from .transform.flatten import JaggedFlattener
 from .workflow.preproc import load_preproc, translate_preproc
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written: pyproject.toml reads it
 
 __all__ = [
     "BranchError",

@@ -266,7 +266,7 @@ class Preprocessing:
     def check_file(self, info: FileInfo, cut: str | None = None) -> None:
         """Raise :class:`~mlaas4hep.errors.BranchError` unless the file holds what the inputs (and ``cut``) read.
 
-        ``info`` comes from :func:`~mlaas4hep.inputs.sources.inspect_file`: the
+        ``info`` comes from :func:`~mlaas4hep.inputs.contents.inspect_file`: the
         branches the features, their aliases and the cut read must be there,
         each flat or jagged as in the specs.
         """

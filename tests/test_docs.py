@@ -1,4 +1,8 @@
-"""The documentation builds with mkdocs in strict mode (warnings are errors)."""
+"""The documentation builds with mkdocs in strict mode (warnings are errors), and says what the code does.
+
+Also the contributor's files: the changelog names the current version, and the
+pre-commit hooks run what ``make lint`` runs.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,30 @@ def test_docs_build_strict(tmp_path: Path) -> None:
     assert "RootDataset" in api  # the PyTorch face
     guide = (site / "workflow" / "index.html").read_text()
     assert "test_split" in guide and "exclude_branches" in guide
+    assert "make bench" in (site / "performance" / "index.html").read_text()
+
+
+def test_every_page_is_inside_docs_dir() -> None:
+    """A page outside docs/pages/ is left out of the built site without a word."""
+    outside = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert not outside, f"pages outside docs/pages/, so not in the site: {outside}"
+
+
+def test_the_changelog_names_this_version() -> None:
+    import mlaas4hep
+
+    text = (ROOT / "CHANGELOG.md").read_text()
+    assert f"\n## {mlaas4hep.__version__} - " in text
+
+
+def test_pre_commit_runs_what_make_lint_runs() -> None:
+    yaml = pytest.importorskip("yaml")
+    lines = (ROOT / "Makefile").read_text().split("\nlint:", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    lint = [line.strip().replace("$(BIN)/", ".venv/bin/") for line in lines]
+    lint = [command for command in lint if "pre-commit validate-config" not in command]
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    hooks = [hook["entry"] for repo in config["repos"] for hook in repo["hooks"]]
+    assert hooks == lint
 
 
 def test_every_params_key_is_documented() -> None:

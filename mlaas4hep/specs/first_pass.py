@@ -242,7 +242,7 @@ class SpecBuilder:
             format (the original MLaaS4HEP's ``global-specs.json``) is never
             replaced: the specs go beside it (see :func:`own_specs_path`).
         files : sequence of FileInfo, optional
-            The files as :func:`~mlaas4hep.inputs.sources.inspect_file` described them,
+            The files as :func:`~mlaas4hep.inputs.contents.inspect_file` described them,
             one per source: then they are not opened again to be checked.
         """
         infos = list(files) if files is not None else self.inspect()
@@ -297,7 +297,7 @@ class SpecBuilder:
     def scan(self, files: Sequence[FileInfo] | None = None) -> Specs:
         """The first pass itself: check every file's branches, then scan them (no cache, no reuse).
 
-        ``files`` are the files as :func:`~mlaas4hep.inputs.sources.inspect_file`
+        ``files`` are the files as :func:`~mlaas4hep.inputs.contents.inspect_file`
         described them; by default each file is opened to be described.
         """
         return self._scan(list(files) if files is not None else self.inspect())

@@ -269,7 +269,7 @@ class FileSpec:
 
     @classmethod
     def from_info(cls, info: FileInfo) -> FileSpec:
-        """The fingerprint of a file as :func:`~mlaas4hep.inputs.sources.inspect_file` saw it."""
+        """The fingerprint of a file as :func:`~mlaas4hep.inputs.contents.inspect_file` saw it."""
         return cls(info.source.location, info.source.tree, info.entries, info.size, info.mtime, info.uuid)
 
     @property

@@ -39,6 +39,7 @@ __all__ = [
     "check_finite",
     "check_split",
     "finite_outputs",
+    "keep_finite",
     "warn_data",
 ]
 
