@@ -27,7 +27,7 @@ def bench_scores(cfg: Config) -> list[Result]:
     batch = min(10 * cfg.batch_size, cfg.chunk_size)
     files = [str(p) for p in cfg.files]
     probe = cfg.sequence(shuffle=False, batch_size=batch)
-    recipe = Preprocessing.from_prepared(probe.prepared)
+    loaded = Preprocessing.from_prepared(probe.prepared)
     n_events, features = probe.n_events, probe.num_features
     probe.close()
     model = seed_model(features)
@@ -47,7 +47,7 @@ def bench_scores(cfg: Config) -> list[Result]:
             write_scores(
                 model,
                 files,
-                preprocessing=recipe,
+                preprocessing=loaded,
                 output_dir=out,
                 batch_size=batch,
                 chunk_size=cfg.chunk_size,

@@ -119,8 +119,8 @@ class Preprocessing:
     Examples
     --------
     >>> train.save_preprocessing("model.preprocessing.json")  # doctest: +SKIP
-    >>> recipe = Preprocessing.load("model.preprocessing.json")  # doctest: +SKIP
-    >>> recipe.num_features == train.num_features  # doctest: +SKIP
+    >>> loaded = Preprocessing.load("model.preprocessing.json")  # doctest: +SKIP
+    >>> loaded.num_features == train.num_features  # doctest: +SKIP
     True
     """
 
@@ -154,7 +154,7 @@ class Preprocessing:
     # -- making one -------------------------------------------------------------------------------
     @classmethod
     def from_prepared(cls, dataset: PreparedData) -> Preprocessing:
-        """The recipe of the inputs that ``dataset`` (a sequence's ``dataset``) makes.
+        """The preprocessing of the inputs that ``prepared`` (a sequence's ``prepared``) makes.
 
         The specs keep only the statistics of the features: neither the
         training files nor the cut's result on them.
@@ -314,7 +314,7 @@ class Preprocessing:
         if not isinstance(version, int) or not 1 <= version <= VERSION:
             msg = f"preprocessing version {version!r} is not one this mlaas4hep reads (1 to {VERSION}); upgrade it"
             raise SpecsError(msg)
-        recipe = cls(
+        loaded = cls(
             Specs.from_dict(data["specs"]),
             dict(data["widths"]),
             normalization=data["normalization"],
@@ -326,23 +326,23 @@ class Preprocessing:
             layout=str(data["layout"]),
             collections={k: tuple(v) for k, v in dict(data.get("collections") or {}).items()},
         )
-        if list(data["branches"]) != recipe.branches or int(data["num_features"]) != recipe.num_features:
+        if list(data["branches"]) != loaded.branches or int(data["num_features"]) != loaded.num_features:
             msg = (
                 f"its branches {list(data['branches'])} and {data['num_features']} features do not match "
-                f"its specs ({recipe.branches}, {recipe.num_features} features)"
+                f"its specs ({loaded.branches}, {loaded.num_features} features)"
             )
             raise SpecsError(msg)
-        return recipe
+        return loaded
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the recipe as JSON, atomically (a temporary file renamed into place); return the path."""
+        """Write the preprocessing as JSON, atomically (a temporary file renamed into place); return the path."""
         target = write_json(path, self.to_dict(), "preprocessing")
         log.info("wrote the preprocessing (%d features) to %s", self.num_features, target)
         return target
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Preprocessing:
-        """Read a recipe written by :meth:`save`.
+        """Read a preprocessing written by :meth:`save`.
 
         Raises
         ------

@@ -81,7 +81,7 @@ class _Scorer:
     loads the model when first used.
     """
 
-    recipe: Preprocessing
+    preprocessing: Preprocessing
     options: Options
     branches: tuple[str, ...]
     rntuple: bool
@@ -139,10 +139,10 @@ def _resolve_model(model: Any, executor: Any) -> tuple[Any, str | None]:
     return _load_model(path), str(path.resolve())
 
 
-def _output_width(model: Any, recipe: Preprocessing) -> int:
+def _output_width(model: Any, preprocessing: Preprocessing) -> int:
     """How many scores the model gives per event, checking that it takes the preprocessing's inputs."""
-    spec = recipe.input_spec
-    features = recipe.num_features
+    spec = preprocessing.input_spec
+    features = preprocessing.num_features
     try:
         inputs = list(model.inputs)  # functional and sequential models; a subclassed one may not know them
     except (AttributeError, TypeError, ValueError):
@@ -152,15 +152,15 @@ def _output_width(model: Any, recipe: Preprocessing) -> int:
         msg = f"the model takes {len(inputs)} inputs; the preprocessing makes {len(expected)}: {expected}"
         raise ParameterError(msg)
     sizes = [t.shape[-1] for t in inputs if t.shape and t.shape[-1] is not None]
-    if recipe.layout == "flat" and any(int(size) != features for size in sizes):
+    if preprocessing.layout == "flat" and any(int(size) != features for size in sizes):
         msg = (
             f"the model takes inputs of {sizes[0]} features, but the preprocessing makes {features} "
-            f"({len(recipe.branches)} branches): was it trained with this preprocessing?"
+            f"({len(preprocessing.branches)} branches): was it trained with this preprocessing?"
         )
         raise ParameterError(msg)
     zeros = {name: np.zeros((1, *shape), dtype=np.float32) for name, (shape, _) in spec.items()}
     try:
-        out = model.predict_on_batch(zeros if len(zeros) > 1 or recipe.layout != "flat" else zeros["features"])
+        out = model.predict_on_batch(zeros if len(zeros) > 1 or preprocessing.layout != "flat" else zeros["features"])
     except (ValueError, TypeError) as err:
         msg = f"the model cannot take the preprocessing's inputs ({features} features): {err}"
         raise ParameterError(msg) from err
@@ -259,7 +259,7 @@ def write_scores(
     cut : str, optional
         Entries where it is false get NaN (the friend keeps every entry); in
         uproot's expression language, with the preprocessing's aliases.
-        Default: every entry is scored. The training cut is ``recipe.cut``.
+        Default: every entry is scored. The training cut is the preprocessing's.
     batch_size, chunk_size : int
         Events per prediction, and per chunk read (and per block written).
     prefetch : int
@@ -291,12 +291,12 @@ def write_scores(
     Examples
     --------
     >>> from mlaas4hep import write_scores
-    >>> recipe = "model.preprocessing.json"
-    >>> write_scores("model.keras", ["data.root"], preprocessing=recipe, output_dir="scores")  # doctest: +SKIP
+    >>> path = "model.preprocessing.json"
+    >>> write_scores("model.keras", ["data.root"], preprocessing=path, output_dir="scores")  # doctest: +SKIP
     [PosixPath('scores/data_score.root')]
     """
-    recipe = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.load(preprocessing)
-    options = recipe.options(cut=cut, tree=tree, batch_size=batch_size, chunk_size=chunk_size, prefetch=prefetch)
+    loaded = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.load(preprocessing)
+    options = loaded.options(cut=cut, tree=tree, batch_size=batch_size, chunk_size=chunk_size, prefetch=prefetch)
     if not isinstance(name, str) or not name.isidentifier():
         msg = f"name must be a branch name (letters, digits and _), got {name!r}"
         raise ParameterError(msg)
@@ -307,13 +307,13 @@ def write_scores(
     outputs = output_paths(sources, output_dir, name)
     _check_outputs(sources, outputs, output_dir, overwrite)
     live, path = _resolve_model(model, executor)
-    branches = _branch_names(name, _output_width(live, recipe))
+    branches = _branch_names(name, _output_width(live, loaded))
     infos = map_files(inspect_file, sources, executor=executor, desc="files")
     for info in infos:
-        recipe.check_file(info, cut)
+        loaded.check_file(info, cut)
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     in_process = _in_process(executor)
-    scorer = _Scorer(recipe, options, branches, bool(rntuple), path, live if in_process else None)
+    scorer = _Scorer(loaded, options, branches, bool(rntuple), path, live if in_process else None)
     jobs = [_Job(info, output) for info, output in zip(infos, outputs, strict=True)]
     return map_files(_score_file, jobs, scorer, executor="serial" if executor is None else executor, desc="scores")
 
@@ -374,7 +374,7 @@ class _FriendWriter:
 def _score_file(job: _Job, scorer: _Scorer) -> Path:
     """Score one input tree into ``job.output`` (through a temporary file renamed into place)."""
     source, entries = job.info.source, job.info.entries
-    selection = scorer.recipe.selection(scorer.options.cut)
+    selection = scorer.preprocessing.selection(scorer.options.cut)
     mask = scan_selection([source], selection)[0] if selection.cut is not None else None
     selected = None if mask is None else np.flatnonzero(mask)
     n_events = entries if selected is None else len(selected)
@@ -400,9 +400,9 @@ def _predictions(source: FileSource, entries: int, mask: np.ndarray | None, scor
     """The scores of the events of ``source`` (those where ``mask`` is true), batch by batch, in order."""
     options = scorer.options
     if mask is not None:  # the cut's result for this file, recorded as the specs record it: not evaluated again
-        selection = scorer.recipe.selection(options.cut)
+        selection = scorer.preprocessing.selection(options.cut)
         file = FileSpec(source.location, source.tree, entries, selected=int(mask.sum()), mask=encode_mask(mask))
-        specs = replace(scorer.recipe.specs, files=(file,), selection=selection.to_dict())
+        specs = replace(scorer.preprocessing.specs, files=(file,), selection=selection.to_dict())
         options = replace(options, specs=specs)
     dataset = prepare([source], None, options)
     assert options.seed is not None  # filled in by Options
