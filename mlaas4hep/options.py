@@ -1,52 +1,215 @@
-"""Every argument of a face (:class:`~mlaas4hep.RootSequence`) but the files and labels, checked once.
+"""The options of the faces, declared once (:class:`Options`), and what the faces make of them.
 
-:class:`Options` is a frozen, picklable value: made from a face's arguments,
-it checks each of them when it is made (a :class:`~mlaas4hep.errors.ParameterError`
-names the argument and quotes the value) and fills in the defaults that depend
-on others (``shuffle`` and ``seed``). Each step of the data path reads its own
-options from it: dataset preparation, flattening, the epoch layout, the pipeline.
+:class:`Options` checks every option when made, before any file is opened,
+and each step of the data path reads its own options from it.
+:func:`takes_options` gives a face the signature and documentation of its
+options (``inspect.signature``, ``help()``), :class:`OptionView` an
+attribute per option (``seq.batch_size``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 import numpy as np
 
-from ._checks import check_fraction, check_int, check_number
+from ._checks import (
+    check_choice,
+    check_file_weights,
+    check_finite,
+    check_flag,
+    check_int,
+    check_mapping,
+    check_names,
+    check_number,
+    check_shard,
+    check_split,
+    check_text,
+    check_widths,
+    docstring_parameters,
+    known_names,
+    with_parameters,
+)
 from .errors import ParameterError
+from .inputs.selection import Selection
 from .inputs.sources import DEFAULT_TREE
 from .specs.values import Specs
+from .transform.flatten import NORMALIZATIONS
 
-__all__ = ["LAYOUTS", "SUBSETS", "Options"]
+__all__ = ["FACES", "LAYOUTS", "SUBSETS", "OptionView", "Options", "option_docs", "takes_options"]
 
 SUBSETS = ("training", "validation", "test")
 """Values of ``subset``."""
 
-_FLAGS = ("common_branches", "balance_classes", "one_hot", "mask_output", "use_multiprocessing", "drop_nonfinite")
-
 LAYOUTS = ("flat", "collections")
 """Values of ``layout``: a padded vector per event, or a tensor per collection (:mod:`mlaas4hep.transform.tensors`)."""
 
+FACES = ("RootSequence", "RootDataset")
+"""The faces that take options: the Keras face and the PyTorch face."""
 
-def _names(value: str | Sequence[str] | None, name: str) -> tuple[str, ...] | None:
-    """A name or a sequence of names as a tuple (None stays None)."""
-    if value is None:
-        return None
-    names = (value,) if isinstance(value, str) else tuple(value)
-    if not all(isinstance(n, str) for n in names):
-        msg = f"{name} must be a branch name or a sequence of branch names, got {value!r}"
-        raise ParameterError(msg)
-    return names
+_FLAGS = ("common_branches", "balance_classes", "one_hot", "mask_output", "use_multiprocessing", "drop_nonfinite")
+
+# field metadata: the faces that take an option (default: every face)
+_SEQUENCE_ONLY = MappingProxyType({"faces": ("RootSequence",)})  # Keras' own and the shards (RootDataset: ranks)
+_NO_FACE = MappingProxyType({"faces": ()})  # set by a saved preprocessing, not by hand
+
+_EXPRESSION = functools.partial(check_text, what="an expression (a non-empty string)")
+_MEMBERS = functools.partial(check_names, lone=False, empty=False)  # the branches of a collection
+
+C = TypeVar("C", bound=type)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Options:
-    """The arguments of :class:`~mlaas4hep.RootSequence` (see there) besides ``files`` and ``labels``.
+    """Every option of the faces, checked when made: a frozen, picklable value.
+
+    A face (:class:`~mlaas4hep.RootSequence`, :class:`~mlaas4hep.torch.RootDataset`) takes its files and labels, then
+    these options by keyword, each checked here before any file is opened: a bad value raises
+    :class:`~mlaas4hep.errors.ParameterError` naming the option and quoting the value. The faces' signatures, their
+    ``help()`` and their attributes (``seq.batch_size``) are made from these fields and entries.
+
+    Parameters
+    ----------
+    tree : str
+        Tree (TTree or RNTuple) for files that do not name one (``"file.root:tree"`` does).
+    branches : sequence of str, optional
+        Feature branches: names or glob patterns (``"Jet_*"``), or names of ``aliases``. Default: every numeric flat
+        or jagged branch, and every alias.
+    exclude : sequence of str, optional
+        Branches or patterns left out. Default: ``("run", "event", "luminosityBlock")`` when the specs are made by a
+        first pass; with a ready :class:`~mlaas4hep.Specs` (``specs=train.specs``), nothing more than the specs
+        hold, unless given.
+    common_branches : bool
+        When the files' branches differ, use those common to all files instead of raising
+        :class:`~mlaas4hep.errors.BranchError`.
+    cut : str, optional
+        Serve only the events where this expression is true, in uproot's expression language, e.g. ``"(nMuon >= 1) &
+        (MET_pt > 20)"``; jagged branches are reduced to one value per event with ``any(...)``, ``all(...)``,
+        ``sum(...)``, ``count(...)``, ``min(...)`` or ``max(...)`` (see
+        :class:`~mlaas4hep.inputs.selection.Selection`). ``len()``, ``nevts``, the chunks and the splits all count
+        surviving events.
+    aliases : mapping of str to str, optional
+        Derived branches, e.g. ``{"log_Jet_pt": "log(Jet_pt)", "HT": "sum(Jet_pt)"}``: features with their own specs
+        (flat or jagged by their values) unless ``exclude`` names them; usable in ``cut``, ``targets`` and
+        ``weights``.
+    targets : str or sequence of str, optional
+        Regression: ``y`` is this branch, shape ``(batch,)``, or these branches, ``(batch, n)``, instead of labels.
+        Targets are never features.
+    weights : str, optional
+        Branch holding each event's weight (e.g. ``"genWeight"``), served as Keras' ``sample_weight``: batches
+        become ``(x, y, w)``. Never a feature.
+    file_weights : sequence of float, optional
+        A finite, non-negative factor per file multiplying its events' weights (e.g. cross-section x luminosity /
+        generated events); batches become ``(x, y, w)``.
+    balance_classes : bool
+        Scale the weights so that every class carries the same total weight over the epoch (the mean weight stays
+        1); batches become ``(x, y, w)``.
+    one_hot : bool
+        Serve integer labels ``0 .. K-1`` one-hot, shape ``(batch, K)``, for ``categorical_crossentropy``. Several
+        files may share a label.
+    num_classes : int, optional
+        ``K``, at least 2; default the largest per-file label plus one. Needed with ``one_hot`` and a label branch.
+    mask_output : bool
+        Serve ``x`` as ``{"features": X, "mask": M}`` (``M`` float32, 1 where ``X`` holds a real value, 0 for
+        padding), for a model with two named inputs. The flat layout's: the collections layout has its masks in
+        ``x``.
+    batch_size : int
+        Events per batch, as the original's; only the last batch may be smaller (with shards, each shard's last).
+    chunk_size : int
+        Events per chunk read from the files, mixing the files in proportion to their entries; ``-1``: every event
+        in one chunk. At least ``batch_size``.
+    nevts : int
+        Events to use over all files, split across files in proportion to their entries (each file's first events);
+        ``-1`` uses all.
+    shuffle : bool, optional
+        Shuffle the events within each chunk, and where the epoch starts, anew every epoch. Default: True, but False
+        for ``subset="validation"`` and ``"test"``, served in the files' order. Chunks are read in the files' order,
+        from a random chunk in a random direction, wrapping around, so that each cluster of the files is
+        decompressed once per epoch.
+    seed : int, optional
+        Seed of the shuffling: the same seed gives the same batches. Default: drawn at random; required with shards
+        (or ranks) and shuffling, as every shard must draw the same shuffling.
+    specs : Specs, path, or None
+        Branch statistics: a :class:`~mlaas4hep.Specs` (``train.specs`` for a validation set), a JSON file to reuse
+        (rebuilt with a warning if it does not match the files; written if missing), or None to make them with a
+        first pass over the files.
+    validation_split : float, optional
+        Fraction in [0, 1) of each file's events kept for validation (its last entries, or those just before the
+        test part); requires ``subset``.
+    test_split : float, optional
+        Fraction in [0, 1) of each file's events held out as a test set: its last entries. Each file's events are
+        cut in order: training, then validation, then test. Requires ``subset``.
+    subset : {"training", "validation", "test"}, optional
+        Which part of the split is served; only with a split.
+    normalization : {"minmax", "standard", None}
+        ``"minmax"`` maps ``[min, max]`` to ``[0, 1]`` (the original's), ``"standard"`` gives mean 0 and standard
+        deviation 1, None keeps raw values (see :class:`~mlaas4hep.JaggedFlattener`).
+    pad_value : float
+        Value of padded slots and of non-finite inputs: a finite number, or NaN (for a model that masks NaN itself).
+    max_lengths : int or mapping of str to int, optional
+        Cap on the columns of jagged branches: one for all, or per branch (``{"Jet_pt": 10}``; in the collections
+        layout also per collection, ``{"Jet": 10}``). Default: each branch's longest list. Not with
+        ``length_quantile``.
+    length_quantile : float, optional
+        Cap each jagged branch at this quantile of its lengths, in (0, 1], e.g. ``0.999``, instead of a rare
+        maximum.
+    layout : {"flat", "collections"}
+        ``"flat"``: ``x`` is one padded vector per event. ``"collections"``: ``x`` is a dict, ``x["Jet"]`` float32
+        ``(batch, L, F)`` for each collection of jagged branches sharing their counts (``Jet_pt``, ``Jet_eta``,
+        ...), ``x["Jet_mask"]`` ``(batch, L)`` and ``x["event"]`` the flat branches, with the flat layout's numbers
+        (see :mod:`mlaas4hep.transform.tensors` and ``input_spec``).
+    collections : mapping of str to sequence of str, optional
+        The collections layout's collections (name -> branches), instead of finding them by the branches' names: as
+        a saved :class:`~mlaas4hep.preprocessing.Preprocessing` gives them. No face takes it.
+    redirector : str
+        Prefix put before bare file names, e.g. an XRootD redirector ``"root://cms-xrd-global.cern.ch/"``.
+    retries : int
+        Times a failed read of a remote file is tried again, reopening the file. If every try fails,
+        :class:`~mlaas4hep.errors.FileAccessError` names the URL; an epoch never silently ends short.
+    retry_backoff : float
+        Seconds before the first retry, doubling after each (0.5, 1, 2 s).
+    timeout : float
+        Seconds (at least 1) to wait for a remote server, to connect and for each read: an unreachable server fails
+        within about this time with a :class:`~mlaas4hep.errors.FileAccessError` naming the URL.
+    drop_nonfinite : bool
+        Leave out the events whose label, target or weight is NaN or infinite. By default such events are an error,
+        raised when the face is made, naming the file, the branch and how many entries hold one.
+    workers : int
+        RootSequence only: processes that read and flatten chunks (1: two background threads of this process), or
+        Keras' fetching threads (see the note on workers of :class:`~mlaas4hep.RootSequence`). RootDataset reads on
+        as many cores as its ``DataLoader`` has workers.
+    use_multiprocessing : bool
+        RootSequence only: forwarded to :class:`keras.utils.PyDataset`, whose processes then fetch batches (the
+        sequence is picklable and reopens its files after a fork). TensorFlow backend only (see ``workers``).
+    max_queue_size : int
+        RootSequence only: batches Keras keeps ready, forwarded to :class:`keras.utils.PyDataset`.
+    cache_chunks : int
+        Flattened chunks kept in memory once served (the current one and the one before, by default), in each
+        process that reads.
+    prefetch : int
+        Chunks read ahead, 0 for none, in two background threads: one reads the chunk after next while the other
+        flattens the next one, and near the end of an epoch they read the next epoch's first chunks. Only the next
+        chunk is flattened ahead; the others wait as read, several times smaller than flattened.
+    shard_index : int
+        RootSequence only (RootDataset shards by its ``rank``): the shard served, in ``[0, num_shards)``.
+    num_shards : int
+        RootSequence only (RootDataset: ``world_size``): shards of each epoch's stream, for data-parallel training.
+        They are consecutive blocks whose sizes differ by at most one event
+        (:func:`~mlaas4hep.stream.plan.shard_bounds`): every event is in exactly one shard per epoch, and every
+        shard serves the same number of batches. Every shard needs the same files, options and ``seed``.
+    files_per_chunk : int, optional
+        Files one chunk mixes (default: all): with thousands of files, groups of this many files, dealt round-robin
+        (see :meth:`~mlaas4hep.ChunkPlan.build`), so that a chunk opens only its group.
+    max_open_files : int
+        Files kept open between chunk reads; the others are closed after use. At least ``2 * files_per_chunk``
+        avoids reopening files between the chunks of a group.
 
     Examples
     --------
@@ -54,6 +217,10 @@ class Options:
     10000
     >>> Options(validation_split=0.2, subset="validation").shuffle  # validation is served in order
     False
+    >>> Options(normalization="minmx")
+    Traceback (most recent call last):
+    ...
+    mlaas4hep.errors.ParameterError: normalization must be one of ('minmax', 'standard', None), got 'minmx'
     """
 
     tree: str = DEFAULT_TREE
@@ -83,41 +250,46 @@ class Options:
     max_lengths: int | Mapping[str, int] | None = None
     length_quantile: float | None = None
     layout: str = "flat"
-    collections: Mapping[str, Sequence[str]] | None = None
+    collections: Mapping[str, Sequence[str]] | None = field(default=None, metadata=_NO_FACE)
     redirector: str = ""
     retries: int = 3
     retry_backoff: float = 0.5
     timeout: float = 30.0
     drop_nonfinite: bool = False
-    workers: int = 1
-    use_multiprocessing: bool = False
-    max_queue_size: int = 10
+    workers: int = field(default=1, metadata=_SEQUENCE_ONLY)
+    use_multiprocessing: bool = field(default=False, metadata=_SEQUENCE_ONLY)
+    max_queue_size: int = field(default=10, metadata=_SEQUENCE_ONLY)
     cache_chunks: int = 2
     prefetch: int = 2
-    shard_index: int = 0
-    num_shards: int = 1
+    shard_index: int = field(default=0, metadata=_SEQUENCE_ONLY)
+    num_shards: int = field(default=1, metadata=_SEQUENCE_ONLY)
     files_per_chunk: int | None = None
     max_open_files: int = 8
 
     def __post_init__(self) -> None:
+        for name in _FLAGS:
+            check_flag(getattr(self, name), name)
         self._check_sizes()
-        self._check_split()
+        split = check_split(self.validation_split, self.test_split, self.subset, SUBSETS)
+        self._set("validation_split", split[0])
+        self._set("test_split", split[1])
         if self.shuffle is None:  # validation and test sets are served in order: predictions line up with files
             self._set("shuffle", self.subset not in ("validation", "test"))
-        self._check_shards()
-        self._set("branches", _names(self.branches, "branches"))
-        self._set("exclude", _names(self.exclude, "exclude"))
-        self._set("aliases", dict(self.aliases or {}))
-        if self.seed is None:
-            self._set("seed", int(np.random.default_rng().integers(2**31)))
-        self._set("seed", check_int(self.seed, "seed", minimum=0))
-        for name in _FLAGS:
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                msg = f"{name} must be True or False, got {getattr(self, name)!r}"
-                raise ParameterError(msg)
         if not isinstance(self.shuffle, (bool, np.bool_)):
             msg = f"shuffle must be True, False or None (in order for validation and test), got {self.shuffle!r}"
             raise ParameterError(msg)
+        shard_index, num_shards = check_shard(self.shard_index, self.num_shards)
+        self._set("shard_index", shard_index)
+        self._set("num_shards", num_shards)
+        if num_shards > 1 and self.shuffle and self.seed is None:
+            msg = "seed is required with num_shards > 1 and shuffle=True: every shard must draw the same shuffling"
+            raise ParameterError(msg)
+        if self.seed is None:
+            self._set("seed", int(np.random.default_rng().integers(2**31)))
+        self._set("seed", check_int(self.seed, "seed", minimum=0))
+        self._check_inputs()
+        self._check_outputs()
+        self._check_features()
         self._check_layout()
 
     def _set(self, name: str, value: Any) -> None:
@@ -142,60 +314,162 @@ class Options:
             )
             raise ParameterError(msg)
 
-    def _check_split(self) -> None:
-        validation = check_fraction(self.validation_split, "validation_split")
-        test = check_fraction(self.test_split, "test_split")
-        self._set("validation_split", validation)
-        self._set("test_split", test)
-        subset = self.subset
-        if (validation or 0) + (test or 0) >= 1:
-            msg = f"validation_split + test_split must be below 1, got {validation} + {test}"
+    def _check_inputs(self) -> None:
+        """Where the events come from: files, trees, branches, the cut and the specs."""
+        self._set("tree", check_text(self.tree, "tree", what="a tree name (a non-empty string)"))
+        if not isinstance(self.redirector, str):
+            msg = f"redirector must be a string (a prefix of bare file names), got {self.redirector!r}"
             raise ParameterError(msg)
-        if subset is not None and subset not in SUBSETS:
-            msg = f"subset must be one of {SUBSETS}, got {subset!r}"
-            raise ParameterError(msg)
-        if subset is not None and not (validation or test):
-            msg = f"subset={subset!r} needs a validation_split or test_split in (0, 1)"
-            raise ParameterError(msg)
-        if subset == "validation" and not validation:
-            msg = 'subset="validation" needs a validation_split in (0, 1)'
-            raise ParameterError(msg)
-        if subset == "test" and not test:
-            msg = 'subset="test" needs a test_split in (0, 1)'
-            raise ParameterError(msg)
-        if (validation or test) and subset is None:
-            msg = 'validation_split and test_split need subset="training", "validation" or "test"'
+        for name in ("branches", "exclude"):
+            if getattr(self, name) is not None:
+                self._set(name, check_names(getattr(self, name), name))
+        if self.cut is not None:
+            check_text(self.cut, "cut", what="an expression (a non-empty string) or None")
+        aliases = check_mapping(self.aliases or {}, "aliases", _EXPRESSION, what="branch names to expressions")
+        self._set("aliases", aliases)
+        Selection(self.cut, aliases)  # the expressions parse, the aliases are names and refer to no cycle
+        if not (self.specs is None or isinstance(self.specs, (Specs, str, os.PathLike))):
+            msg = f"specs must be a Specs, the path of a specs JSON file, or None, got {self.specs!r}"
             raise ParameterError(msg)
 
+    def _check_outputs(self) -> None:
+        """What ``y`` and the weights hold: the type of each option (the files decide the rest)."""
+        if self.targets is not None:  # one name stays a string: y is then (batch,), not (batch, 1)
+            names = check_names(self.targets, "targets", empty=False)
+            self._set("targets", self.targets if isinstance(self.targets, str) else names)
+        if self.weights is not None:
+            check_text(self.weights, "weights", what="the name of a branch holding each event's weight")
+        if self.file_weights is not None:
+            self._set("file_weights", check_file_weights(self.file_weights))
+        if self.num_classes is not None:
+            self._set("num_classes", check_int(self.num_classes, "num_classes", minimum=2))
+
+    def _check_features(self) -> None:
+        """How ``x`` is made: normalization, padding and the widths of jagged branches."""
+        check_choice(self.normalization, "normalization", NORMALIZATIONS)
+        self._set("pad_value", check_finite(self.pad_value, "pad_value", nan=True, what="a finite number or NaN"))
+        widths, quantile = check_widths(self.max_lengths, self.length_quantile)
+        self._set("max_lengths", widths)
+        self._set("length_quantile", quantile)
+
     def _check_layout(self) -> None:
-        if self.layout not in LAYOUTS:
-            msg = f"layout must be one of {LAYOUTS}, got {self.layout!r}"
-            raise ParameterError(msg)
+        check_choice(self.layout, "layout", LAYOUTS)
         if self.layout == "collections" and self.mask_output:
             msg = (
                 "mask_output=True is the flat layout's mask; with layout='collections', x holds each "
                 "collection's mask already (x['Jet_mask']): leave mask_output False"
             )
             raise ParameterError(msg)
-
-    def _check_shards(self) -> None:
-        num_shards = check_int(self.num_shards, "num_shards")
-        shard_index = check_int(self.shard_index, "shard_index", minimum=0)
-        if shard_index >= num_shards:
-            msg = f"shard_index must be an integer in [0, num_shards={num_shards}), got {self.shard_index!r}"
-            raise ParameterError(msg)
-        if num_shards > 1 and self.shuffle and self.seed is None:
-            msg = "seed is required with num_shards > 1 and shuffle=True: every shard must draw the same shuffling"
-            raise ParameterError(msg)
-        self._set("num_shards", num_shards)
-        self._set("shard_index", shard_index)
+        if self.collections is not None:
+            groups = check_mapping(self.collections, "collections", _MEMBERS, what="names to branch names")
+            if self.layout != "collections":
+                msg = f"collections needs layout='collections', got layout={self.layout!r}"
+                raise ParameterError(msg)
+            self._set("collections", groups)
 
     @classmethod
-    def names(cls) -> tuple[str, ...]:
-        """The names of every option, in order."""
-        return tuple(f.name for f in dataclasses.fields(cls))
+    def names(cls, face: str | None = None) -> tuple[str, ...]:
+        """The names of the options, in order: all of them, or those that ``face`` takes.
+
+        Examples
+        --------
+        >>> "workers" in Options.names("RootSequence"), "workers" in Options.names("RootDataset")
+        (True, False)
+        """
+        return tuple(f.name for f in dataclasses.fields(cls) if face is None or face in _faces(f))
 
     @classmethod
-    def from_arguments(cls, arguments: Mapping[str, Any]) -> Options:
-        """The options among ``arguments`` (a face's ``locals()``; other names are ignored)."""
-        return cls(**{name: arguments[name] for name in cls.names() if name in arguments})
+    def for_face(cls, face: str, given: Mapping[str, Any], **fixed: Any) -> Options:
+        """The options that ``face`` was given by keyword, and ``fixed`` (set by the face itself).
+
+        Raises
+        ------
+        ParameterError
+            For a keyword that is not an option of ``face`` (the closest option
+            is suggested), or an option that is bad.
+
+        Examples
+        --------
+        >>> Options.for_face("RootSequence", {"batch_size": 64, "seed": 1}).batch_size
+        64
+        >>> Options.for_face("RootDataset", {"shard_index": 1})
+        Traceback (most recent call last):
+        ...
+        mlaas4hep.errors.ParameterError: 'shard_index' is an option of RootSequence only, not of RootDataset
+        """
+        mine = cls.names(face)
+        for name in given:
+            if name in cls.names() and name not in mine:
+                faces = _faces(cls.__dataclass_fields__[name])
+                where = f"of {' and '.join(faces)} only" if faces else "that no face takes"
+                msg = f"{name!r} is an option {where}, not of {face}"
+                raise ParameterError(msg)
+        known_names(given, mine, face)
+        return cls(**given, **fixed)
+
+
+def _faces(option: dataclasses.Field[Any]) -> tuple[str, ...]:
+    return tuple(option.metadata.get("faces", FACES))
+
+
+# -- what the faces make of the declaration ------------------------------------------------------
+
+
+@functools.cache
+def option_docs() -> dict[str, tuple[str, list[str]]]:
+    """Each option's type and lines of text, from the docstring of :class:`Options` (none with ``python -OO``)."""
+    return docstring_parameters(Options.__doc__)
+
+
+def takes_options(cls: C) -> C:
+    """Class decorator of a face whose ``__init__`` takes ``**options``: the signature and docs of its options.
+
+    ``inspect.signature(cls)``, ``help(cls)`` and Jupyter then show every option the face takes, by keyword, with its
+    default, type and documentation from :class:`Options`; ``__init__`` makes them with :meth:`Options.for_face`.
+    """
+    names, docs = Options.names(cls.__name__), option_docs()
+    init = cls.__init__  # type: ignore[misc]  # a face defines its own
+    own = [p for p in inspect.signature(init).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    options = [
+        inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default, annotation=option.type)
+        for option in dataclasses.fields(Options)
+        if option.name in names
+    ]
+    init.__signature__ = inspect.Signature([*own, *options])
+    cls.__doc__ = with_parameters(cls.__doc__, "**options", {name: docs[name] for name in names if name in docs})
+    return cls
+
+
+class OptionView:
+    """A face's read-only attribute that is one of its options, documented with it.
+
+    The attribute's name is the option's: ``batch_size = OptionView()`` in a
+    face's class body makes ``seq.batch_size`` read ``seq.options.batch_size``.
+
+    Examples
+    --------
+    >>> class Face:
+    ...     batch_size = OptionView()
+    ...     options = Options(batch_size=64)
+    >>> Face().batch_size
+    64
+    """
+
+    name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if name not in Options.names():
+            msg = f"{owner.__name__}.{name}: no option is named {name!r}"
+            raise TypeError(msg)
+        self.name = name
+        kind, text = option_docs().get(name, ("", []))
+        self.__doc__ = " ".join([f"{kind}:", *text]) if kind else None
+
+    def __get__(self, instance: object | None, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return getattr(instance.options, self.name)  # type: ignore[attr-defined]  # a face holds its options
+
+    def __set__(self, instance: object, value: Any) -> None:
+        msg = f"{self.name} is an option, fixed when the face is made; make another with {self.name}={value!r}"
+        raise AttributeError(msg)

@@ -4,32 +4,31 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
 from ._checks import is_int
 from .errors import MLaaS4HEPError, reraise_from
 from .inputs.selection import Selection
-from .inputs.sources import DEFAULT_TREE, FileSource
-from .options import Options
+from .inputs.sources import FileSource
+from .options import Options, OptionView, takes_options
 from .specs.values import Specs
 from .stream.epochs import EpochTracker, OrderWatch
 from .stream.pipeline import Pipeline
-from .stream.plan import shard_bounds
 from .stream.prepare import PreparedData, prepare
 from .stream.reader import ChunkReader
 from .transform.flatten import JaggedFlattener
 from .transform.outputs import Outputs
 
-__all__ = ["RootSequence", "shard_bounds"]
+__all__ = ["RootSequence"]
 
 log = logging.getLogger(__name__)
 
 
+@takes_options
 class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships no type information
     """Batches of events from ROOT files, for ``model.fit``, ``evaluate`` and ``predict``.
 
@@ -59,144 +58,38 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     Parameters
     ----------
     files : path, URL, or sequence of them
-        ROOT files; ``"file.root:tree"`` names the tree in that file. Remote
-        URLs (``root://``, ``http(s)://``) are handed to uproot.
-    labels : sequence of float or str
+        ROOT files (or Parquet, CSV, JSON lines and Avro files, by their
+        extensions or as ``FileSource(path, format=...)``); ``"file.root:tree"``
+        names the tree in that file. Remote URLs (``root://``, ``http(s)://``)
+        are handed to uproot.
+    labels : sequence of float or str, optional
         One label per file (the original's labels.txt), or the name of a
         branch that holds each event's label (that branch is then not a feature).
         Labels are finite numbers: for classes, give each class a number.
-    tree : str
-        Tree (TTree or RNTuple) for files that do not name one; default ``"Events"``.
-    branches : sequence of str, optional
-        Feature branches: names or glob patterns (``"Jet_*"``). Default: every
-        numeric flat or jagged branch.
-    exclude : sequence of str, optional
-        Branches or patterns left out. Default: ``("run", "event",
-        "luminosityBlock")`` when the specs are made by a first pass; with a
-        ready :class:`~mlaas4hep.Specs` (``specs=train.specs``), nothing more
-        than the specs hold, unless given.
-    common_branches : bool
-        When the files' branches differ, train on those common to all files
-        instead of raising :class:`~mlaas4hep.errors.BranchError` (default False).
-    cut : str, optional
-        Serve only the events where this expression is true, in uproot's
-        expression language, e.g. ``"(nMuon >= 1) & (MET_pt > 20)"``; jagged
-        branches are reduced with ``any(...)``/``all(...)`` (see
-        :class:`~mlaas4hep.inputs.selection.Selection`). ``len()``, ``nevts``, the
-        chunks and the validation split all count surviving events.
-    aliases : mapping of str to str, optional
-        Derived branches, e.g. ``{"log_Jet_pt": "log(Jet_pt)"}``: features
-        with their own specs (flat or jagged) unless ``exclude`` names them;
-        usable in ``cut``, ``targets`` and ``weights``.
-    targets : str or sequence of str, optional
-        Regression: ``y`` is this branch (shape ``(batch,)``) or these branches
-        (``(batch, n)``) instead of labels; targets are never features.
-    weights : str, optional
-        Branch holding each event's weight (e.g. ``"genWeight"``): batches become
-        ``(x, y, sample_weight)``; never a feature.
-    file_weights : sequence of float, optional
-        A factor per file multiplying its events' weights (e.g. cross-section x
-        luminosity / generated events); batches become ``(x, y, sample_weight)``.
-    balance_classes : bool
-        Scale the weights so that every class carries the same total weight
-        over the sequence (mean weight 1); batches become ``(x, y, sample_weight)``.
-    one_hot : bool
-        Serve integer labels ``0 .. K-1`` one-hot, shape ``(batch, K)``, for
-        ``categorical_crossentropy`` (default False).
-    num_classes : int, optional
-        ``K``; default the largest per-file label plus one. Needed with
-        ``one_hot`` and a label branch.
-    mask_output : bool
-        Serve ``x`` as ``{"features": X, "mask": M}`` (``M`` float32, 1 where
-        ``X`` holds a real value, 0 for padding), for a model with two named inputs
-        (the flat layout; the collections layout has its masks in ``x``).
-    batch_size : int
-        Events per batch (default 100, as the original).
-    chunk_size : int
-        Events per chunk read from the files (default 10,000; ``-1``: everything in one chunk).
-    nevts : int
-        Events to use over all files, split across files in proportion to
-        their entries; ``-1`` (default) uses all.
-    shuffle : bool, optional
-        Shuffle the events within each chunk, and where the epoch starts,
-        anew every epoch. Default: True, but False for ``subset="validation"``
-        and ``"test"``, served in the files' order. Chunks are read in the
-        files' order, from a random chunk in a random direction, wrapping
-        around, so that each cluster of the files is decompressed once per epoch.
-    seed : int, optional
-        Seed of the shuffling; the same seed gives the same batches. Default: random.
-    specs : Specs, path, or None
-        Branch statistics: a :class:`~mlaas4hep.Specs`, a JSON file to reuse
-        (rebuilt with a warning if it does not match the files; written if
-        missing), or None to make them with a first pass over the files.
-    validation_split : float, optional
-        Fraction of each file's events kept for validation (its last entries,
-        or those just before the test part); requires ``subset``.
-    test_split : float, optional
-        Fraction of each file's events held out as a test set: its last entries.
-        Each file's events are cut in order: training, then validation, then test.
-    subset : {"training", "validation", "test"}, optional
-        Which part of the split this sequence serves.
-    normalization : {"minmax", "standard", None}
-        See :class:`~mlaas4hep.JaggedFlattener`.
-    pad_value : float
-        Value of padded slots and non-finite inputs (default 0, as the original).
-    max_lengths : int or mapping, optional
-        Cap on the columns of jagged branches (see :class:`~mlaas4hep.JaggedFlattener`).
-    length_quantile : float, optional
-        Cap each jagged branch at this quantile of its lengths (e.g. 0.999).
-    layout : {"flat", "collections"}
-        ``"flat"`` (default): ``x`` is one padded vector per event. ``"collections"``:
-        ``x`` is a dict, ``x["Jet"]`` float32 ``(batch, L, F)`` for each collection of
-        jagged branches sharing their counts (``Jet_pt``, ``Jet_eta``, ...),
-        ``x["Jet_mask"]`` ``(batch, L)`` and ``x["event"]`` the flat branches, with the
-        flat layout's numbers (see :mod:`mlaas4hep.transform.tensors`, :attr:`input_spec`).
-    redirector : str
-        Prefix for bare file names (e.g. an XRootD redirector).
-    retries : int
-        Times a failed read of a remote file is tried again, reopening the
-        file (default 3). If every try fails, :class:`~mlaas4hep.errors.FileAccessError`
-        names the URL; an epoch never silently ends short.
-    retry_backoff : float
-        Seconds before the first retry, doubling after each (default 0.5).
-    timeout : float
-        Seconds to wait for a remote server, to connect and for each read
-        (default 30): an unreachable server fails within about this time with
-        a :class:`~mlaas4hep.errors.FileAccessError` naming the URL.
-    drop_nonfinite : bool
-        Leave out the events whose label, target or weight is NaN or infinite
-        (default False: such events are an error, raised when the sequence is
-        made, naming the file, the branch and how many entries hold one).
-    workers : int
-        Processes that read and flatten chunks (default 1: two background
-        threads of this process). With ``workers > 1`` (Linux, local files, not
-        ``use_multiprocessing``), forked processes each take a share of the
-        files, balanced by events, and write their part of every chunk into
-        shared memory (at most one per file: :attr:`worker_processes`); the
-        batches are the same, and Keras is told ``workers=1``. Otherwise
-        ``workers`` is forwarded to :class:`keras.utils.PyDataset`, with the
-        TensorFlow backend only: Keras' JAX and PyTorch trainers serve some
-        batches twice with their own fetchers, so there the sequence reads in
-        its own threads or worker processes and Keras is told ``workers=1``.
-    use_multiprocessing, max_queue_size
-        Forwarded to :class:`keras.utils.PyDataset` (see ``workers``).
-    cache_chunks : int
-        Flattened chunks kept in memory once served (default 2: the current one and the one before).
-    prefetch : int
-        Chunks read ahead, in background threads (default 2), past the end of
-        an epoch into the next one's too; the next one is flattened ahead.
-    shard_index, num_shards : int
-        Serve shard ``shard_index`` of ``num_shards`` (default 0 of 1), for
-        data-parallel training on several workers (see the sharding note below).
-        Every shard needs the same files, arguments and ``seed``.
-    files_per_chunk : int, optional
-        Files one chunk mixes (default: all): with thousands of files, groups
-        of this many files, dealt round-robin (see :meth:`~mlaas4hep.ChunkPlan.build`).
-    max_open_files : int
-        Files kept open between chunk reads (default 8); others are closed after use.
+        None: batches are ``(x,)``, for ``predict``.
+    **options
+        Every option of :class:`~mlaas4hep.options.Options` but ``collections``,
+        by keyword (``batch_size=100``, ``seed=1``, ...), each documented there:
+        the trees and features, the cut and aliases, targets and weights, the
+        sizes of batches and chunks, the shuffling, specs and splits, padding
+        and normalization, the layout, remote reading, Keras' ``workers``,
+        ``use_multiprocessing`` and ``max_queue_size``, and shards. Each is
+        checked when the sequence is made, before any file is opened: a bad
+        value, or a keyword that is no option, raises
+        :class:`~mlaas4hep.errors.ParameterError` naming it.
 
     Notes
     -----
+    **Workers.** With ``workers > 1`` (Linux, local files, not
+    ``use_multiprocessing``), forked processes each take a share of the
+    files, balanced by events, and write their part of every chunk into
+    shared memory (at most one per file: :attr:`worker_processes`); the
+    batches are the same, and Keras is told ``workers=1``. Otherwise
+    ``workers`` is forwarded to :class:`keras.utils.PyDataset`, with the
+    TensorFlow backend only: Keras' JAX and PyTorch trainers serve some
+    batches twice with their own fetchers, so there the sequence reads in
+    its own threads or worker processes and Keras is told ``workers=1``.
+
     **Sharding.** With ``num_shards > 1`` each epoch's stream is cut into
     ``num_shards`` consecutive blocks of sizes within one event of each other,
     and this sequence serves block ``shard_index`` (:func:`~mlaas4hep.stream.plan.shard_bounds`):
@@ -228,60 +121,20 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         self,
         files: str | os.PathLike[str] | Iterable[str | os.PathLike[str] | FileSource],
         labels: Sequence[float] | str | None = None,
-        *,
-        tree: str = DEFAULT_TREE,
-        branches: Sequence[str] | None = None,
-        exclude: Sequence[str] | None = None,
-        common_branches: bool = False,
-        cut: str | None = None,
-        aliases: Mapping[str, str] | None = None,
-        targets: str | Sequence[str] | None = None,
-        weights: str | None = None,
-        file_weights: Sequence[float] | None = None,
-        balance_classes: bool = False,
-        one_hot: bool = False,
-        num_classes: int | None = None,
-        mask_output: bool = False,
-        batch_size: int = 100,
-        chunk_size: int = 10_000,
-        nevts: int = -1,
-        shuffle: bool | None = None,
-        seed: int | None = None,
-        specs: Specs | str | os.PathLike[str] | None = None,
-        validation_split: float | None = None,
-        test_split: float | None = None,
-        subset: str | None = None,
-        normalization: str | None = "minmax",
-        pad_value: float = 0.0,
-        max_lengths: int | Mapping[str, int] | None = None,
-        length_quantile: float | None = None,
-        layout: str = "flat",
-        redirector: str = "",
-        retries: int = 3,
-        retry_backoff: float = 0.5,
-        timeout: float = 30.0,
-        drop_nonfinite: bool = False,
-        workers: int = 1,
-        use_multiprocessing: bool = False,
-        max_queue_size: int = 10,
-        cache_chunks: int = 2,
-        prefetch: int = 2,
-        shard_index: int = 0,
-        num_shards: int = 1,
-        files_per_chunk: int | None = None,
-        max_open_files: int = 8,
+        **options: Any,
     ) -> None:
-        # every argument but the files and labels is an option, checked once by Options
-        options = Options.from_arguments(locals())
-        workers, use_multiprocessing = _keras_fetching(options)
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
-        self.options = options
-        self.prepared: PreparedData = prepare(files, labels, options)
+        self.options = Options.for_face("RootSequence", options)
+        workers, use_multiprocessing = _keras_fetching(self.options)
+        super().__init__(
+            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=self.options.max_queue_size
+        )
+        self.prepared: PreparedData = prepare(files, labels, self.options)
         self.epoch_plan = self.prepared.epoch_plan()
-        self.pipeline = Pipeline(self.prepared, self.epoch_plan, processes=_processes(options))
+        self.pipeline = Pipeline(self.prepared, self.epoch_plan, processes=_processes(self.options))
         if self.pipeline.worker_processes:  # Keras' own fetching threads would only queue up for this process's lock
             self.workers = 1
-        self._epochs = EpochTracker(len(self), by_arrival=bool(options.shuffle), shared=options.use_multiprocessing)
+        shared = self.options.use_multiprocessing
+        self._epochs = EpochTracker(len(self), by_arrival=bool(self.options.shuffle), shared=shared)
         self._order = OrderWatch()
         self.last_error: MLaaS4HEPError | None = None
 
@@ -359,20 +212,19 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         start, stop = self.epoch_plan.shard
         return stop - start
 
-    # -- the arguments, as given (see the class docstring) --------------------------------------------
-    batch_size = property(lambda self: self.options.batch_size, doc="Events per batch.")
-    chunk_size = property(lambda self: self.options.chunk_size, doc="Events per chunk (-1: one chunk).")
-    shuffle = property(lambda self: self.options.shuffle, doc="Whether events are shuffled anew every epoch.")
-    seed = property(lambda self: self.options.seed, doc="Seed of the shuffling (drawn when none was given).")
-    validation_split = property(lambda self: self.options.validation_split, doc="Fraction kept for validation.")
-    test_split = property(lambda self: self.options.test_split, doc="Fraction held out for testing.")
-    subset = property(lambda self: self.options.subset, doc="The part of the split served.")
-    shard_index = property(lambda self: self.options.shard_index, doc="The shard served.")
-    num_shards = property(lambda self: self.options.num_shards, doc="Shards of each epoch's stream.")
-    cache_chunks = property(lambda self: self.options.cache_chunks, doc="Flattened chunks kept once served.")
-    prefetch = property(lambda self: self.options.prefetch, doc="Chunks read ahead.")
-    mask_output = property(lambda self: self.options.mask_output, doc="Whether ``x`` carries the mask.")
-    with_mask = mask_output
+    # -- the options, as given (see Options) -----------------------------------------------------------
+    batch_size = OptionView()
+    chunk_size = OptionView()
+    shuffle = OptionView()
+    seed = OptionView()
+    validation_split = OptionView()
+    test_split = OptionView()
+    subset = OptionView()
+    shard_index = OptionView()
+    num_shards = OptionView()
+    cache_chunks = OptionView()
+    prefetch = OptionView()
+    mask_output = OptionView()
 
     @property
     def worker_processes(self) -> int:
@@ -429,13 +281,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         except MLaaS4HEPError as err:  # kept: TensorFlow hands fit's caller its own UnknownError instead
             self.last_error = err
             raise
-        x: Any = batch.x
-        if batch.mask is not None:
-            x = {"features": batch.x, "mask": batch.mask.astype(np.float32)}
-        y = self.outputs.batch_y(batch.y)
-        if y is None:
-            return (x,)
-        return (x, y) if batch.w is None else (x, y, batch.w)
+        return batch.as_tuple(self.outputs)
 
     def save_preprocessing(self, path: str | os.PathLike[str]) -> Path:
         """Write everything that turns events into ``x`` as JSON (see :class:`~mlaas4hep.preprocessing.Preprocessing`).

@@ -30,11 +30,12 @@ except ModuleNotFoundError as err:  # the one place the missing extra is explain
 
 from ._checks import check_int, is_int
 from .errors import ParameterError
-from .inputs.sources import DEFAULT_TREE, FileSource
-from .options import Options
+from .inputs.formats.decompression import chosen_zlib, use_zlib
+from .inputs.sources import FileSource
+from .options import Options, OptionView, takes_options
 from .specs.values import Specs
 from .stream.counters import LoaderCounters
-from .stream.pipeline import Batch, Pipeline
+from .stream.pipeline import Pipeline
 from .stream.plan import EpochPlan
 from .stream.prepare import PreparedData, prepare
 
@@ -83,6 +84,7 @@ def to_tensors(value: Any, *, share: bool) -> Any:
         return torch.from_numpy(array)
 
 
+@takes_options
 class RootDataset(IterableDataset[tuple[Any, ...]]):
     """Batches of events from ROOT files for a plain PyTorch loop: one iteration is one epoch.
 
@@ -115,22 +117,16 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         This process's rank among ``world_size`` data-parallel processes.
         Default: ``torch.distributed``'s, when its process group is initialized
         (make the dataset after ``init_process_group``), else rank 0 of 1.
-        Every rank needs the same files, arguments and ``seed``.
-    tree, branches, exclude, common_branches, cut, aliases, targets, weights, file_weights
-        As for :class:`~mlaas4hep.RootSequence`: the trees, features, selection and outputs.
-    balance_classes, one_hot, num_classes, drop_nonfinite, batch_size, chunk_size, nevts
-        As for :class:`~mlaas4hep.RootSequence`.
-    shuffle, seed, specs, validation_split, test_split, subset
-        As for :class:`~mlaas4hep.RootSequence`. ``seed`` is required with
-        ``world_size > 1`` and ``shuffle``: every rank must draw the same shuffling.
-    layout, mask_output, normalization, pad_value, max_lengths, length_quantile
-        As for :class:`~mlaas4hep.RootSequence`: what ``x`` holds (a dict of tensors
-        with ``layout="collections"``).
-    redirector, retries, retry_backoff, timeout, files_per_chunk, max_open_files
-        As for :class:`~mlaas4hep.RootSequence`: remote and many files.
-    cache_chunks, prefetch : int
-        Flattened chunks kept once served, and chunks read ahead, in each
-        worker (two background threads of each process read and flatten).
+        Every rank needs the same files, options and ``seed`` (required with
+        ``world_size > 1`` and shuffling: every rank must draw the same shuffling).
+    **options
+        Every option of :class:`~mlaas4hep.options.Options` but those of Keras
+        (``workers``, ``use_multiprocessing``, ``max_queue_size``), the shards
+        (here ``rank`` and ``world_size``) and ``collections``, by keyword, each
+        documented there. Each is checked when the dataset is made, before any
+        file is opened: a bad value, or a keyword that is no option, raises
+        :class:`~mlaas4hep.errors.ParameterError` naming it. ``cache_chunks``
+        and ``prefetch`` hold in each ``DataLoader`` worker.
 
     Notes
     -----
@@ -173,52 +169,15 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         *,
         rank: int | None = None,
         world_size: int | None = None,
-        tree: str = DEFAULT_TREE,
-        branches: Sequence[str] | None = None,
-        exclude: Sequence[str] | None = None,
-        common_branches: bool = False,
-        cut: str | None = None,
-        aliases: Mapping[str, str] | None = None,
-        targets: str | Sequence[str] | None = None,
-        weights: str | None = None,
-        file_weights: Sequence[float] | None = None,
-        balance_classes: bool = False,
-        one_hot: bool = False,
-        num_classes: int | None = None,
-        mask_output: bool = False,
-        layout: str = "flat",
-        batch_size: int = 100,
-        chunk_size: int = 10_000,
-        nevts: int = -1,
-        shuffle: bool | None = None,
-        seed: int | None = None,
-        specs: Specs | str | os.PathLike[str] | None = None,
-        validation_split: float | None = None,
-        test_split: float | None = None,
-        subset: str | None = None,
-        normalization: str | None = "minmax",
-        pad_value: float = 0.0,
-        max_lengths: int | Mapping[str, int] | None = None,
-        length_quantile: float | None = None,
-        redirector: str = "",
-        retries: int = 3,
-        retry_backoff: float = 0.5,
-        timeout: float = 30.0,
-        drop_nonfinite: bool = False,
-        cache_chunks: int = 2,
-        prefetch: int = 2,
-        files_per_chunk: int | None = None,
-        max_open_files: int = 8,
+        **options: Any,
     ) -> None:
-        arguments = dict(locals())
         super().__init__()
         self.rank, self.world_size = _rank_and_world_size(rank, world_size)
-        if self.world_size > 1 and shuffle is not False and seed is None:
+        if self.world_size > 1 and options.get("shuffle") is not False and options.get("seed") is None:
             msg = f"seed is required with world_size={self.world_size}: every rank must draw the same shuffling"
             raise ParameterError(msg)
-        # every argument but the files and labels is an option, checked once; the ranks are its shards
-        arguments.update(num_shards=self.world_size, shard_index=self.rank)
-        self.options = Options.from_arguments(arguments)
+        # the ranks are the shards of the options
+        self.options = Options.for_face("RootDataset", options, num_shards=self.world_size, shard_index=self.rank)
         self.prepared: PreparedData = prepare(files, labels, self.options)
         self._epoch: Any = multiprocessing.RawValue("q", 0)  # shared with the workers, persistent ones too
         self._pipeline: Pipeline | None = None
@@ -246,10 +205,11 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         """Events of the subset per epoch, over all ranks and workers."""
         return self.prepared.n_events
 
-    batch_size = property(lambda self: self.options.batch_size, doc="Events per batch.")
-    shuffle = property(lambda self: self.options.shuffle, doc="Whether events are shuffled anew every epoch.")
-    seed = property(lambda self: self.options.seed, doc="Seed of the shuffling (drawn when none was given).")
-    subset = property(lambda self: self.options.subset, doc="The part of the split served.")
+    # -- the options, as given (see Options) -----------------------------------------------------------
+    batch_size = OptionView()
+    shuffle = OptionView()
+    seed = OptionView()
+    subset = OptionView()
 
     def epoch_plan(self, num_workers: int = 0, worker: int = 0) -> EpochPlan:
         """Where the batches of worker ``worker`` of this rank lie in each epoch, with ``num_workers`` workers.
@@ -295,7 +255,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         pipeline = self._worker_pipeline(0 if info is None else info.num_workers, 0 if info is None else info.id)
         epoch = self.epoch
         for slot in range(pipeline.epoch_plan.batches):
-            yield to_tensors(self._arrays(pipeline.batch(epoch, slot)), share=info is not None)
+            yield to_tensors(pipeline.batch(epoch, slot).as_tuple(self.prepared.outputs), share=info is not None)
 
     def _worker_pipeline(self, num_workers: int, worker: int) -> Pipeline:
         """The pipeline of this process's shard, made on first use in each process (a worker's own)."""
@@ -314,16 +274,6 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
             )
         return self._pipeline
 
-    def _arrays(self, batch: Batch) -> tuple[Any, ...]:
-        """A batch as the tuple it is served as, still as arrays."""
-        x: Any = batch.x
-        if batch.mask is not None:
-            x = {"features": batch.x, "mask": batch.mask.astype(np.float32)}
-        y = self.prepared.outputs.batch_y(batch.y)
-        if y is None:
-            return (x,)
-        return (x, y) if batch.w is None else (x, y, batch.w)
-
     def close(self) -> None:
         """Stop this process's background reading and close its files."""
         if self._pipeline is not None:
@@ -335,9 +285,13 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         state["_pipeline"] = state["_pipeline_key"] = None  # every process makes its own
         if multiprocessing.context.get_spawning_popen() is None:  # not to a process being started: the value
             state["_epoch"] = self.epoch
+        state["_zlib"] = chosen_zlib()  # a spawned worker decompresses as the user chose here
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        library = state.pop("_zlib", None)
+        if library is not None and chosen_zlib() != library:
+            use_zlib(library)
         self.__dict__.update(state)
         if isinstance(self._epoch, int):
             epoch, self._epoch = self._epoch, multiprocessing.RawValue("q", 0)

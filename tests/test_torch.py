@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import multiprocessing
 import os
 import pickle
@@ -325,15 +326,20 @@ def test_two_distributed_processes_each_serve_half_and_together_all(two_files, t
         assert set(np.concatenate(halves).tolist()) == EVERYTHING
 
 
-def test_the_dataset_takes_the_sequence_s_arguments() -> None:
-    """Every argument of RootSequence but Keras' own and the shards is one of RootDataset's, with its default."""
-    import inspect
+def _zlib_in_worker(ds: RootDataset) -> str:
+    from mlaas4hep import zlib_library
 
-    from mlaas4hep import RootSequence
+    return zlib_library()
 
-    keras_only = {"self", "workers", "use_multiprocessing", "max_queue_size", "shard_index", "num_shards"}
-    theirs = inspect.signature(RootSequence.__init__).parameters
-    ours = inspect.signature(RootDataset.__init__).parameters
-    missing = [name for name in theirs if name not in keras_only and name not in ours]
-    assert not missing
-    assert all(ours[name].default == theirs[name].default for name in theirs if name not in keras_only)
+
+def test_a_spawned_worker_decompresses_with_the_library_the_user_chose(two_files, monkeypatch):
+    """use_zlib writes no environment variable: the choice travels with the pickled dataset."""
+    from mlaas4hep.inputs.formats import decompression
+
+    for name in ("_chosen", "_decided", "_ours"):  # put back after the test
+        monkeypatch.setattr(decompression, name, getattr(decompression, name))
+    ds = _make(two_files)
+    decompression.use_zlib("isal")  # a fresh process decompresses with zlib until told otherwise
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        assert pool.submit(_zlib_in_worker, ds).result(timeout=JOIN_TIMEOUT) == "isal"

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..transform.outputs import Outputs
 from .buffers import Buffers, Decoded
 from .counters import LoaderCounters
 from .plan import EpochPlan, balance, chunk_permutation
@@ -60,6 +61,27 @@ class Batch:
     def __len__(self) -> int:
         x = self.x if isinstance(self.x, np.ndarray) else next(iter(self.x.values()))
         return int(x.shape[0])
+
+    @property
+    def inputs(self) -> np.ndarray | dict[str, np.ndarray]:
+        """What the model takes: ``x``, or ``{"features": x, "mask": m}`` (``m`` float32) with the mask."""
+        if self.mask is None:
+            return self.x
+        return {"features": self.x, "mask": self.mask.astype(np.float32)}  # type: ignore[dict-item]  # flat: an array
+
+    def as_tuple(self, outputs: Outputs) -> tuple[Any, ...]:
+        """The batch as the faces serve it: ``(x,)`` without labels, ``(x, y)``, or ``(x, y, w)`` with weights.
+
+        ``x`` is :attr:`inputs`; ``y`` as ``outputs`` serve it (one-hot when asked for).
+
+        Examples
+        --------
+        >>> x, y = pipeline.batch(0, 0).as_tuple(prepared.outputs)  # doctest: +SKIP
+        """
+        y = outputs.batch_y(self.y)
+        if y is None:
+            return (self.inputs,)
+        return (self.inputs, y) if self.w is None else (self.inputs, y, self.w)
 
 
 class Pipeline:
