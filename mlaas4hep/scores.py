@@ -404,16 +404,13 @@ def _predictions(source: FileSource, entries: int, mask: np.ndarray | None, scor
         file = FileSpec(source.location, source.tree, entries, selected=int(mask.sum()), mask=encode_mask(mask))
         specs = replace(scorer.preprocessing.specs, files=(file,), selection=selection.to_dict())
         options = replace(options, specs=specs)
-    dataset = prepare([source], None, options)
+    prepared = prepare([source], None, options)
     assert options.seed is not None  # filled in by Options
-    layout = EpochPlan(dataset.plan.sizes, batch_size=options.batch_size, shuffle=False, seed=options.seed, epochs=1)
-    pipeline = Pipeline(dataset, layout)
+    plan = EpochPlan(prepared.plan.sizes, batch_size=options.batch_size, shuffle=False, seed=options.seed, epochs=1)
+    pipeline = Pipeline(prepared, plan)
     try:
-        for slot in range(layout.batches):
+        for slot in range(plan.batches):
             batch = pipeline.batch(0, slot)
-            x: Any = batch.x
-            if batch.mask is not None:
-                x = {"features": batch.x, "mask": batch.mask.astype(np.float32)}
-            yield scorer.predict(x, len(batch))
+            yield scorer.predict(batch.inputs, len(batch))
     finally:
         pipeline.close()
