@@ -297,18 +297,25 @@ def check_file_weights(value: object) -> tuple[float, ...]:
     return tuple(check_finite(w, f"file_weights[{i}]", minimum=0, what=what) for i, w in enumerate(value))
 
 
-def check_shard(shard_index: object, num_shards: object) -> tuple[int, int]:
-    """``shard_index`` and ``num_shards`` as ints: shard ``shard_index`` of ``num_shards``.
+def check_shard(
+    shard_index: object, num_shards: object, names: tuple[str, str] = ("shard_index", "num_shards")
+) -> tuple[int, int]:
+    """``shard_index`` and ``num_shards`` as ints: shard ``shard_index`` of ``num_shards``; ``names`` for messages.
 
     Examples
     --------
     >>> check_shard(1, 2)
     (1, 2)
+    >>> check_shard(2, 2, ("rank", "world_size"))
+    Traceback (most recent call last):
+    ...
+    mlaas4hep.errors.ParameterError: rank must be an integer in [0, world_size=2), got 2
     """
-    num = check_int(num_shards, "num_shards")
-    index = check_int(shard_index, "shard_index", minimum=0)
+    index_name, num_name = names
+    num = check_int(num_shards, num_name)
+    index = check_int(shard_index, index_name, minimum=0)
     if index >= num:
-        msg = f"shard_index must be an integer in [0, num_shards={num}), got {shard_index!r}"
+        msg = f"{index_name} must be an integer in [0, {num_name}={num}), got {shard_index!r}"
         raise ParameterError(msg)
     return index, num
 

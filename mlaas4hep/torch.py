@@ -28,7 +28,7 @@ except ModuleNotFoundError as err:  # the one place the missing extra is explain
     msg = f"mlaas4hep.torch needs PyTorch ({err}): pip install 'mlaas4hep[torch]'"
     raise ModuleNotFoundError(msg, name=err.name) from err
 
-from ._checks import check_int, is_int
+from ._checks import check_int, check_shard, is_int
 from .errors import ParameterError
 from .inputs.formats.decompression import chosen_zlib, use_zlib
 from .inputs.sources import FileSource
@@ -320,9 +320,4 @@ def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int,
     if rank is None or world_size is None:
         msg = f"give rank and world_size together, or neither (got rank={rank!r}, world_size={world_size!r})"
         raise ParameterError(msg)
-    size = check_int(world_size, "world_size")
-    index = check_int(rank, "rank", minimum=0)
-    if index >= size:
-        msg = f"rank must be an integer in [0, world_size={size}), got {rank!r}"
-        raise ParameterError(msg)
-    return index, size
+    return check_shard(rank, world_size, ("rank", "world_size"))
