@@ -237,8 +237,8 @@ def format_record(record: Mapping[str, float]) -> str:
     share = "n/a" if math.isnan(wait) or not seconds > 0 else f"{100 * wait / seconds:.0f}%"
     return (
         f"loader: {f('events', 0)} events in {f('seconds')} s ({f('events_per_s', 0)} events/s); "
-        f"waited {f('wait_s')} s for batches ({share}); read {f('read_s')} s "
-        f"(decompress {f('decompress_s')} s), flatten {f('flatten_s')} s; "
+        f"waited {f('wait_s')} s for batches ({share}); read {f('read_s')} s, "
+        f"flatten {f('flatten_s')} s, decompress {f('decompress_s')} s (each summed over threads); "
         f"{f('chunks_read', 0)} chunks read, {f('chunks_reread', 0)} re-read; "
         f"buffers peak {f('peak_buffer_mb', 0)} MB"
     )

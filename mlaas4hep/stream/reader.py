@@ -471,7 +471,7 @@ class ChunkReader:
 
     def _log_read(self, chunk: Chunk, nbytes: int, dt: float) -> None:
         # nbytes: decoded from the file for this chunk (clusters kept from an earlier read not counted)
-        log.info(
+        log.debug(
             "read chunk %d: %d entries, %d branches, %.1f MB, %.3f sec, %.1f MB/sec, %.1f kHz",
             chunk.index,
             len(chunk),

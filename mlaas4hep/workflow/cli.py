@@ -3,8 +3,13 @@
 This module only parses arguments, sets up logging and prints; the work is done
 by :mod:`mlaas4hep.workflow.run`, :mod:`mlaas4hep.specs.values`, :mod:`mlaas4hep.scores` and
 :mod:`mlaas4hep.workflow.demo`, with the inputs read by :mod:`mlaas4hep.workflow.lists` and
-:mod:`mlaas4hep.workflow.params`.
-``mlaas4hep specs`` never imports Keras or TensorFlow.
+:mod:`mlaas4hep.workflow.params`. The commands that train or score import Keras
+through :func:`mlaas4hep.workflow.quiet.import_keras` (TensorFlow's start-up
+lines hidden) for their own run; ``mlaas4hep specs`` never imports Keras or TensorFlow.
+
+What ``-v`` shows: 0 warnings only; 1 the workflow's progress (``mlaas4hep.workflow``'s
+log) and every warning, and for the ``workflow`` command each chunk read, as the
+original listed them; 2 every log record of mlaas4hep, debug included.
 """
 
 from __future__ import annotations
@@ -13,19 +18,22 @@ import argparse
 import dataclasses
 import logging
 import math
+import shlex
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MLaaS4HEPError
 
+if TYPE_CHECKING:
+    from .run import WorkflowResult
+
 __all__ = ["build_parser", "main", "run_demo", "workflow_main"]
 
-log = logging.getLogger("mlaas4hep")
-
 _HANDLER_MARK = "_mlaas4hep_cli"
+_CHUNK_READS = "mlaas4hep.stream.reader"  # the logger of each chunk read (at DEBUG)
 
 
 class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic only from Python 3.11 on
@@ -40,15 +48,38 @@ class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generi
         pass
 
 
-def _setup_logging(verbose: int) -> None:
-    """Send mlaas4hep's log records to stdout: 0 warnings only, 1 progress, 2 debug."""
-    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+class _Progress(logging.Filter):
+    """What ``-v 1`` shows: the workflow's own progress, every warning, and (``chunk_reads``) each chunk read."""
+
+    def __init__(self, chunk_reads: bool) -> None:
+        super().__init__()
+        self.chunk_reads = chunk_reads
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        if record.name == _CHUNK_READS:
+            return self.chunk_reads
+        return record.levelno >= logging.INFO and record.name.startswith("mlaas4hep.workflow")
+
+
+def _setup_logging(verbose: int, *, chunk_reads: bool = False) -> None:
+    """Send mlaas4hep's log records to stdout: 0 warnings only, 1 the workflow's progress, 2 debug.
+
+    ``chunk_reads``: at 1, also each chunk read (logged at DEBUG), as the original workflow listed them.
+    """
+    if verbose <= 0:
+        level = logging.WARNING
+    else:
+        level = logging.DEBUG if verbose >= 2 or chunk_reads else logging.INFO
     logger = logging.getLogger("mlaas4hep")
     for handler in list(logger.handlers):
         if getattr(handler, _HANDLER_MARK, False):
             logger.removeHandler(handler)
     handler = _StdoutHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
+    if verbose == 1:
+        handler.addFilter(_Progress(chunk_reads))
     setattr(handler, _HANDLER_MARK, True)
     logger.addHandler(handler)
     logger.setLevel(level)
@@ -69,24 +100,60 @@ def run_demo(
     batch_size: int,
     hist: str = "",
     verbose: int = 1,
-) -> dict[str, float]:
-    """Write the demo files, run the workflow with the recipe's model on them, return the test-set metrics."""
-    from .demo import make_demo_files
+) -> WorkflowResult:
+    """Write the demo files (kept if there), say what they are, train the recipe's model on them and save it.
+
+    The model, its preprocessing and the run's params go to ``directory / "model.keras"``,
+    ``model.preprocessing.json`` and ``model.params.json``.
+
+    Returns
+    -------
+    WorkflowResult
+        The run's result (:func:`mlaas4hep.workflow.run.run_workflow`).
+    """
+    from .demo import DEMO_SAMPLES, make_demo_files
     from .models import seed_model
     from .params import WorkflowParams
+    from .quiet import import_keras
     from .run import run_workflow
 
+    kept = all((directory / s.file_name).is_file() for s in DEMO_SAMPLES)
     files = make_demo_files(directory, n_events=n_events, seed=seed, overwrite=False)
+    _print_samples(files, kept)
+    import_keras(verbose)
     params = WorkflowParams(
         epochs=epochs, seed=seed, chunk_size=chunk_size, batch_size=batch_size, hist=hist, verbose=verbose
     )
-    result = run_workflow(files, [1, 0], seed_model, params, specs=directory / "specs.json")
-    return result.metrics
+    labels = [s.label for s in DEMO_SAMPLES]
+    return run_workflow(
+        files, labels, seed_model, params, specs=directory / "specs.json", fout=directory / "model.keras"
+    )
+
+
+def _print_samples(files: Sequence[Path], kept: bool) -> None:
+    """What the demo files are: synthetic, their schema, which one is the signal."""
+    import uproot
+
+    from .demo import DEMO_SAMPLES
+
+    print("mlaas4hep demo: the original MLaaS4HEP recipe's model trained on two demo ROOT files.")
+    print("The files are synthetic: random events that follow the reduced-NanoAOD schema of the recipe's")
+    print("CMS Open Data samples, whose names they carry (tree Events, 66 branches: muons, electrons, taus,")
+    when = "kept from an earlier run" if kept else "written now"
+    print(f"jets, MET, triggers); they are not CMS data. Labelled as the recipe's labels.txt ({when}):")
+    width = max(len(str(f)) for f in files)
+    for path, sample in zip(files, DEMO_SAMPLES, strict=True):
+        with uproot.open(path) as f:
+            n = f["Events"].num_entries
+        print(f"  {sample.role:<10} (label {sample.label}) {path!s:<{width}} {n:>7} events, {sample.process}")
 
 
 def _demo(args: argparse.Namespace) -> int:
-    metrics = run_demo(
-        Path(args.directory),
+    from .demo import DEMO_SAMPLES
+
+    directory = Path(args.directory)
+    result = run_demo(
+        directory,
         args.events,
         args.epochs,
         args.seed,
@@ -95,7 +162,13 @@ def _demo(args: argparse.Namespace) -> int:
         hist=args.hist,
         verbose=args.verbose,
     )
-    print("test set: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if args.verbose <= 0:  # at level 0 the log says nothing: still tell the result
+        print("test set: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    command = ["mlaas4hep", "predict", *(str(directory / s.file_name) for s in DEMO_SAMPLES)]
+    command += ["--model", str(result.model_path), "--preprocessing", str(result.preprocessing_path)]
+    command += ["--output-dir", str(directory / "scores"), "--overwrite"]
+    print(f"Score the files with the trained model (a friend tree of scores per file, in {directory / 'scores'}):")
+    print("  " + shlex.join(command))
     return 0
 
 
@@ -163,8 +236,10 @@ def _specs(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from ..scores import write_scores
     from .lists import read_list
+    from .quiet import import_keras
 
     files = [f for value in args.files for f in read_list(value, "FILE")]
+    import_keras(args.verbose)
     written = write_scores(
         args.model,
         files,
@@ -216,17 +291,19 @@ def _workflow(args: argparse.Namespace) -> int:
     if args.workflow_verbose is not None:
         params = dataclasses.replace(params, verbose=args.workflow_verbose)
     verbose = params.verbose
-    _setup_logging(verbose)
+    _setup_logging(verbose, chunk_reads=True)
     files = read_list(args.files, "--files")
     labels = parse_labels(args.labels)
 
     from .preproc import load_preproc
+    from .quiet import import_keras
     from .run import run_workflow
 
     preproc = load_preproc(args.preproc) if args.preproc else None  # its errors before Keras loads
+    import_keras(verbose)
     result = run_workflow(files, labels, args.model, params, specs=args.specs, fout=args.fout, preproc=preproc)
     if verbose <= 0:  # at level 0 the log says nothing: still tell the result
-        print("test set: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+        print("test set: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()) + f"; seed {result.seed}")
     return 0
 
 
@@ -259,11 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", type=int, default=1, help="0: quiet, 1: progress (default), 2: debug")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="write the demo ROOT files and train the recipe's model on them")
+    demo = sub.add_parser(
+        "demo", help="write two synthetic demo ROOT files, train the recipe's model on them and save it"
+    )
     demo.add_argument("--directory", default="demo_data", help="where to write the demo files (default demo_data)")
     demo.add_argument("--events", type=int, default=50_000, help="events per demo file (default 50000)")
     demo.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
-    demo.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    demo.add_argument("--seed", type=int, default=1, help="seed of the demo files and of the training (default 1)")
     demo.add_argument("--chunk-size", type=int, default=10_000, help="events per chunk (default 10000)")
     demo.add_argument("--batch-size", type=int, default=100, help="events per batch (default 100)")
     demo.add_argument("--hist", default="", help="directory for plots (default: no plots)")

@@ -1,9 +1,11 @@
-"""Synthetic demo data: two small CMS-NanoAOD-like ROOT files.
+"""Synthetic demo data: two small CMS-NanoAOD-like ROOT files, made of random numbers.
 
 :func:`make_demo_files` writes ``GluGluToHToTauTau.root`` and
 ``VBF_HToTauTau.root``, stand-ins for the reduced CMS Open Data NanoAOD files
-(H -> tau tau via gluon fusion and via vector-boson fusion) that the examples,
-tests and benchmarks of mlaas4hep use.  Each file holds a TTree ``Events`` with
+of the original recipe (H -> tau tau via gluon fusion and via vector-boson
+fusion) that the examples, tests and benchmarks of mlaas4hep use. They carry
+those samples' names and schema, not their events. :data:`DEMO_SAMPLES` says
+which is the signal (label 1, as the recipe's labels.txt).  Each file holds a TTree ``Events`` with
 the same 66 branches: 18 flat ones (counters ``nMuon``, ``nElectron``,
 ``nTau`` and ``nJet`` included) and 48 jagged ones, 12 per collection.
 
@@ -20,6 +22,7 @@ import logging
 import os
 import pathlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import awkward as ak
@@ -28,13 +31,30 @@ import uproot
 
 from mlaas4hep._checks import check_int
 
-__all__ = ["make_demo_files"]
+__all__ = ["DEMO_SAMPLES", "DemoSample", "make_demo_files"]
 
 logger = logging.getLogger(__name__)
 
 GLUGLU_NAME = "GluGluToHToTauTau.root"
 VBF_NAME = "VBF_HToTauTau.root"
 TREE_NAME = "Events"
+
+
+@dataclass(frozen=True)
+class DemoSample:
+    """One demo file: its name, its label in the recipe's labels.txt, and what it stands for."""
+
+    file_name: str
+    label: int
+    role: str
+    process: str
+
+
+DEMO_SAMPLES = (
+    DemoSample(GLUGLU_NAME, 1, "signal", "H -> tau tau by gluon fusion"),
+    DemoSample(VBF_NAME, 0, "background", "H -> tau tau by vector-boson fusion, most events with two forward jets"),
+)
+"""The demo files in the order :func:`make_demo_files` returns them, labelled as the recipe's labels.txt (1, 0)."""
 
 # Fraction of VBF events with the two forward "tagging" jets; the others look
 # like gluon fusion.  This is the main knob that sets how separable they are.
@@ -333,12 +353,12 @@ def make_demo_files(
     directory = pathlib.Path(directory)
     paths = [directory / GLUGLU_NAME, directory / VBF_NAME]
     if not overwrite and all(p.is_file() for p in paths):
-        logger.info("demo files already in %s, not rewritten", directory)
+        logger.debug("demo files already in %s, not rewritten", directory)
         return paths
     directory.mkdir(parents=True, exist_ok=True)
     sizes = [int(n_events), int(n_events) + int(n_events) * 3 // 100]
     sub_seeds = np.random.SeedSequence(seed).spawn(2)
     for path, size, vbf, sub in zip(paths, sizes, (False, True), sub_seeds, strict=True):
         _write(path, _events(np.random.default_rng(sub), size, vbf), step)
-        logger.info("wrote %s (%d events)", path, size)
+        logger.debug("wrote %s (%d events)", path, size)
     return paths

@@ -2,23 +2,31 @@
 
 :func:`load_params` reads a params.json file; :meth:`WorkflowParams.from_dict`
 checks an already parsed one. Either names the key at fault, and for a
-misspelt key the closest valid one.
+misspelt key the closest valid one. :func:`save_params` writes the params a run
+used (its seed included) as a params.json that repeats the run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .._checks import is_int
-from .._json import read_json
+from .._json import read_json, write_json
 from ..errors import ParameterError
 from ..specs.values import DEFAULT_EXCLUDE
 
-__all__ = ["DEFAULT_PARAMS", "WorkflowParams", "load_params"]
+__all__ = ["DEFAULT_PARAMS", "DEFAULT_SEED", "WorkflowParams", "load_params", "params_path", "save_params"]
+
+DEFAULT_SEED = 1
+"""The seed of a run whose params.json names none: runs are reproducible unless ``"seed": null`` asks otherwise."""
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "nevts": -1,
@@ -35,7 +43,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "verbose": 1,
     "validation_split": 0.2,
     "test_split": 0.2,
-    "seed": None,
+    "seed": DEFAULT_SEED,
     "normalization": "minmax",
     "layout": "flat",
 }
@@ -60,7 +68,7 @@ class WorkflowParams:
     verbose: int = 1
     validation_split: float = 0.2
     test_split: float = 0.2
-    seed: int | None = None
+    seed: int | None = DEFAULT_SEED
     normalization: str | None = "minmax"
     layout: str = "flat"
 
@@ -68,6 +76,33 @@ class WorkflowParams:
     def exclude(self) -> list[str]:
         """Branches left out of the features: ``exclude_branches`` and ``identifier``."""
         return list(dict.fromkeys([*self.exclude_branches, *self.identifier]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every key as params.json holds it (lists for the branch names); ``from_dict`` reads it back.
+
+        Examples
+        --------
+        >>> WorkflowParams(epochs=2).to_dict()["epochs"]
+        2
+        >>> WorkflowParams.from_dict(WorkflowParams(seed=7).to_dict()) == WorkflowParams(seed=7)
+        True
+        """
+        data = dataclasses.asdict(self)
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
+
+    def with_seed(self) -> WorkflowParams:
+        """These params with a seed: their own, or one drawn at random for ``"seed": null``.
+
+        Examples
+        --------
+        >>> WorkflowParams(seed=3).with_seed().seed
+        3
+        >>> WorkflowParams(seed=None).with_seed().seed is not None
+        True
+        """
+        if self.seed is not None:
+            return self
+        return dataclasses.replace(self, seed=int(np.random.default_rng().integers(2**31)))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "params") -> WorkflowParams:
@@ -136,6 +171,38 @@ def load_params(path: str | os.PathLike[str]) -> WorkflowParams:
         msg = f"--params: {where!r} holds a {type(data).__name__}, not a JSON object"
         raise ParameterError(msg)
     return WorkflowParams.from_dict(data, where)
+
+
+def params_path(model_path: str | os.PathLike[str]) -> Path:
+    """Where the params of a saved model's run go: ``model.keras`` -> ``model.params.json``.
+
+    Examples
+    --------
+    >>> params_path("out/model.keras").as_posix()
+    'out/model.params.json'
+    """
+    return Path(model_path).with_suffix(".params.json")
+
+
+def save_params(params: WorkflowParams, path: str | os.PathLike[str]) -> Path:
+    """Write ``params`` as a params.json (every key, the seed included): ``--params`` repeats the run.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    FileAccessError
+        If the file cannot be written.
+
+    Examples
+    --------
+    >>> save_params(WorkflowParams(seed=7), "model.params.json")  # doctest: +SKIP
+    PosixPath('model.params.json')
+    """
+    return write_json(path, params.to_dict(), "params")
 
 
 # -- checks of one key each: the merged params, the key, and where they come from (for messages) ----------

@@ -1,9 +1,16 @@
-"""Plots of the workflow: feature histograms, training history, ROC curve.
+"""Plots of the workflow: ROC curve, training history, and the feature histograms of a sequence.
 
-Matplotlib is an optional dependency (``pip install mlaas4hep[plot]``), imported
-only when a plot is made. Figures are built with :class:`matplotlib.figure.Figure`
-and saved with the Agg/PDF renderers, so no display and no pyplot state are
-involved; in a notebook the returned figure is shown as usual.
+:func:`plot_roc` and :func:`plot_history` draw the results;
+:func:`plot_sequence_features` reads a chunk of a sequence (:func:`feature_sample`)
+and draws its features with
+:func:`~mlaas4hep.workflow.histograms.plot_feature_histograms` (filled with
+:mod:`hist`, drawn with :mod:`mplhep`, one histogram per sample named after its
+files). Matplotlib, hist and mplhep are optional dependencies
+(``pip install 'mlaas4hep[plot]'``), imported only when a plot is made
+(:mod:`mlaas4hep.workflow._figures`). Figures are built with
+:class:`matplotlib.figure.Figure` and saved with the Agg/PDF renderers, so no
+display and no pyplot state are involved; in a notebook the returned figure is
+shown as usual.
 
 ROC curves are computed with numpy (:func:`roc_curve`, :func:`auc_score`).
 """
@@ -12,19 +19,19 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from ..errors import ParameterError
+from ._figures import figure, require, save
+from .histograms import plot_feature_histograms
 
 __all__ = [
     "auc_score",
     "feature_sample",
-    "plot_feature_histograms",
     "plot_history",
     "plot_roc",
     "plot_sequence_features",
@@ -32,32 +39,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_INSTALL_HINT = "plotting needs matplotlib: pip install mlaas4hep[plot]"
-
-
-def _require_matplotlib() -> None:
-    """Import matplotlib, or raise an ImportError that says how to install it."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as err:
-        raise ImportError(_INSTALL_HINT) from err
-
-
-def _figure(**kwargs: Any) -> Any:
-    """A new matplotlib Figure (not registered with pyplot)."""
-    _require_matplotlib()
-    from matplotlib.figure import Figure
-
-    return Figure(**kwargs)
-
-
-def _save(fig: Any, path: str | os.PathLike[str] | None) -> None:
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        log.info("wrote %s", path)
-
 
 # -- ROC ----------------------------------------------------------------------------------------
 
@@ -135,13 +116,13 @@ def plot_roc(
     """
     fpr, tpr, _ = roc_curve(y_true, scores)
     auc = auc_score(fpr, tpr)
-    fig = _figure(figsize=(5, 5), layout="constrained")
+    fig = figure(figsize=(5, 5), layout="constrained")
     ax = fig.add_subplot()
     ax.plot(fpr, tpr, label=f"AUC = {auc:.4f}")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="random")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="lower right")
-    _save(fig, path)
+    save(fig, path)
     return fig
 
 
@@ -170,7 +151,7 @@ def plot_history(history: Mapping[str, Sequence[float]] | Any, path: str | os.Pa
     panels = [m for m in ("loss", "auc") if m in data or f"val_{m}" in data]
     if not panels:
         panels = sorted({k.removeprefix("val_") for k in data})[:2]
-    fig = _figure(figsize=(5 * len(panels), 4), layout="constrained")
+    fig = figure(figsize=(5 * len(panels), 4), layout="constrained")
     from matplotlib.ticker import MaxNLocator
 
     for i, metric in enumerate(panels):
@@ -182,91 +163,11 @@ def plot_history(history: Mapping[str, Sequence[float]] | Any, path: str | os.Pa
         ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
-    _save(fig, path)
+    save(fig, path)
     return fig
 
 
-# -- features -----------------------------------------------------------------------------------
-
-
-def plot_feature_histograms(
-    raw: np.ndarray,
-    normalized: np.ndarray,
-    labels: np.ndarray | None,
-    names: Sequence[str],
-    path: str | os.PathLike[str],
-    *,
-    mask: np.ndarray | None = None,
-    bins: int = 50,
-) -> Path:
-    """Histograms of each feature's raw and normalized values, one page (or image) per feature, split by label.
-
-    Parameters
-    ----------
-    raw, normalized : array of shape (n_events, n_features)
-        Values before and after normalization.
-    labels : array of shape (n_events,), optional
-        Event labels; one histogram per distinct label (all events together if None).
-    names : sequence of str
-        Feature names, one per column.
-    path : path
-        A ``.pdf`` file gets one page per feature; any other suffix (``.png``)
-        gives one image per feature beside it, ``<stem>_<feature><suffix>`` (characters other
-        than letters, digits, ``_``, ``.`` and ``-`` in the feature name become ``_``).
-    mask : bool array like ``raw``, optional
-        Where values are real (padded slots are left out).
-    bins : int
-        Bins per histogram.
-
-    Returns
-    -------
-    pathlib.Path
-        ``path`` (for a PDF) or the directory holding the images.
-    """
-    _require_matplotlib()
-    raw = np.asarray(raw, dtype=np.float64)
-    normalized = np.asarray(normalized, dtype=np.float64)
-    if raw.shape != normalized.shape or raw.ndim != 2 or raw.shape[1] != len(names):
-        msg = f"raw {raw.shape} and normalized {normalized.shape} must both be (n_events, {len(names)})"
-        raise ParameterError(msg)
-    keep = np.ones(raw.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    keep = keep & np.isfinite(raw) & np.isfinite(normalized)
-    groups: list[tuple[str, np.ndarray]]
-    if labels is None:
-        groups = [("all", np.ones(raw.shape[0], dtype=bool))]
-    else:
-        labels = np.asarray(labels).ravel()
-        groups = [(f"label {v:g}", labels == v) for v in np.unique(labels)]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pdf: Any = None  # a PdfPages, whose methods have no type annotations
-    if path.suffix.lower() == ".pdf":
-        from matplotlib.backends.backend_pdf import PdfPages
-
-        pdf = PdfPages(path)
-    try:
-        for j, name in enumerate(names):
-            fig = _figure(figsize=(9, 3.5), layout="constrained")
-            for k, (values, what) in enumerate(((raw, "raw"), (normalized, "normalized"))):
-                ax = fig.add_subplot(1, 2, k + 1)
-                column = values[:, j]
-                finite = column[keep[:, j]]
-                edges = np.histogram_bin_edges(finite, bins=bins) if finite.size else np.linspace(0, 1, bins + 1)
-                for label, rows in groups:
-                    ax.hist(column[rows & keep[:, j]], bins=edges, histtype="step", density=True, label=label)
-                ax.set(xlabel=f"{name} ({what})", ylabel="density")
-                ax.legend(fontsize="small")
-            fig.suptitle(name)
-            if pdf is not None:
-                pdf.savefig(fig)
-            else:
-                safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
-                fig.savefig(path.with_name(f"{path.stem}_{safe}{path.suffix}"))
-    finally:
-        if pdf is not None:
-            pdf.close()
-    log.info("wrote histograms of %d features to %s", len(names), path)
-    return path if pdf is not None else path.parent
+# -- features of a sequence ----------------------------------------------------------------------
 
 
 def feature_sample(sequence: Any, *, chunk: int = 0, max_events: int = 20_000) -> dict[str, Any]:
@@ -290,7 +191,16 @@ def feature_sample(sequence: Any, *, chunk: int = 0, max_events: int = 20_000) -
     -------
     dict
         ``names``, ``raw``, ``normalized``, ``mask`` (arrays of shape
-        ``(n_events, len(names))``) and ``labels`` (shape ``(n_events,)`` or None).
+        ``(n_events, len(names))``; the raw values of integer and boolean
+        branches are whole numbers), ``labels`` (shape ``(n_events,)`` or None)
+        and ``sample_names`` (label -> the stems of its files, e.g.
+        ``{1.0: "GluGluToHToTauTau"}``; empty for labels read from a branch).
+
+    Examples
+    --------
+    >>> sample = feature_sample(train, max_events=1000)  # doctest: +SKIP
+    >>> sample["names"][:2], sample["sample_names"]  # doctest: +SKIP
+    (['HLT_IsoMu24', 'MET_pt'], {1.0: 'GluGluToHToTauTau', 0.0: 'VBF_HToTauTau'})
     """
     dataset = sequence.prepared
     flattener = dataset.flattener
@@ -301,22 +211,41 @@ def feature_sample(sequence: Any, *, chunk: int = 0, max_events: int = 20_000) -
         reader.close()
     X, M = flattener.transform(read.pieces)
     assert M is not None  # transform makes the mask by default
-    columns, names = [], []
+    columns, names, whole = [], [], []
     for branch in flattener.branches:
         cols = flattener.columns(branch)
         if cols.stop > cols.start:
             columns.append(cols.start)
             names.append(branch if branch in flattener.specs.flat else f"{branch}[0]")
+            whole.append(np.dtype(flattener.specs[branch].dtype).kind in "biu")
     X, M = X[:max_events], M[:max_events]
     raw = flattener.inverse_transform(X, M)[:, columns]
+    raw[:, whole] = np.round(raw[:, whole])  # integers and booleans as they were, not float32's neighbours
     labels = None if read.labels is None else read.labels[:max_events]
-    return {"names": names, "raw": raw, "normalized": X[:, columns], "mask": M[:, columns], "labels": labels}
+    return {
+        "names": names,
+        "raw": raw,
+        "normalized": X[:, columns],
+        "mask": M[:, columns],
+        "labels": labels,
+        "sample_names": _sample_names(dataset),
+    }
+
+
+def _sample_names(dataset: Any) -> dict[float, str]:
+    """Label -> the stems of the files that carry it ("a + b", or "a + 3 more"), for per-file labels."""
+    if dataset.labels is None:
+        return {}
+    stems: dict[float, list[str]] = {}
+    for source, label in zip(dataset.sources, dataset.labels, strict=True):
+        stems.setdefault(float(label), []).append(PurePosixPath(source.path.split("?")[0]).stem)
+    return {k: " + ".join(v) if len(v) <= 2 else f"{v[0]} + {len(v) - 1} more" for k, v in stems.items()}
 
 
 def plot_sequence_features(
     sequence: Any, path: str | os.PathLike[str], *, chunk: int = 0, max_events: int = 20_000
 ) -> Path:
-    """Histograms of :func:`feature_sample` of ``sequence``, split by label, written to ``path``.
+    """Histograms of :func:`feature_sample` of ``sequence``, one per sample (named after its files), into ``path``.
 
     Parameters
     ----------
@@ -330,9 +259,21 @@ def plot_sequence_features(
     Returns
     -------
     pathlib.Path
+        ``path`` (for a PDF) or the directory holding the images.
+
+    Examples
+    --------
+    >>> plot_sequence_features(train, "pdfs/features.pdf")  # doctest: +SKIP
+    PosixPath('pdfs/features.pdf')
     """
-    _require_matplotlib()
+    require("matplotlib", "hist", "mplhep")
     sample = feature_sample(sequence, chunk=chunk, max_events=max_events)
     return plot_feature_histograms(
-        sample["raw"], sample["normalized"], sample["labels"], sample["names"], path, mask=sample["mask"]
+        sample["raw"],
+        sample["normalized"],
+        sample["labels"],
+        sample["names"],
+        path,
+        mask=sample["mask"],
+        sample_names=sample["sample_names"],
     )

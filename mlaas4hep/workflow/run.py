@@ -1,24 +1,26 @@
-"""The original MLaaS4HEP workflow (files, labels, a model file, params.json) as library calls.
+"""The original MLaaS4HEP workflow (files, labels, a model file, params.json) as one library call.
 
 :func:`run_workflow` does what the original ``workflow.py`` did: a first pass
 over the files (the specs), training of the user's Keras model on chunks of
-events, and the test-set loss, accuracy and AUC at the end, with optional
-plots. Its inputs are read by :mod:`mlaas4hep.workflow.lists` (list files, the model
-file) and :mod:`mlaas4hep.workflow.params` (params.json), whose functions are
-re-exported here. The command line (:mod:`mlaas4hep.workflow.cli`) only parses
-arguments and calls these functions.
+events, and the held-out set's loss, accuracy and AUC at the end, with optional
+plots; it can save the model, its preprocessing and the params of the run.
+The steps live beside it: :mod:`~mlaas4hep.workflow.training` (the model built
+and fitted, one line per epoch), :mod:`~mlaas4hep.workflow.evaluation` (the
+test metrics and the result plots); its inputs are read by
+:mod:`~mlaas4hep.workflow.lists` (list files, the model file) and
+:mod:`~mlaas4hep.workflow.params` (params.json).
 
-Keras (and TensorFlow) are imported only when a model is loaded or trained,
-after :func:`quiet_tensorflow` has silenced TensorFlow's C++ and absl logs.
+A library call: Keras is imported as it is, when a model is built, and no
+environment variable, logging setting or file descriptor of the process is
+touched. The command line (:mod:`mlaas4hep.workflow.cli`) quiets TensorFlow for
+its own runs before calling it.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -26,155 +28,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import ParameterError
+from ..preprocessing import preprocessing_path
 from ..specs.values import Specs
-from .lists import load_model_function, parse_labels, read_list
-from .params import DEFAULT_PARAMS, WorkflowParams, load_params
+from .evaluation import evaluate, plot_results
+from .lists import load_model_function
+from .params import DEFAULT_PARAMS, WorkflowParams, load_params, params_path, save_params
+from .plots import plot_sequence_features
 from .preproc import Preproc, load_preproc, translate_preproc
+from .training import build_model, train
 
-__all__ = [
-    "DEFAULT_PARAMS",
-    "WorkflowParams",
-    "WorkflowResult",
-    "fit_model",
-    "import_keras",
-    "load_model_function",
-    "load_params",
-    "parse_labels",
-    "quiet_tensorflow",
-    "read_list",
-    "run_workflow",
-]
+__all__ = ["WorkflowResult", "run_workflow", "split_line"]
 
 log = logging.getLogger(__name__)
 
 
-def quiet_tensorflow(verbose: int = 0) -> None:
-    """Silence TensorFlow's C++ and absl logging before Keras is imported.
-
-    Parameters
-    ----------
-    verbose : int
-        Below 2, TensorFlow's C++ log level is set to 3 (errors only) unless
-        ``TF_CPP_MIN_LOG_LEVEL`` is already set; at 2 and above it is left alone.
-    """
-    if verbose < 2:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    try:
-        import absl.logging
-    except ImportError:  # absl comes with TensorFlow; without it there is nothing to silence
-        return
-    absl.logging.set_verbosity(absl.logging.ERROR if verbose < 2 else absl.logging.INFO)
-
-
-def import_keras(verbose: int = 0) -> Any:
-    """Import Keras (and TensorFlow) with :func:`quiet_tensorflow`, hiding TensorFlow's start-up lines.
-
-    TensorFlow's C++ start-up messages (oneDNN, CUDA drivers, absl's
-    ``InitializeLog`` warning) ignore ``TF_CPP_MIN_LOG_LEVEL`` in recent
-    releases; below ``verbose`` 2 the process's stderr is sent to /dev/null
-    while Keras is first imported. Python exceptions still propagate.
-
-    Returns
-    -------
-    module
-        :mod:`keras`.
-    """
-    quiet_tensorflow(verbose)
-    if verbose >= 2 or "tensorflow" in sys.modules:
-        import keras
-
-        return keras
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no file descriptor 2 to silence
-        import keras
-
-        return keras
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                import keras
-            finally:
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
-    return keras
-
-
-# -- training ---------------------------------------------------------------------------------
-
-
-def fit_model(model: Any, train: Any, validation: Any | None, **kwargs: Any) -> Any:
-    """Call ``model.fit`` with the sequences, whatever the model's own ``fit`` looks like.
-
-    A Keras model gets ``fit(train, None, validation_data=validation, **kwargs)``.
-    A ``keras.Model`` subclass that defines ``fit(self, x_train, y_train, **kwds)``
-    as in the original's ``models.py`` gets the same call: ``x_train`` is the
-    training sequence (which yields ``(x, y)`` batches), ``y_train`` is None.
-    A ``fit`` with a single data argument gets only the sequence; keyword
-    arguments it does not accept (and that no ``**kwds`` would take) are left out.
-
-    Returns
-    -------
-    whatever ``fit`` returns (a ``keras.callbacks.History`` for Keras models)
-    """
-    fit = model.fit
-    kwargs = dict(kwargs)
-    if validation is not None:
-        kwargs["validation_data"] = validation
-    signature = inspect.signature(fit)
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
-    if not takes_any:
-        dropped = [k for k in kwargs if k not in signature.parameters]
-        if dropped:
-            log.warning("%s.fit takes no %s; not passing them", type(model).__name__, dropped)
-        kwargs = {k: v for k, v in kwargs.items() if k in signature.parameters}
-    for args in ((train, None), (train,)):
-        try:
-            signature.bind(*args, **kwargs)
-        except TypeError:
-            continue
-        return fit(*args, **kwargs)
-    msg = f"cannot call {type(model).__name__}.fit{signature} with the training sequence"
-    raise ParameterError(msg)
-
-
-def _history_callback() -> Any:
-    """A Keras callback that logs one line per epoch and keeps every epoch's metrics."""
-    import keras
-
-    class EpochLog(keras.callbacks.Callback):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.history: dict[str, list[float]] = {}
-            self.epochs = 0
-            self._t0 = 0.0
-
-        def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
-            self.epochs = int(self.params.get("epochs") or 0)
-
-        def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-            self._t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-            logs = dict(logs or {})
-            for key, value in logs.items():
-                self.history.setdefault(key, []).append(float(value))
-            metrics = " - ".join(f"{k}: {float(v):.4f}" for k, v in logs.items())
-            log.info("Epoch %d/%d - %.1fs - %s", epoch + 1, self.epochs, time.perf_counter() - self._t0, metrics)
-
-    return EpochLog()
-
-
 @dataclass
 class WorkflowResult:
-    """What :func:`run_workflow` returns."""
+    """What :func:`run_workflow` returns.
+
+    ``params`` are those the run used, its ``seed`` filled in (drawn when
+    params.json said ``"seed": null``); ``model_path``, ``preprocessing_path``
+    and ``params_path`` are None unless the model was saved (``fout``).
+    """
 
     model: Any
     specs: Specs
@@ -184,6 +60,13 @@ class WorkflowResult:
     plots: list[Path] = field(default_factory=list)
     model_path: Path | None = None
     preprocessing_path: Path | None = None
+    params: WorkflowParams = field(default_factory=WorkflowParams)
+    params_path: Path | None = None
+
+    @property
+    def seed(self) -> int | None:
+        """The seed the run used (shuffling and Keras' initial weights)."""
+        return self.params.seed
 
 
 def run_workflow(
@@ -209,14 +92,17 @@ def run_workflow(
         (the original's keras_model.py); with ``"layout": "collections"``,
         ``idim`` is the training sequence's ``input_spec`` (``models.deep_sets`` takes it).
     params : WorkflowParams, mapping, path, or None
-        The params.json contents (see :data:`DEFAULT_PARAMS`); None uses the defaults.
+        The params.json contents (see :data:`~mlaas4hep.workflow.params.DEFAULT_PARAMS`);
+        None uses the defaults.
     specs : path or Specs, optional
         Specs to reuse (``--specs``): a JSON file is read when it matches the
         files, and (re)written otherwise.
     fout : path, optional
         Where to save the trained model (``--fout``); must end in ``.keras`` or ``.h5``.
-        The preprocessing (what :func:`~mlaas4hep.write_scores` needs to make
-        the model's inputs) is saved beside it: ``model.keras`` -> ``model.preprocessing.json``.
+        Beside it go the preprocessing (what :func:`~mlaas4hep.write_scores`
+        needs to make the model's inputs), ``model.keras`` -> ``model.preprocessing.json``,
+        and the params of the run, its seed included, ``model.params.json``
+        (give it as ``params`` to repeat the run).
     preproc : path, mapping or Preproc, optional
         The original's preproc.json (``--preproc``): new branches, cuts and
         branches to drop, translated by :func:`mlaas4hep.workflow.preproc.translate_preproc`
@@ -225,9 +111,15 @@ def run_workflow(
     Returns
     -------
     WorkflowResult
-        The trained model, the specs, the per-epoch history, the test-set
-        metrics (those the model was compiled with, plus ``roc_auc``), and the
-        plots written.
+        The trained model, the specs, the per-epoch history, the held-out
+        set's metrics (those the model was compiled with, plus ``roc_auc``),
+        the plots and files written, and the params used (``result.seed``).
+
+    Raises
+    ------
+    ParameterError
+        For a bad ``fout`` suffix or params; the library's errors name the file,
+        branch or key at fault.
 
     Notes
     -----
@@ -235,44 +127,54 @@ def run_workflow(
     ``1 - validation_split - test_split`` train, the next ``validation_split``
     validate (Keras' ``val_*`` metrics), the last ``test_split`` make the test
     set evaluated at the end. With ``test_split`` 0 the test metrics are those
-    of the validation set.
+    of the validation set. The seed (default 1; ``"seed": null`` draws one)
+    shuffles the training events and is given to ``keras.utils.set_random_seed``
+    (Python's, NumPy's and the backend's generators) before the model is built,
+    so the same params repeat a run.
+
+    Examples
+    --------
+    >>> result = run_workflow(["sig.root", "bkg.root"], [1, 0], seed_model,
+    ...                       {"epochs": 2}, fout="model.keras")  # doctest: +SKIP
+    >>> result.metrics["roc_auc"], result.seed  # doctest: +SKIP
+    (0.7834, 1)
     """
-    params = _as_params(params)
+    given = _as_params(params)
+    used = given.with_seed()  # the params of this run: a seed drawn for "seed": null
     if fout is not None and Path(fout).suffix not in (".keras", ".h5"):
         msg = f"--fout: {os.fspath(fout)!r} must end in .keras (or .h5), as keras.Model.save requires"
         raise ParameterError(msg)
-    keras = import_keras(params.verbose)
     model_function = model if callable(model) else load_model_function(model)
     preproc = _as_preproc(preproc)
-    log.info("model parameters: %s", json.dumps({k: getattr(params, k) for k in DEFAULT_PARAMS}, default=list))
+    log.info("model parameters: %s", json.dumps(used.to_dict()))
+    assert used.seed is not None  # with_seed drew one
+    _log_seed(used.seed, drawn=given.seed is None)
+    import keras
 
-    if params.seed is not None:
-        keras.utils.set_random_seed(params.seed)
+    keras.utils.set_random_seed(used.seed)
     sequences: list[Any] = []
     try:
-        train, val, test = _make_sequences(files, labels, params, specs, preproc, sequences)
+        train_seq, val, test = _make_sequences(files, labels, used, specs, preproc, sequences)
         plots: list[Path] = []
-        hist_dir = Path(params.hist) if params.hist else None
+        hist_dir = Path(used.hist) if used.hist else None
         if hist_dir is not None:
-            from .plots import plot_sequence_features
-
             hist_dir.mkdir(parents=True, exist_ok=True)
-            plots.append(plot_sequence_features(train, hist_dir / "features.pdf"))
-        ml_model = _build_model(model_function, sequences, params.verbose)
-        history = _train(ml_model, train, val, params)
+            plots.append(plot_sequence_features(train_seq, hist_dir / "features.pdf"))
+        ml_model = build_model(model_function, sequences, used.verbose)
+        history = train(ml_model, train_seq, val, used)
         evaluation, name = (test, "test") if test is not None else (val, "validation")
         metrics: dict[str, float] = {}
-        roc_auc = None
-        curve = None
+        roc_auc = curve = None
         if evaluation is not None:
-            metrics, y_true, scores = _evaluate(ml_model, evaluation, name)
-            roc_auc = metrics["roc_auc"]
-            curve = (y_true, scores, name)
+            metrics, y_true, scores = evaluate(ml_model, evaluation, name)
+            roc_auc, curve = metrics["roc_auc"], (y_true, scores, name)
         if hist_dir is not None:
-            plots += _plot_results(hist_dir, curve, history, type(ml_model).__name__)
-            log.info("wrote plots %s", ", ".join(map(str, plots)))
-        model_path, preprocessing = _save(ml_model, fout, train)
-        return WorkflowResult(ml_model, train.specs, history, metrics, roc_auc, plots, model_path, preprocessing)
+            plots += plot_results(hist_dir, curve, history, type(ml_model).__name__)
+            log.info("plots: %s", ", ".join(map(str, plots)))
+        result = WorkflowResult(ml_model, train_seq.specs, history, metrics, roc_auc, plots, params=used)
+        if fout is not None:
+            _save(result, Path(fout), train_seq)
+        return result
     finally:
         for seq in sequences:
             seq.close()
@@ -299,6 +201,14 @@ def _as_preproc(preproc: str | os.PathLike[str] | Mapping[str, Any] | Preproc | 
     if isinstance(preproc, (str, os.PathLike)):
         return load_preproc(preproc)
     return translate_preproc(preproc)
+
+
+def _log_seed(seed: int, *, drawn: bool) -> None:
+    """Tell the seed of the run, and how to repeat it."""
+    origin = '(drawn at random for "seed": null)' if drawn else "(params.json's seed)"
+    if not drawn and seed == DEFAULT_PARAMS["seed"]:
+        origin = "(the default)"
+    log.info("seed %d %s: it shuffles the training events and sets Keras' initial weights", seed, origin)
 
 
 def _make_sequences(
@@ -331,7 +241,7 @@ def _make_sequences(
         "aliases": dict(preproc.aliases) if preproc is not None else None,
     }
     fractions = (params.validation_split, params.test_split)
-    train = _make_sequence(
+    train_seq = _make_sequence(
         "training",
         fractions,
         branches=list(params.selected_branches) or None,
@@ -340,24 +250,19 @@ def _make_sequences(
         shuffle=params.shuffle,
         **common,
     )
-    log.info("--- first pass: %s", train.specs.summary())
-    opened.append(train)
+    opened.append(train_seq)
+    log.info("--- first pass: %s (the inputs per event, jagged branches padded)", train_seq.specs.summary())
     val = test = None
     if params.validation_split:
-        val = _make_sequence("validation", fractions, specs=train.specs, shuffle=False, **common)
+        val = _make_sequence("validation", fractions, specs=train_seq.specs, shuffle=False, **common)
         opened.append(val)
     if params.test_split:
-        test = _make_sequence("test", fractions, specs=train.specs, shuffle=False, **common)
+        test = _make_sequence("test", fractions, specs=train_seq.specs, shuffle=False, **common)
         opened.append(test)
-    log.info(
-        "init sequences in %.2f s: training on %d events (%d batches), validating on %d, testing on %d",
-        time.perf_counter() - t0,
-        train.n_events,
-        len(train),
-        val.n_events if val is not None else 0,
-        test.n_events if test is not None else 0,
-    )
-    return train, val, test
+    log.debug("sequences made in %.2f s", time.perf_counter() - t0)
+    n_val, n_test = (None if seq is None else seq.n_events for seq in (val, test))
+    log.info("%s", split_line(params, train_seq.n_events, len(train_seq), n_val, n_test))
+    return train_seq, val, test
 
 
 def _make_sequence(part: str, fractions: tuple[float, float], **kwargs: Any) -> Any:
@@ -368,133 +273,43 @@ def _make_sequence(part: str, fractions: tuple[float, float], **kwargs: Any) -> 
     return RootSequence(validation_split=validation_split or None, test_split=test_split or None, subset=part, **kwargs)
 
 
-def _build_model(model_function: Callable[[Any], Any], sequences: Sequence[Any], verbose: int) -> Any:
-    """The user's model for the features of ``sequences[0]`` (the training one).
+def split_line(params: WorkflowParams, n_train: int, n_batches: int, n_val: int | None, n_test: int | None) -> str:
+    """What the run trains, validates and tests on: each part's share of every file, and its events.
 
-    ``model(idim)`` is given the number of features, or with ``"layout": "collections"``
-    the training sequence's ``input_spec``. A categorical cross-entropy loss gets
-    one-hot labels from every sequence.
+    ``n_val`` and ``n_test`` are None for a part the params leave out.
+
+    Examples
+    --------
+    >>> split_line(WorkflowParams(), 600, 6, 200, 200)  # doctest: +NORMALIZE_WHITESPACE
+    "split of each file's events, in order: the first 60% train (600 events, 6 batches of 100),
+    the next 20% validate (200 events; validation_split), the last 20% are the test set (200 events; test_split)"
     """
-    train = sequences[0]
-    ml_model = model_function(train.input_spec if train.options.layout == "collections" else train.num_features)
-    classes = _categorical_classes(ml_model)
-    if classes:  # as the original: a categorical cross-entropy loss gets one-hot labels
-        log.info("categorical cross-entropy loss: one-hot labels over %d classes", classes)
-        for seq in sequences:
-            seq.outputs.enable_one_hot(classes)
-    if verbose >= 1 and hasattr(ml_model, "summary"):
-        try:
-            ml_model.summary(print_fn=lambda line, *a, **k: log.info("%s", line))
-        except ValueError:  # a subclassed model that is not built yet has no summary
-            log.info("model %s", type(ml_model).__name__)
-    return ml_model
-
-
-def _categorical_classes(model: Any) -> int | None:
-    """Number of classes when ``model`` is compiled with a categorical (not sparse) cross-entropy loss."""
-    loss = getattr(model, "loss", None)
-    name = loss if isinstance(loss, str) else getattr(loss, "name", None) or getattr(loss, "__name__", "")
-    if name not in ("categorical_crossentropy", "CategoricalCrossentropy"):
-        return None
-    try:
-        classes = int(model.output_shape[-1])
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return classes if classes > 1 else None
-
-
-def _train(ml_model: Any, train: Any, val: Any | None, params: WorkflowParams) -> dict[str, list[float]]:
-    """Fit the model for ``params.epochs``, one log line per epoch; the metrics of every epoch."""
-    from ..errors import reraise
-
-    callbacks = [_history_callback()]
-    if params.verbose >= 1 and hasattr(train, "pipeline"):  # a RootSequence: one line per epoch on the loader
-        from ..loader_stats import LoaderStats
-
-        callbacks.append(LoaderStats(train))
-    t1 = time.perf_counter()
-    with reraise(*(s for s in (train, val) if s is not None)):  # a read error as the library's, not TensorFlow's
-        returned = fit_model(
-            ml_model,
-            train,
-            val,
-            epochs=params.epochs,
-            verbose=1 if params.verbose >= 2 else 0,
-            callbacks=callbacks,
-        )
-    log.info("####Time for training: %.2f s", time.perf_counter() - t1)
-    history: dict[str, list[float]] = callbacks[0].history or dict(getattr(returned, "history", None) or {})
-    return history
-
-
-def _evaluate(ml_model: Any, evaluation: Any, name: str) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """The compiled metrics and ``roc_auc`` on the ``name`` set, logged; with its labels and scores."""
-    from ..errors import reraise
-
-    metrics: dict[str, float] = {}
-    if hasattr(ml_model, "evaluate"):
-        with reraise(evaluation):
-            results = ml_model.evaluate(evaluation, verbose=0, return_dict=True)
-        metrics = {k: float(v) for k, v in results.items()}
-    y_true, scores = _predict(ml_model, evaluation)
-    if np.unique(y_true).size > 2:  # integer labels of several classes: the last one against the rest
-        y_true = (y_true == y_true.max()).astype(np.float32)
-    from .plots import auc_score, roc_curve
-
-    fpr, tpr, _ = roc_curve(y_true, scores)
-    metrics["roc_auc"] = auc_score(fpr, tpr)
-    log.info("%s set (%d events):", name, evaluation.n_events)
-    for key, value in metrics.items():
-        log.info("%s : %s", key, value)
-    return metrics, y_true, scores
-
-
-def _predict(model: Any, seq: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and model outputs over one full pass of ``seq``."""
-    ys, ps = [], []
-    for i in range(len(seq)):
-        X, y = seq[i][:2]  # batches may carry sample weights too
-        y = np.asarray(y)
-        # several classes: the last class against the rest, as the scores below
-        ys.append(y[:, -1] if y.ndim == 2 and y.shape[1] > 1 else y.ravel())
-        ps.append(np.asarray(model.predict_on_batch(X)).reshape(len(y), -1)[:, -1])
-    seq.on_epoch_end()
-    return np.concatenate(ys), np.concatenate(ps)
-
-
-def _plot_results(
-    hist_dir: Path,
-    curve: tuple[np.ndarray, np.ndarray, str] | None,
-    history: Mapping[str, Sequence[float]],
-    model_name: str,
-) -> list[Path]:
-    """The ROC curve (of the evaluated set, if any) and the training history, written into ``hist_dir``."""
-    plots = []
-    if curve is not None:
-        from .plots import plot_roc
-
-        y_true, scores, name = curve
-        plot_roc(y_true, scores, hist_dir / "roc.pdf", title=f"ROC on the {name} set")
-        plots.append(hist_dir / "roc.pdf")
-    if history:
-        from .plots import plot_history
-
-        plot_history(history, hist_dir / "history.pdf")
-        plots.append(hist_dir / "history.pdf")
+    scope = "each file's events" if params.nevts == -1 else f"each file's share of nevts={params.nevts} events"
+    train_share = 100 * (1 - params.validation_split - params.test_split)
+    parts = [f"the first {train_share:.3g}% train ({n_train} events, {n_batches} batches of {params.batch_size})"]
+    if n_val is None:
+        parts.append("no validation (validation_split 0)")
     else:
-        log.warning("no training history to plot: %s.fit passed no callbacks", model_name)
-    return plots
+        parts.append(f"the next {100 * params.validation_split:.3g}% validate ({n_val} events; validation_split)")
+    if n_test is None:
+        parts.append("no test set (test_split 0): the final metrics are the validation set's")
+    else:
+        parts.append(f"the last {100 * params.test_split:.3g}% are the test set ({n_test} events; test_split)")
+    return f"split of {scope}, in order: " + ", ".join(parts)
 
 
-def _save(ml_model: Any, fout: str | os.PathLike[str] | None, train: Any) -> tuple[Path | None, Path | None]:
-    """Save the model to ``fout``, if given, and its preprocessing beside it; the paths saved to."""
-    if fout is None:
-        return None, None
-    model_path = Path(fout)
+def _save(result: WorkflowResult, model_path: Path, train_seq: Any) -> None:
+    """Save the model, its preprocessing and the run's params beside each other; their paths go into ``result``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Keras' notes on saving subclassed models
-        ml_model.save(model_path)
-    log.info("saved model to %s", model_path)
-    from ..preprocessing import preprocessing_path
-
-    return model_path, train.save_preprocessing(preprocessing_path(model_path))
+        result.model.save(model_path)
+    result.model_path = model_path
+    result.preprocessing_path = train_seq.save_preprocessing(preprocessing_path(model_path))
+    result.params_path = save_params(result.params, params_path(model_path))
+    log.info(
+        "saved the model to %s, its preprocessing to %s and the run's params (seed %s) to %s",
+        model_path,
+        result.preprocessing_path,
+        result.seed,
+        result.params_path,
+    )

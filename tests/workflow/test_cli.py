@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import uproot
 
 from mlaas4hep.specs.values import Specs
 from mlaas4hep.workflow.cli import main, workflow_main
@@ -183,6 +186,45 @@ def test_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     argv += ["--chunk-size", "1000", "--hist", str(tmp_path / "plots")]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "test set: " in out and "roc_auc" in out
+    assert "test set (" in out and "roc_auc" in out  # told once, by the workflow's log
     assert (tmp_path / "demo" / "specs.json").exists()
     assert (tmp_path / "plots" / "roc.pdf").read_bytes().startswith(b"%PDF-")
+    assert f"plots: {tmp_path / 'plots' / 'features.pdf'}, " in out
+
+
+@pytest.mark.slow
+def test_the_demo_explains_itself_and_its_predict_command_runs(tmp_path: Path) -> None:
+    """At most 80 lines: synthetic files, which is the signal, the split, one line per epoch, the test metrics once."""
+    directory = tmp_path / "demo data"  # a space: the printed command quotes it
+    argv = ["demo", "--directory", str(directory), "--events", "2000", "--epochs", "3", "--chunk-size", "500"]
+    run = subprocess.run(
+        [*_script("mlaas4hep"), *argv], capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = (run.stdout + run.stderr).splitlines()
+    assert len(lines) <= 80, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "synthetic" in text and "reduced-NanoAOD schema" in text and "not CMS data" in text
+    signal = next(line for line in lines if "GluGluToHToTauTau.root" in line)
+    assert signal.split()[:3] == ["signal", "(label", "1)"] and "2000 events" in signal
+    assert "background (label 0)" in text and "VBF_HToTauTau.root" in text
+    assert "the next 20% validate" in text and "the last 20% are the test set" in text and "seed 1" in text
+    epochs = [line for line in lines if line.startswith("Epoch ")]
+    assert [e.split(" - ")[0] for e in epochs] == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
+    assert all("loss:" in e and "auc:" in e and "events/s, waited" in e for e in epochs)
+    assert sum(line.startswith("test set") for line in lines) == 1
+    assert sum("roc_auc" in line for line in lines) == 1 and sum(line.startswith("loss :") for line in lines) == 1
+    assert "read chunk" not in text and "wrote specs" not in text and "loader:" not in text
+    for name in ("model.keras", "model.preprocessing.json", "model.params.json"):
+        assert (directory / name).stat().st_size > 0
+    # it ends with the command that scores the files with the saved model: run it as printed
+    command = shlex.split(lines[-1])
+    assert command[:2] == ["mlaas4hep", "predict"]
+    scored = subprocess.run(
+        [*_script("mlaas4hep"), *command[1:]], capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path
+    )
+    assert scored.returncode == 0, scored.stdout + scored.stderr
+    for stem, n in (("GluGluToHToTauTau", 2000), ("VBF_HToTauTau", 2060)):
+        with uproot.open(directory / "scores" / f"{stem}_score.root") as f:
+            scores = f["Events"]["score"].array(library="np")
+        assert len(scores) == n and np.all((scores >= 0) & (scores <= 1))

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import pytest
 
 from mlaas4hep.errors import ParameterError
@@ -185,3 +186,99 @@ def test_collections_layout_from_params(tmp_path: Path, make_tree: Callable[...,
     assert len(result.history["loss"]) == 2 and 0.5 < result.metrics["roc_auc"] <= 1
     assert {p.name for p in result.plots} == {"features.pdf", "roc.pdf", "history.pdf"}
     assert (tmp_path / "sets.keras").stat().st_size > 0
+
+
+def test_a_drawn_seed_is_told_saved_and_repeats_the_run(
+    tmp_path: Path, make_tree: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A seed drawn for "seed": null is told and saved; the saved params repeat the run: same split, same training."""
+    from mlaas4hep.workflow.models import seed_model
+
+    files = [make_tree(tmp_path / f"f{i}.root", 800, seed=i, file_id=i) for i in range(2)]
+    params = {"epochs": 2, "chunk_size": 400, "batch_size": 50, "seed": None, "exclude_branches": "run,uid"}
+    with caplog.at_level(logging.INFO, logger="mlaas4hep"):
+        first = run_workflow(files, [1, 0], seed_model, params, fout=tmp_path / "first.keras")
+    assert isinstance(first.seed, int) and first.params.seed == first.seed
+    assert f'seed {first.seed} (drawn at random for "seed": null)' in caplog.text
+    assert first.params_path == tmp_path / "first.params.json"
+    saved = json.loads(first.params_path.read_text())
+    assert saved["seed"] == first.seed and saved["epochs"] == 2 and saved["exclude_branches"] == ["run", "uid"]
+    split = [r.getMessage() for r in caplog.records if r.getMessage().startswith("split of each file's events")]
+    assert split == [
+        "split of each file's events, in order: the first 60% train (960 events, 20 batches of 50), "
+        "the next 20% validate (320 events; validation_split), the last 20% are the test set (320 events; test_split)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mlaas4hep"):
+        again = run_workflow(files, [1, 0], seed_model, first.params_path)  # workflow --params=first.params.json
+    assert again.seed == first.seed and f"seed {first.seed} (params.json's seed)" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("split of")] == split
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(again.history[key], first.history[key], rtol=1e-5)
+    assert again.metrics["roc_auc"] == pytest.approx(first.metrics["roc_auc"], rel=1e-5)
+
+
+def test_runs_are_reproducible_by_default(two_files: list[Path], caplog: pytest.LogCaptureFixture) -> None:
+    from mlaas4hep.workflow.params import DEFAULT_SEED, WorkflowParams
+
+    assert WorkflowParams().seed == DEFAULT_SEED == 1
+    params = {"epochs": 1, "chunk_size": 600, "batch_size": 100, "exclude_branches": "run,uid", "test_split": 0}
+    with caplog.at_level(logging.INFO, logger="mlaas4hep"):
+        result = run_workflow(two_files, [1, 0], _tiny_model, params)
+    assert result.seed == 1 and "seed 1 (the default)" in caplog.text
+    assert "no test set (test_split 0): the final metrics are the validation set's" in caplog.text
+
+
+def _tiny_model(idim: int) -> Any:
+    import keras
+
+    m = keras.Sequential([keras.Input((idim,)), keras.layers.Dense(1, activation="sigmoid")])
+    m.compile(optimizer="adam", loss="binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
+    return m
+
+
+def test_test_metrics_are_logged_once_with_one_auc(two_files: list[Path], caplog: pytest.LogCaptureFixture) -> None:
+    """Keras' binned AUC stays in the metrics, but the log tells one AUC: the exact one of every score."""
+    params = {"epochs": 1, "chunk_size": 600, "batch_size": 100, "exclude_branches": "run,uid"}
+    with caplog.at_level(logging.INFO, logger="mlaas4hep"):
+        result = run_workflow(two_files, [1, 0], _tiny_model, params)
+    assert {"auc", "roc_auc", "loss"} <= set(result.metrics)
+    lines = [r.getMessage() for r in caplog.records if r.name == "mlaas4hep.workflow.evaluation"]
+    assert lines == [
+        "test set (600 events):",
+        f"loss : {result.metrics['loss']:.4f}",
+        f"roc_auc : {result.roc_auc:.4f}",
+    ]
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Epoch ")]
+    assert len(epochs) == 1 and "events/s, waited" in epochs[0] and "val_auc:" in epochs[0]
+
+
+LIBRARY_CALL = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from conftest import write_tree
+from mlaas4hep.workflow.run import run_workflow
+from mlaas4hep.workflow.models import seed_model
+
+files = [write_tree(__import__("pathlib").Path({tmp!r}) / f"f{{i}}.root", 400, seed=i, file_id=i) for i in range(2)]
+environ = dict(os.environ)
+redirected = []
+dup2 = os.dup2
+os.dup2 = lambda *args, **kwargs: redirected.append(args) or dup2(*args, **kwargs)
+run_workflow(files, [1, 0], seed_model, {{"epochs": 1, "chunk_size": 400, "exclude_branches": "run,uid"}})
+assert not redirected, f"file descriptors redirected: {{redirected}}"
+changed = {{k: v for k, v in os.environ.items() if environ.get(k) != v}}
+assert not changed and set(environ) == set(os.environ), f"environment changed: {{changed}}"
+print("clean")
+"""
+
+
+def test_a_library_call_leaves_the_process_alone(tmp_path: Path) -> None:
+    """run_workflow neither redirects a file descriptor nor sets an environment variable (the CLI alone may)."""
+    import subprocess
+
+    tests = str(Path(__file__).resolve().parents[1])
+    code = LIBRARY_CALL.format(tests=tests, tmp=str(tmp_path))
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND")}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0 and run.stdout.strip().endswith("clean"), run.stdout + run.stderr
