@@ -139,6 +139,7 @@ def map_files(
     t0 = time.perf_counter()
     bar = _bar(len(items), desc, progress)
     every = max(len(items) // 10, 1)
+    level = logging.INFO if len(items) >= PROGRESS_MIN_FILES else logging.DEBUG  # a long scan's progress is news
     done = 0
 
     def tick() -> None:
@@ -147,7 +148,7 @@ def map_files(
         if bar is not None:
             bar.update(1)
         elif done % every == 0 or done == len(items):
-            log.info("%s: %d of %d done in %.1f s", desc, done, len(items), time.perf_counter() - t0)
+            log.log(level, "%s: %d of %d done in %.1f s", desc, done, len(items), time.perf_counter() - t0)
 
     try:
         if executor == "serial" or (executor in (None, "threads") and len(items) == 1):

@@ -388,7 +388,7 @@ class SpecBuilder:
                     masks.append(keep)
                 for name, step in _step_specs(arrays, step_kinds):
                     parts[name] = parts[name].merge(step) if name in parts else step
-        log.info(
+        log.debug(
             "scanned %s: %d entries, %d branches in %.2f s", source, info.entries, len(kinds), time.perf_counter() - t0
         )
         described = FileSpec.from_info(info)

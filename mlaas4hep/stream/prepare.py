@@ -171,9 +171,10 @@ def prepare(
     specs = _feature_specs(sources, infos, options, selection, not_features)
     for info in infos:
         check_file(info, specs, selection, outputs)
-    specs = check_split(specs, options)
-    if isinstance(options.specs, (str, os.PathLike)) and options.subset == "training":
-        specs.save(own_specs_path(options.specs))  # the split it records, for the other parts made from the file
+    checked = check_split(specs, options)
+    if checked.split != specs.split and isinstance(options.specs, (str, os.PathLike)) and options.subset == "training":
+        checked.save(own_specs_path(options.specs))  # the split it records, for the other parts made from the file
+    specs = checked
     events, selected = _events(sources, infos, specs, selection, outputs, options)
     ranges = _ranges(events, options)
     plan = ChunkPlan.build(ranges, options.chunk_size, files_per_chunk=options.files_per_chunk)

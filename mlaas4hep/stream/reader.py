@@ -471,6 +471,9 @@ class ChunkReader:
 
     def _log_read(self, chunk: Chunk, nbytes: int, dt: float) -> None:
         # nbytes: decoded from the file for this chunk (clusters kept from an earlier read not counted)
+        if nbytes == 0:
+            log.debug("chunk %d: %d entries, all from clusters kept from an earlier read", chunk.index, len(chunk))
+            return
         log.debug(
             "read chunk %d: %d entries, %d branches, %.1f MB, %.3f sec, %.1f MB/sec, %.1f kHz",
             chunk.index,
