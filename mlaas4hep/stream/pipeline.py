@@ -422,7 +422,13 @@ class Pipeline:
         return Decoded(X[:n], None if M is None else M[:n], y, w, slot)
 
     def close(self) -> None:
-        """Stop the background threads and worker processes, and close the files."""
+        """Stop the background threads and worker processes, close the files, and forget the chunks made.
+
+        The pipeline may be used again: it starts anew, as after a ``fork``.
+        The chunks it had made are forgotten with the workers whose shared
+        slots held them, so that no slot numbered by the old workers is lent
+        out by the new ones (batches still held keep their memory).
+        """
         if self._executor is not None and self._flatten_executor is not None:
             self._executor.shutdown(wait=True)
             self._flatten_executor.shutdown(wait=True)
@@ -431,6 +437,7 @@ class Pipeline:
             self._pool.close()
             self._pool = None
         self.reader.close()
+        self._start_runtime()
 
 
 def _gather(parts: list[np.ndarray | None], rows: list[np.ndarray], n: int) -> np.ndarray | None:
