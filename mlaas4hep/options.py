@@ -130,9 +130,10 @@ class Options:
         ``-1`` uses all.
     shuffle : bool, optional
         Shuffle the events within each chunk, and where the epoch starts, anew every epoch. Default: True, but False
-        for ``subset="validation"`` and ``"test"``, served in the files' order. Chunks are read in the files' order,
-        from a random chunk in a random direction, wrapping around, so that each cluster of the files is
-        decompressed once per epoch.
+        for ``subset="validation"`` and ``"test"``, and for a face given neither labels nor ``targets`` (made for
+        ``predict``): those are served in the files' order, so that predictions line up with the entries. Chunks
+        are read in the files' order, from a random chunk in a random direction, wrapping around, so that each
+        cluster of the files is decompressed once per epoch.
     seed : int, optional
         Seed of the shuffling: the same seed gives the same batches. Default: drawn at random; required with shards
         (or ranks) and shuffling, as every shard must draw the same shuffling.
@@ -379,8 +380,12 @@ class Options:
         return tuple(f.name for f in dataclasses.fields(cls) if face is None or face in _faces(f))
 
     @classmethod
-    def for_face(cls, face: str, given: Mapping[str, Any], **fixed: Any) -> Options:
+    def for_face(cls, face: str, given: Mapping[str, Any], *, labeled: bool = True, **fixed: Any) -> Options:
         """The options that ``face`` was given by keyword, and ``fixed`` (set by the face itself).
+
+        ``labeled``: whether the face was given labels; without them (nor
+        ``targets``) it serves for ``predict``, in the files' order unless
+        ``shuffle`` says otherwise.
 
         Raises
         ------
@@ -405,6 +410,8 @@ class Options:
                 msg = f"{name!r} is an option {where}, not of {face}"
                 raise ParameterError(msg)
         known_names(given, mine, face)
+        if not labeled and given.get("shuffle") is None and given.get("targets") is None:
+            fixed = {**fixed, "shuffle": False}  # predictions line up with the entries
         return cls(**given, **fixed)
 
 

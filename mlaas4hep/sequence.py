@@ -57,11 +57,13 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
 
     Parameters
     ----------
-    files : path, URL, or sequence of them
+    files : path, URL, sequence of them, or mapping of them to labels
         ROOT files (or Parquet, CSV, JSON lines and Avro files, by their
         extensions or as ``FileSource(path, format=...)``); ``"file.root:tree"``
         names the tree in that file. Remote URLs (``root://``, ``http(s)://``)
-        are handed to uproot.
+        are handed to uproot. In an order (a list, a tuple; a set is refused):
+        it pairs files with labels and ``file_weights``. A ``{file: label}``
+        mapping gives the labels too.
     labels : sequence of float or str, optional
         One label per file (the original's labels.txt), or the name of a
         branch that holds each event's label (that branch is then not a feature).
@@ -123,7 +125,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         labels: Sequence[float] | str | None = None,
         **options: Any,
     ) -> None:
-        self.options = Options.for_face("RootSequence", options)
+        self.options = Options.for_face("RootSequence", options, labeled=labels is not None)
         workers, use_multiprocessing = _keras_fetching(self.options)
         super().__init__(
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=self.options.max_queue_size

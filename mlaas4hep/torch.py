@@ -177,7 +177,9 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
             msg = f"seed is required with world_size={self.world_size}: every rank must draw the same shuffling"
             raise ParameterError(msg)
         # the ranks are the shards of the options
-        self.options = Options.for_face("RootDataset", options, num_shards=self.world_size, shard_index=self.rank)
+        self.options = Options.for_face(
+            "RootDataset", options, labeled=labels is not None, num_shards=self.world_size, shard_index=self.rank
+        )
         self.prepared: PreparedData = prepare(files, labels, self.options)
         self._epoch: Any = multiprocessing.RawValue("q", 0)  # shared with the workers, persistent ones too
         self._pipeline: Pipeline | None = None
@@ -221,16 +223,45 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         if not is_int(worker) or not 0 <= int(worker) < workers:
             msg = f"worker must be an integer in [0, {workers}), got {worker!r}"
             raise ParameterError(msg)
+        if self._in_turns(num_workers):  # every worker looks at the rank's whole stream (see worker_slots)
+            return self.prepared.epoch_plan(num_shards=self.world_size, shard_index=self.rank)
         return self.prepared.epoch_plan(
             num_shards=self.world_size * workers, shard_index=self.rank * workers + int(worker)
         )
 
+    def worker_slots(self, num_workers: int = 0, worker: int = 0) -> range:
+        """The batches of :meth:`epoch_plan` that worker ``worker`` of ``num_workers`` serves, in its order.
+
+        Shuffled, each worker serves its own block, every batch of it. In the
+        files' order (``shuffle=False``) with several workers, the rank's
+        batches are dealt in turn, ``worker``, ``worker + num_workers``, ...:
+        the ``DataLoader``, which takes a batch from each worker in turn, then
+        yields them in the files' order (each worker reads every chunk).
+
+        Examples
+        --------
+        >>> test = RootDataset(files, labels=[1, 0], shuffle=False)  # doctest: +SKIP
+        >>> test.worker_slots(2, 1)  # doctest: +SKIP
+        range(1, 30, 2)
+        """
+        batches = self.epoch_plan(num_workers, worker).batches
+        if self._in_turns(num_workers):
+            return range(worker, batches, _processes(num_workers))
+        return range(batches)
+
+    def _in_turns(self, num_workers: int) -> bool:
+        """Whether the DataLoader's workers take the batches in turn (in the files' order) rather than blocks."""
+        return not self.shuffle and _processes(num_workers) > 1
+
     def num_batches(self, num_workers: int = 0) -> int:
         """Batches this rank serves per epoch through a ``DataLoader`` with ``num_workers`` workers."""
-        return _processes(num_workers) * self.epoch_plan(num_workers).batches
+        return sum(len(self.worker_slots(num_workers, w)) for w in range(_processes(num_workers)))
 
     def num_events(self, num_workers: int = 0) -> int:
         """Events this rank serves per epoch through a ``DataLoader`` with ``num_workers`` workers."""
+        if self._in_turns(num_workers):
+            start, stop = self.epoch_plan(num_workers).shard
+            return stop - start
         shards = [self.epoch_plan(num_workers, w).shard for w in range(_processes(num_workers))]
         return sum(stop - start for start, stop in shards)
 
@@ -252,9 +283,10 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         """The batches of this rank (or, in a DataLoader worker, of this worker) in the current epoch."""
         info = get_worker_info()
-        pipeline = self._worker_pipeline(0 if info is None else info.num_workers, 0 if info is None else info.id)
+        num_workers, worker = (0, 0) if info is None else (info.num_workers, info.id)
+        pipeline = self._worker_pipeline(num_workers, worker)
         epoch = self.epoch
-        for slot in range(pipeline.epoch_plan.batches):
+        for slot in self.worker_slots(num_workers, worker):
             yield to_tensors(pipeline.batch(epoch, slot).as_tuple(self.prepared.outputs), share=info is not None)
 
     def _worker_pipeline(self, num_workers: int, worker: int) -> Pipeline:

@@ -148,6 +148,20 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
         "validation_split must be a number",
     ),
     ("shuffle a string", lambda d: _seq(d, shuffle="yes"), ParameterError, "shuffle must be True"),
+    # the order that pairs files with labels
+    (
+        "a set of files",
+        lambda d: RootSequence({str(d / "a.root"), str(d / "b.root")}, labels=[1, 0]),
+        ParameterError,
+        r"files must be in an order .* got a set",
+    ),
+    ("a set of labels", lambda d: _seq(d, labels={1, 0}), ParameterError, r"labels must be in an order .* got a set"),
+    (
+        "files a mapping, labels too",
+        lambda d: RootSequence({str(d / "a.root"): 1, str(d / "b.root"): 0}, labels=[1, 0]),
+        ParameterError,
+        "files is a mapping of file to label",
+    ),
     ("timeout zero", lambda d: _seq(d, timeout=0), ParameterError, "timeout"),
     ("prefetch negative", lambda d: _seq(d, prefetch=-1), ParameterError, "prefetch"),
     (
@@ -405,3 +419,51 @@ def test_a_read_error_inside_fit_is_raised_as_the_library_s(d: Path, tmp_path: P
     seq2, path2 = _breaking(d, tmp_path / "second")
     with pytest.raises(FileAccessError, match=r"breaks\.root"), seq2:
         _model(seq2.num_features).fit(seq2, epochs=1, verbose=0, callbacks=[_Break(path2)])
+
+
+def test_files_given_as_a_mapping_to_their_labels_are_paired_in_order(d: Path) -> None:
+    seq = RootSequence({str(d / "b.root"): 1, str(d / "a.root"): 0}, batch_size=20, chunk_size=100, normalization=None)
+    col = seq.feature_names.index("uid")
+    for i in range(len(seq)):
+        x, y = seq[i]
+        np.testing.assert_array_equal(y, np.where(x[:, col] >= 2000, 1, 0))  # b.root's uids are 2000...
+
+
+def test_a_copy_of_a_root_file_under_another_name_is_refused(d: Path, tmp_path: Path) -> None:
+    """The same events under another name: a copy keeps the file's UUID, which names it as the same file."""
+    copy = shutil.copy(d / "a.root", tmp_path / "a_copy.root")
+    with pytest.raises(ParameterError, match=r"copies of one ROOT file .*a\.root.*a_copy\.root"):
+        RootSequence([str(d / "a.root"), str(copy)], labels=[1, 0])
+
+
+def test_a_copy_of_a_parquet_file_is_refused_and_a_file_of_the_same_size_is_not(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    pa = pytest.importorskip("pyarrow")
+    for name, shift in (("a", 0.0), ("b", 1.0)):  # the same size, other numbers
+        table = pa.table({"x": np.arange(100, dtype=np.float64) + shift})
+        pq.write_table(
+            table, tmp_path / f"{name}.parquet", compression="none", use_dictionary=False, write_statistics=False
+        )
+    assert (tmp_path / "a.parquet").stat().st_size == (tmp_path / "b.parquet").stat().st_size
+    copy = shutil.copy(tmp_path / "a.parquet", tmp_path / "c.parquet")
+    files = [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+    assert RootSequence(files, labels=[1, 0], batch_size=20, chunk_size=100).n_events == 200
+    with pytest.raises(ParameterError, match=r"copies of one file \(the same bytes\).*a\.parquet.*c\.parquet"):
+        RootSequence([files[0], str(copy)], labels=[1, 0], batch_size=20, chunk_size=100)
+
+
+def test_a_sequence_without_labels_serves_the_files_in_order(d: Path) -> None:
+    """Made for predict: model.predict(seq) lines up with the entries, file after file."""
+    seq = RootSequence([str(d / "a.root"), str(d / "b.root")], batch_size=30, chunk_size=100, normalization=None)
+    assert seq.shuffle is False
+    col = seq.feature_names.index("uid")
+    uids = np.concatenate([seq[i][0][:, col] for i in range(len(seq))]).astype(int)
+    chunks = [range(1000, 1200), range(2000, 2300)]  # each chunk holds 40 of a.root's then 60 of b.root's
+    expected = [
+        u for k in range(5) for part in chunks for u in list(part)[k * len(part) // 5 : (k + 1) * len(part) // 5]
+    ]
+    np.testing.assert_array_equal(uids, expected)
+    assert (
+        _seq(d).shuffle and RootSequence([str(d / "a.root")], targets="x", batch_size=20, chunk_size=100).shuffle
+    )  # labels or targets: trained on, shuffled by default
+    assert RootSequence([str(d / "a.root")], shuffle=True, batch_size=20, chunk_size=100).shuffle

@@ -343,3 +343,25 @@ def test_a_spawned_worker_decompresses_with_the_library_the_user_chose(two_files
     spawn = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
         assert pool.submit(_zlib_in_worker, ds).result(timeout=JOIN_TIMEOUT) == "isal"
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 3 workers on 2 cores: fine here
+@pytest.mark.parametrize("num_workers", [2, 3])
+def test_a_dataset_in_the_files_order_keeps_it_through_dataloader_workers(two_files, num_workers):
+    """The workers take the batches in turn, so that the DataLoader's round robin yields them in order."""
+    test = _make(two_files, validation_split=0.2, subset="validation")
+    assert test.shuffle is False
+    alone = np.concatenate([ids for ids, _ in _epoch(test, 0)])
+    batches = _epoch(test, 0, num_workers=num_workers, multiprocessing_context="fork")
+    np.testing.assert_array_equal(np.concatenate([ids for ids, _ in batches]), alone)
+    assert len(batches) == test.num_batches(num_workers) == test.num_batches(0)
+    assert test.num_events(num_workers) == len(alone) == 600
+    assert [len(ids) for ids, _ in batches[:-1]] == [64] * (len(batches) - 1)  # only the last batch is short
+
+
+def test_a_dataset_without_labels_is_served_in_the_files_order(two_files):
+    ds = RootDataset(two_files, branches=["uid"], normalization=None, batch_size=64, chunk_size=300)
+    assert ds.shuffle is False
+    ids = np.concatenate([x[0][:, 0].numpy() for x in DataLoader(ds, batch_size=None)]).astype(np.int64)
+    assert len(ids) == 3000 and set(ids.tolist()) == EVERYTHING
+    assert (np.diff(ids[ids < ID]) == 1).all() and (np.diff(ids[ids >= ID]) == 1).all()  # each file in order

@@ -18,7 +18,8 @@ import fnmatch
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -158,6 +159,7 @@ def prepare(
     FileAccessError, TreeError, BranchError, SpecsError, ParameterError
         Naming the file, tree, branch or parameter at fault.
     """
+    files, labels = _pairs(files, labels)
     sources = tuple(parse_sources(files, options.tree, options.redirector))
     if not sources:
         msg = "no input files given"
@@ -235,6 +237,23 @@ def _flattener(specs: Specs, options: Options, infos: Sequence[FileInfo], select
     return CollectionsFlattener(
         specs, file_branches=names, alias_sources=sources, groups=options.collections, **normalization
     )
+
+
+def _pairs(files: Any, labels: Any) -> tuple[Any, Any]:
+    """The files and their labels, in an order that pairs them: a ``{file: label}`` mapping is split; sets refused."""
+    for name, value in (("files", files), ("labels", labels)):
+        if isinstance(value, AbstractSet):
+            msg = (
+                f"{name} must be in an order (a list or a tuple), got a {type(value).__name__}: a set's order is "
+                "Python's, which pairs files with labels and weights at random"
+            )
+            raise ParameterError(msg)
+    if isinstance(files, Mapping):
+        if labels is not None:
+            msg = "files is a mapping of file to label: give the labels there, or in labels, not both"
+            raise ParameterError(msg)
+        return list(files), list(files.values())
+    return files, labels
 
 
 def _labels(labels: Sequence[float] | str | None, n_files: int) -> tuple[list[float] | None, str | None]:

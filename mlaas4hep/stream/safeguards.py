@@ -16,10 +16,11 @@ branch or parameter at fault and says what would be right:
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import awkward as ak
 import numpy as np
@@ -50,19 +51,43 @@ CHUNK_BYTES_WARNING = 2**30
 
 
 def check_duplicates(infos: Sequence[FileInfo]) -> None:
-    """Raise :class:`ParameterError` if one file and tree is listed twice (another spelling, a link)."""
+    """Raise :class:`ParameterError` if the same events are listed twice, under any name.
+
+    Two entries are the same events when they name the same tree of
+
+    * one file: the same path, another spelling of it, or a link to it
+      (device and inode);
+    * copies of one ROOT file: the same file UUID, which ROOT writes into
+      every new file and a copy keeps;
+    * copies of a file of another format: the same bytes (local files of
+      equal size, compared only then).
+    """
     seen: dict[tuple[Any, str], int] = {}
     for i, info in enumerate(infos):
         source = info.source
         key = (info.identity if info.identity is not None else source.location, source.tree)
         if key in seen:
-            first = infos[seen[key]].source
-            msg = (
-                f"files {seen[key]} and {i} are the same file and tree: {str(first)!r} and {str(source)!r}; "
-                "its events would be served twice per epoch: list each file once"
-            )
-            raise ParameterError(msg)
+            _twice(infos, seen[key], i, "are the same file and tree")
         seen[key] = i
+    uuids: dict[tuple[str, str], int] = {}
+    sizes: dict[tuple[int, str], list[int]] = {}
+    for i, info in enumerate(infos):
+        if info.uuid is not None:
+            j = uuids.setdefault((info.uuid, info.source.tree), i)
+            if j != i:
+                _twice(infos, j, i, f"are copies of one ROOT file (file UUID {info.uuid}), tree {info.source.tree!r}")
+        elif info.size is not None and not info.source.is_remote:
+            same = sizes.setdefault((info.size, info.source.format), [])
+            for j in same:
+                if filecmp.cmp(infos[j].source.location, info.source.location, shallow=False):
+                    _twice(infos, j, i, "are copies of one file (the same bytes)")
+            same.append(i)
+
+
+def _twice(infos: Sequence[FileInfo], first: int, second: int, what: str) -> NoReturn:
+    a, b = str(infos[first].source), str(infos[second].source)
+    msg = f"files {first} and {second} {what}: {a!r} and {b!r}; its events would be served twice per epoch: list one"
+    raise ParameterError(msg)
 
 
 def check_file(info: FileInfo, specs: Specs, selection: Selection, outputs: Outputs) -> None:

@@ -383,6 +383,7 @@ def bad(root_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     _lines(d / "string.csv", ["x,y", "1,2", "3,4", "5,6", "abc,8"])
     (d / "empty.csv").write_text("")
     _lines(d / "header.csv", ["x,y"])
+    _lines(d / "twice.csv", ["x,y,x", "1,2,3", "4,5,6"])
     (d / "text.avro").write_text("not Avro\n")
     nullable = {"name": "x", "type": ["null", "double"]}
     schema = fastavro.parse_schema({"type": "record", "name": "E", "fields": [nullable]})
@@ -465,6 +466,12 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
         r"'x' of .*string\.csv' holds a string on line 5",
     ),
     ("CSV empty", lambda d: _bad(d, ["empty.csv"]), FileAccessError, r"empty\.csv' is empty"),
+    (
+        "CSV column named twice",
+        lambda d: _bad(d, ["twice.csv"]),
+        BranchError,
+        r"twice\.csv' names the column 'x' twice",
+    ),
     ("CSV header only", lambda d: _bad(d, ["header.csv"]), TreeError, r"header\.csv' has 0 entries"),
     ("not Avro", lambda d: _bad(d, ["text.avro"]), FileAccessError, r"text\.avro' is not a readable Avro"),
     ("Avro null", lambda d: _bad(d, ["null.avro"]), BranchError, r"'x' is null in record 3 of .*null\.avro"),

@@ -56,6 +56,10 @@ def blocks(path: Path, name: str) -> Iterator[Any]:
             explain(path, name, str(err))
         if header is None:
             header = list(table.column_names)
+            twice = sorted({column for column in header if header.count(column) > 1})
+            if twice:
+                msg = f"the header line of {name!r} names the column {twice[0]!r} twice: each column needs its own name"
+                raise BranchError(msg)
         mixed = _mixed(pa, table)
         if mixed:
             explain(path, name, f"the column {mixed!r} holds numbers and other values")
