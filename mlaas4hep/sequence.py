@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -160,6 +161,21 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
     def outputs(self) -> Outputs:
         """Labels or targets, and sample weights."""
         return self.prepared.outputs
+
+    def serve_one_hot(self, num_classes: int) -> None:
+        """Serve the labels one-hot over ``num_classes`` classes from now on, as ``one_hot=True`` would have.
+
+        For a model compiled after the sequence was made, with a categorical
+        cross-entropy loss (the original workflow's rule). The prepared data
+        is replaced by a copy with these outputs, not changed.
+
+        Examples
+        --------
+        >>> train.serve_one_hot(3)  # doctest: +SKIP
+        >>> train[0][1].shape  # doctest: +SKIP
+        (100, 3)
+        """
+        self.prepared = dataclasses.replace(self.prepared, outputs=self.outputs.with_one_hot(num_classes))
 
     @property
     def flattener(self) -> JaggedFlattener:

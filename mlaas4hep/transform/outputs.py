@@ -139,11 +139,19 @@ class Outputs:
         """Whether batches carry sample weights, ``(x, y, w)``."""
         return self.weights is not None or self.file_weights is not None or self.balance_classes
 
-    def enable_one_hot(self, num_classes: int) -> None:
-        """Serve labels one-hot from now on (the workflow does this for a categorical cross-entropy loss)."""
+    def with_one_hot(self, num_classes: int) -> Outputs:
+        """A copy that serves the labels one-hot over at least ``num_classes`` classes; ``self`` is left as it is.
+
+        Examples
+        --------
+        >>> Outputs(2, labels=[0, 1]).with_one_hot(3).batch_y(np.array([1.0])).tolist()
+        [[0.0, 1.0, 0.0]]
+        """
         if self.labels is not None:
             num_classes = max(num_classes, int(self.labels.max()) + 1)
-        self.one_hot, self.num_classes = True, int(num_classes)
+        served = copy.copy(self)
+        served.one_hot, served.num_classes = True, int(num_classes)
+        return served
 
     def _check_labels(self, labels: np.ndarray) -> None:
         if self.num_classes is None or self.label_branch is None:

@@ -149,7 +149,7 @@ def build_model(model_function: Callable[[Any], Any], sequences: Sequence[Any], 
     if classes:  # as the original: a categorical cross-entropy loss gets one-hot labels
         log.info("categorical cross-entropy loss: one-hot labels over %d classes", classes)
         for seq in sequences:
-            seq.outputs.enable_one_hot(classes)
+            seq.serve_one_hot(classes)
     if verbose >= 1 and hasattr(ml_model, "summary"):
         try:
             ml_model.summary(print_fn=lambda line, *a, **k: log.info("%s", line))
