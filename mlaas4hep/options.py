@@ -283,7 +283,10 @@ class Options:
         self._set("shard_index", shard_index)
         self._set("num_shards", num_shards)
         if num_shards > 1 and self.shuffle and self.seed is None:
-            msg = "seed is required with num_shards > 1 and shuffle=True: every shard must draw the same shuffling"
+            msg = (
+                f"seed is required with num_shards={num_shards} (RootDataset: world_size) and shuffle=True: every "
+                "shard must draw the same shuffling"
+            )
             raise ParameterError(msg)
         if self.seed is None:
             self._set("seed", int(np.random.default_rng().integers(2**31)))
@@ -411,7 +414,7 @@ class Options:
                 raise ParameterError(msg)
         known_names(given, mine, face)
         if not labeled and given.get("shuffle") is None and given.get("targets") is None:
-            fixed = {**fixed, "shuffle": False}  # predictions line up with the entries
+            given = {**given, "shuffle": False}  # predictions line up with the entries
         return cls(**given, **fixed)
 
 

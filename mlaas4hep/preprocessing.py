@@ -30,12 +30,12 @@ from .errors import BranchError, ParameterError, SpecsError
 from .inputs.contents import FileInfo
 from .inputs.selection import Selection
 from .inputs.sources import DEFAULT_TREE
-from .options import Options
+from .options import LAYOUTS, Options
 from .specs.values import Specs
 from .stream.prepare import PreparedData
 from .transform.flatten import JaggedFlattener
 
-__all__ = ["FORMAT", "LAYOUTS", "VERSION", "Preprocessing", "preprocessing_path"]
+__all__ = ["FORMAT", "VERSION", "Preprocessing", "preprocessing_path"]
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,6 @@ FORMAT = "mlaas4hep-preprocessing"
 
 VERSION = 1
 """The version of the format this module writes; it reads versions up to this one."""
-
-LAYOUTS = ("flat", "collections")
-"""Layouts of the inputs this version can save and load."""
 
 
 def preprocessing_path(model_path: str | os.PathLike[str]) -> Path:
@@ -82,7 +79,7 @@ def _cut_names(cut: str | None) -> list[str]:
 class Preprocessing:
     """What turns a tree's events into a model's inputs: saved with the model, applied to any file.
 
-    Made from a sequence's dataset (:meth:`from_prepared`, or
+    Made from a sequence's prepared data (:meth:`from_prepared`, or
     ``RootSequence.save_preprocessing(path)``) and written as JSON
     (:meth:`save`); :meth:`load` reads it back. The same flattener
     (:meth:`flattener`) then makes the same matrix, bit for bit, from the same
@@ -153,23 +150,23 @@ class Preprocessing:
 
     # -- making one -------------------------------------------------------------------------------
     @classmethod
-    def from_prepared(cls, dataset: PreparedData) -> Preprocessing:
+    def from_prepared(cls, prepared: PreparedData) -> Preprocessing:
         """The preprocessing of the inputs that ``prepared`` (a sequence's ``prepared``) makes.
 
         The specs keep only the statistics of the features: neither the
         training files nor the cut's result on them.
         """
-        options, flattener = dataset.options, dataset.flattener
+        options, flattener = prepared.options, prepared.flattener
         layout = getattr(options, "layout", "flat")  # datasets made before layouts were an option are flat
         if layout not in LAYOUTS:
             msg = f"saving the preprocessing of layout={layout!r} is not supported yet; supported: {LAYOUTS}"
             raise ParameterError(msg)
-        specs = Specs({name: dataset.specs[name] for name in flattener.branches})
+        specs = Specs({name: prepared.specs[name] for name in flattener.branches})
         widths = dict(flattener.widths)
         widths = {name: widths[name] for name in specs.jagged}
         collections = {g.name: tuple(g.branches) for g in flattener.collections}
-        cut = dataset.selection.cut
-        aliases = _aliases_needed(dataset.selection.aliases, [*specs.names, *_cut_names(cut)])
+        cut = prepared.selection.cut
+        aliases = _aliases_needed(prepared.selection.aliases, [*specs.names, *_cut_names(cut)])
         return cls(
             specs,
             widths,

@@ -19,7 +19,7 @@ from .options import Options, OptionView, takes_options
 from .specs.values import Specs
 from .stream.epochs import EpochTracker, OrderWatch
 from .stream.pipeline import Pipeline
-from .stream.prepare import PreparedData, prepare
+from .stream.prepare import PreparedData, labeled, prepare
 from .stream.reader import ChunkReader
 from .transform.flatten import JaggedFlattener
 from .transform.outputs import Outputs
@@ -126,7 +126,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         labels: Sequence[float] | str | None = None,
         **options: Any,
     ) -> None:
-        self.options = Options.for_face("RootSequence", options, labeled=labels is not None)
+        self.options = Options.for_face("RootSequence", options, labeled=labeled(files, labels))
         workers, use_multiprocessing = _keras_fetching(self.options)
         super().__init__(
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=self.options.max_queue_size

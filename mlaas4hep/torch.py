@@ -37,7 +37,7 @@ from .specs.values import Specs
 from .stream.counters import LoaderCounters
 from .stream.pipeline import Pipeline
 from .stream.plan import EpochPlan
-from .stream.prepare import PreparedData, prepare
+from .stream.prepare import PreparedData, labeled, prepare
 
 __all__ = ["RootDataset", "to_tensors"]
 
@@ -109,6 +109,15 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
     step. Batches are ``batch_size`` events, but each worker's last, which
     holds the rest of its block (see :func:`~mlaas4hep.stream.plan.shard_bounds`).
 
+    **In the files' order** (``shuffle=False``: validation, test, no labels)
+    the stream is cut into ``world_size`` blocks only, and the workers of a
+    rank take its batches in turn (:meth:`worker_slots`): the ``DataLoader``,
+    which takes a batch from each worker in turn (``in_order=True``, its
+    default), yields them in the files' order. Each worker then reads every
+    chunk of its rank, so more workers do not read faster there; the
+    workers' batch counts differ by at most one, and only the rank's last
+    batch is short.
+
     Parameters
     ----------
     files, labels
@@ -173,12 +182,9 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
     ) -> None:
         super().__init__()
         self.rank, self.world_size = _rank_and_world_size(rank, world_size)
-        if self.world_size > 1 and options.get("shuffle") is not False and options.get("seed") is None:
-            msg = f"seed is required with world_size={self.world_size}: every rank must draw the same shuffling"
-            raise ParameterError(msg)
         # the ranks are the shards of the options
         self.options = Options.for_face(
-            "RootDataset", options, labeled=labels is not None, num_shards=self.world_size, shard_index=self.rank
+            "RootDataset", options, labeled=labeled(files, labels), num_shards=self.world_size, shard_index=self.rank
         )
         self.prepared: PreparedData = prepare(files, labels, self.options)
         self._epoch: Any = multiprocessing.RawValue("q", 0)  # shared with the workers, persistent ones too
@@ -295,14 +301,14 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         if self._pipeline is None or self._pipeline_key != key:
             if self._pipeline is not None and self._pipeline_key is not None and self._pipeline_key[0] == key[0]:
                 self._pipeline.close()  # this process serves another shard now
-            layout = self.epoch_plan(num_workers, worker)
-            self._pipeline = Pipeline(self.prepared, layout, stats=self.stats)
+            plan = self.epoch_plan(num_workers, worker)
+            self._pipeline = Pipeline(self.prepared, plan, stats=self.stats)
             self._pipeline_key = key
-            start, stop = layout.shard
+            start, stop = plan.shard
             log.info(
                 "rank %d of %d, worker %d of %d: shard %d of %d, %d events in %d batches",
-                *(self.rank, self.world_size, worker, max(num_workers, 1), layout.shard_index, layout.num_shards),
-                *(stop - start, layout.batches),
+                *(self.rank, self.world_size, worker, max(num_workers, 1), plan.shard_index, plan.num_shards),
+                *(stop - start, plan.batches),
             )
         return self._pipeline
 

@@ -423,6 +423,7 @@ def test_a_read_error_inside_fit_is_raised_as_the_library_s(d: Path, tmp_path: P
 
 def test_files_given_as_a_mapping_to_their_labels_are_paired_in_order(d: Path) -> None:
     seq = RootSequence({str(d / "b.root"): 1, str(d / "a.root"): 0}, batch_size=20, chunk_size=100, normalization=None)
+    assert seq.shuffle  # labelled: a training set, shuffled by default
     col = seq.feature_names.index("uid")
     for i in range(len(seq)):
         x, y = seq[i]
@@ -467,3 +468,26 @@ def test_a_sequence_without_labels_serves_the_files_in_order(d: Path) -> None:
         _seq(d).shuffle and RootSequence([str(d / "a.root")], targets="x", batch_size=20, chunk_size=100).shuffle
     )  # labels or targets: trained on, shuffled by default
     assert RootSequence([str(d / "a.root")], shuffle=True, batch_size=20, chunk_size=100).shuffle
+
+
+def test_the_keys_of_a_dict_are_files_in_an_order(d: Path) -> None:
+    labels = {str(d / "a.root"): 1, str(d / "b.root"): 0}
+    assert RootSequence(labels.keys(), list(labels.values()), batch_size=20, chunk_size=100).n_events == 500
+
+
+def test_distinct_root_files_with_a_null_uuid_are_no_copies(tmp_path: Path) -> None:
+    """ROOT writes a null UUID for reproducible files (``?reproducible=``): no identity there."""
+    import uuid
+
+    for name, seed in (("a", 1), ("b", 2)):
+        with uproot.recreate(tmp_path / f"{name}.root", uuid_function=lambda: uuid.UUID(int=0)) as f:
+            f.mktree("Events", {"x": np.float64})
+            f["Events"].extend({"x": np.random.default_rng(seed).normal(size=50)})
+    files = [str(tmp_path / "a.root"), str(tmp_path / "b.root")]
+    assert RootSequence(files, labels=[1, 0], batch_size=10, chunk_size=50).n_events == 100
+
+
+def test_shuffle_none_is_the_default_with_or_without_labels(d: Path) -> None:
+    files = [str(d / "a.root"), str(d / "b.root")]
+    assert RootSequence(files, shuffle=None, batch_size=20, chunk_size=100).shuffle is False
+    assert RootSequence(files, [1, 0], shuffle=None, batch_size=20, chunk_size=100).shuffle is True

@@ -239,7 +239,7 @@ def test_a_plain_pytorch_loop_learns(two_files):
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"rank": 0, "world_size": 2, "seed": None}, "seed is required with world_size=2"),
+        ({"rank": 0, "world_size": 2, "seed": None}, "seed is required with num_shards=2 \\(RootDataset: world_size"),
         ({"rank": 1}, "rank and world_size together"),
         ({"rank": 2, "world_size": 2}, "rank must be"),
         ({"rank": 0, "world_size": 0}, "world_size"),

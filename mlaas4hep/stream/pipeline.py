@@ -85,7 +85,7 @@ class Batch:
 
 
 class Pipeline:
-    """Batches of a dataset's chunks, read and flattened in the background.
+    """Batches of the prepared data's chunks, read and flattened in the background.
 
     Parameters
     ----------
@@ -94,11 +94,11 @@ class Pipeline:
     epoch_plan : EpochPlan
         Where each batch lies in each epoch (the shard included).
     with_mask : bool, optional
-        Whether batches carry the mask (default: the dataset's ``mask_output`` option).
+        Whether batches carry the mask (default: the prepared data's ``mask_output`` option).
     cache_chunks : int, optional
-        Flattened chunks kept once served (default: the dataset's option).
+        Flattened chunks kept once served (default: the prepared data's option).
     prefetch : int, optional
-        Chunks read ahead, 0 for none (default: the dataset's option).
+        Chunks read ahead, 0 for none (default: the prepared data's option).
     processes : int
         Worker processes that read and flatten (1: threads of this process).
         Without ``fork`` (not Linux) or with remote files, threads are used.
@@ -180,6 +180,7 @@ class Pipeline:
         self._buffers = Buffers(self.rows, self.prepared.flattener.num_features, made=self.stats.buffer_made)
         self._pool: WorkerPool | None = None
         self._reader_lock = threading.Lock()  # for chunks made in this process while workers are running
+        self._finalizers: list[weakref.finalize[Any, Any]] = []  # what a dropped pipeline stops
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -193,6 +194,7 @@ class Pipeline:
             "_buffers",
             "_pool",
             "_reader_lock",
+            "_finalizers",
         ):
             state.pop(key, None)
         return state
@@ -333,8 +335,10 @@ class Pipeline:
             dispatchers = 1 if self.groups is None else 2
             self._flatten_executor = ThreadPoolExecutor(dispatchers, thread_name_prefix="mlaas4hep-flattener")
             # a pipeline that is dropped stops reading ahead
-            weakref.finalize(self, self._executor.shutdown, wait=False, cancel_futures=True)
-            weakref.finalize(self, self._flatten_executor.shutdown, wait=False, cancel_futures=True)
+            self._finalizers.append(weakref.finalize(self, self._executor.shutdown, wait=False, cancel_futures=True))
+            self._finalizers.append(
+                weakref.finalize(self, self._flatten_executor.shutdown, wait=False, cancel_futures=True)
+            )
             if self.groups is not None:
                 self._start_workers(self.groups)
         return self._executor, self._flatten_executor
@@ -350,14 +354,14 @@ class Pipeline:
         """Flatten a chunk once read, its events already in ``epoch``'s shuffled order (counted for ``counted``)."""
         chunk = read.result()
         t0 = time.perf_counter()
-        dataset = self.prepared
-        y, w = dataset.outputs.extract(chunk.pieces, chunk.file_index, chunk.labels)
+        prepared = self.prepared
+        y, w = prepared.outputs.extract(chunk.pieces, chunk.file_index, chunk.labels)
         n = len(chunk)
         order = chunk_permutation(self.epoch_plan.seed, epoch, chunk.index, n) if self.epoch_plan.shuffle else None
         with self._lock:
             buffer, written = self._buffers.take(n)
         # a reused buffer is padded again only where the chunk before wrote
-        X, M, written = dataset.flattener.transform_into(
+        X, M, written = prepared.flattener.transform_into(
             chunk.pieces, order, mask=self.with_mask, buffer=buffer, written=written
         )
         if order is not None:
@@ -382,7 +386,7 @@ class Pipeline:
             for array in arrays:
                 if array is not None:
                     self.stats.buffer_made(array)
-        weakref.finalize(self, self._pool.close)
+        self._finalizers.append(weakref.finalize(self, self._pool.close))
 
     def _flatten_in_workers(self, key: Key, counted: int) -> Decoded:
         """Have the worker processes read and flatten chunk ``key[1]`` into a shared buffer (for ``counted``)."""
@@ -437,6 +441,8 @@ class Pipeline:
             self._pool.close()
             self._pool = None
         self.reader.close()
+        for finalizer in self._finalizers:  # done by hand above: the stopped threads and workers are let go
+            finalizer.detach()
         self._start_runtime()
 
 

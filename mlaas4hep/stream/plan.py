@@ -298,8 +298,8 @@ class EpochPlan:
 
     Examples
     --------
-    >>> layout = EpochPlan(np.array([40, 40, 20]), batch_size=30, shuffle=False, seed=0)
-    >>> layout.batches, layout.pieces(0, 1)  # batch 1: chunk 0 rows 30-40 and chunk 1 rows 0-20
+    >>> plan = EpochPlan(np.array([40, 40, 20]), batch_size=30, shuffle=False, seed=0)
+    >>> plan.batches, plan.pieces(0, 1)  # batch 1: chunk 0 rows 30-40 and chunk 1 rows 0-20
     (4, [(0, 0, 30, 40), (1, 1, 0, 20)])
     """
 

@@ -19,7 +19,6 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,7 +39,7 @@ from .plan import ChunkPlan, EpochPlan, subset_ranges
 from .reader import ChunkReader
 from .safeguards import check_duplicates, check_file, check_finite, check_split, finite_outputs, keep_finite, warn_data
 
-__all__ = ["PreparedData", "prepare"]
+__all__ = ["PreparedData", "labeled", "prepare"]
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +185,7 @@ def prepare(
         raise ParameterError(msg)
     flattener = _flattener(specs, options, infos, selection)
     warn_data(specs, flattener.widths, int(plan.sizes.max()), flattener.num_features)
-    dataset = PreparedData(
+    prepared = PreparedData(
         sources,
         options,
         specs,
@@ -202,8 +201,8 @@ def prepare(
         tuple(infos),
     )
     if outputs.balance_classes:  # the factors need the data: a new value with them, nothing changed after
-        dataset = replace(dataset, outputs=outputs.with_class_totals(_class_totals(dataset)))
-    return dataset
+        prepared = replace(prepared, outputs=outputs.with_class_totals(_class_totals(prepared)))
+    return prepared
 
 
 def _outputs(options: Options, n_files: int, per_file: list[float] | None, label_branch: str | None) -> Outputs:
@@ -239,10 +238,15 @@ def _flattener(specs: Specs, options: Options, infos: Sequence[FileInfo], select
     )
 
 
+def labeled(files: Any, labels: Any) -> bool:
+    """Whether events get labels: given as ``labels``, or with the files as a ``{file: label}`` mapping."""
+    return labels is not None or isinstance(files, Mapping)
+
+
 def _pairs(files: Any, labels: Any) -> tuple[Any, Any]:
     """The files and their labels, in an order that pairs them: a ``{file: label}`` mapping is split; sets refused."""
     for name, value in (("files", files), ("labels", labels)):
-        if isinstance(value, AbstractSet):
+        if isinstance(value, (set, frozenset)):
             msg = (
                 f"{name} must be in an order (a list or a tuple), got a {type(value).__name__}: a set's order is "
                 "Python's, which pairs files with labels and weights at random"
@@ -387,12 +391,12 @@ def _ranges(events: list[int], options: Options) -> list[tuple[int, int]]:
     return subset_ranges(events, options.nevts, options.validation_split, options.test_split, options.subset)
 
 
-def _class_totals(dataset: PreparedData) -> np.ndarray:
+def _class_totals(prepared: PreparedData) -> np.ndarray:
     """Each class's total weight before balancing, over every event of the subset (all shards)."""
-    outputs = dataset.outputs
+    outputs = prepared.outputs
     if outputs.labels is not None and outputs.weights is None:  # nothing to read
-        return per_file_totals(outputs.labels, dataset.plan.counts.sum(axis=0), outputs.file_weights)
-    reader = dataset.reader(outputs.branches)
+        return per_file_totals(outputs.labels, prepared.plan.counts.sum(axis=0), outputs.file_weights)
+    reader = prepared.reader(outputs.branches)
     totals = np.zeros(outputs.num_classes or 0)
     try:
         for k in range(len(reader)):

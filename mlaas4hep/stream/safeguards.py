@@ -72,9 +72,10 @@ def check_duplicates(infos: Sequence[FileInfo]) -> None:
     uuids: dict[tuple[str, str], int] = {}
     sizes: dict[tuple[int, str], list[int]] = {}
     for i, info in enumerate(infos):
-        if info.uuid is not None:
+        if info.uuid is not None and info.uuid.strip("0-"):  # ROOT writes a null UUID for reproducible files
             j = uuids.setdefault((info.uuid, info.source.tree), i)
-            if j != i:
+            other = infos[j]
+            if j != i and (other.entries, other.size) == (info.entries, info.size):
                 _twice(infos, j, i, f"are copies of one ROOT file (file UUID {info.uuid}), tree {info.source.tree!r}")
         elif info.size is not None and not info.source.is_remote:
             same = sizes.setdefault((info.size, info.source.format), [])

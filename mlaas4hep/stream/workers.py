@@ -197,6 +197,7 @@ class WorkerPool:
         for conn in self._conns:
             conn.close()
         self._conns, self._procs = [], []
+        self.slots = []  # the shared memory is let go with the batches that still look into it
 
 
 def _serve(job: ChunkJob, files: list[int], conn: Connection, slots: list[tuple[np.ndarray, Any]]) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from .._checks import is_int
 from .._json import read_json, write_json
 from ..errors import ParameterError
+from ..options import LAYOUTS
 from ..specs.values import DEFAULT_EXCLUDE
 
 __all__ = ["DEFAULT_PARAMS", "DEFAULT_SEED", "WorkflowParams", "load_params", "params_path", "save_params"]
@@ -292,7 +293,7 @@ def _normalization(merged: Mapping[str, Any], where: str) -> str | None:
 def _layout(merged: Mapping[str, Any], where: str) -> str:
     """``"flat"`` or ``"collections"``."""
     layout: str = merged["layout"]
-    if layout not in ("flat", "collections"):
-        msg = f'{where}: \'layout\' must be "flat" or "collections", got {layout!r}'
+    if layout not in LAYOUTS:
+        msg = f"{where}: 'layout' must be one of {LAYOUTS}, got {layout!r}"
         raise ParameterError(msg)
     return layout

@@ -179,7 +179,7 @@ def feature_sample(sequence: Any, *, chunk: int = 0, max_events: int = 20_000) -
     Parameters
     ----------
     sequence : RootSequence
-        Where to read from: a reader of its own over the sequence's dataset
+        Where to read from: a reader of its own over the sequence's prepared data
         (aliases computed as for training), and its flattener; the sequence's
         batches and background reading are not touched.
     chunk : int
@@ -202,9 +202,9 @@ def feature_sample(sequence: Any, *, chunk: int = 0, max_events: int = 20_000) -
     >>> sample["names"][:2], sample["sample_names"]  # doctest: +SKIP
     (['HLT_IsoMu24', 'MET_pt'], {1.0: 'GluGluToHToTauTau', 0.0: 'VBF_HToTauTau'})
     """
-    dataset = sequence.prepared
-    flattener = dataset.flattener
-    reader = dataset.reader()
+    prepared = sequence.prepared
+    flattener = prepared.flattener
+    reader = prepared.reader()
     try:
         read = reader.read(chunk)
     finally:
@@ -228,16 +228,16 @@ def feature_sample(sequence: Any, *, chunk: int = 0, max_events: int = 20_000) -
         "normalized": X[:, columns],
         "mask": M[:, columns],
         "labels": labels,
-        "sample_names": _sample_names(dataset),
+        "sample_names": _sample_names(prepared),
     }
 
 
-def _sample_names(dataset: Any) -> dict[float, str]:
+def _sample_names(prepared: Any) -> dict[float, str]:
     """Label -> the stems of the files that carry it ("a + b", or "a + 3 more"), for per-file labels."""
-    if dataset.labels is None:
+    if prepared.labels is None:
         return {}
     stems: dict[float, list[str]] = {}
-    for source, label in zip(dataset.sources, dataset.labels, strict=True):
+    for source, label in zip(prepared.sources, prepared.labels, strict=True):
         stems.setdefault(float(label), []).append(PurePosixPath(source.path.split("?")[0]).stem)
     return {k: " + ".join(v) if len(v) <= 2 else f"{v[0]} + {len(v) - 1} more" for k, v in stems.items()}
 

@@ -53,3 +53,21 @@ def test_a_sequence_closed_mid_epoch_and_used_again_serves_every_event_once(work
         assert seq.worker_processes == (2 if workers == 2 else 0)
     finally:
         seq.close()
+
+
+def test_closing_lets_the_stopped_workers_go() -> None:
+    """A sequence closed and used again keeps no stopped worker pool (nor its shared memory) alive."""
+    import gc
+    import weakref
+
+    seq = _sequence(2, True)
+    try:
+        seq[0]
+        pool = weakref.ref(seq.pipeline.workers)
+        assert pool() is not None
+        seq.close()
+        seq[0]
+        gc.collect()
+        assert pool() is None and seq.pipeline.workers is not None
+    finally:
+        seq.close()

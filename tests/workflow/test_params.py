@@ -57,7 +57,7 @@ def test_params_defaults_and_seed_example(tmp_path: Path) -> None:
         ({"hist": 1}, "'hist' must be a string"),
         ({"test_split": 1}, r"'test_split' must be a number in \[0, 1\)"),
         ({"verbose": -1}, "'verbose' must be an integer >= 0, got -1"),
-        ({"layout": "sets"}, "'layout' must be \"flat\" or \"collections\", got 'sets'"),
+        ({"layout": "sets"}, "'layout' must be one of \\('flat', 'collections'\\), got 'sets'"),
     ],
 )
 def test_params_errors_name_the_key(tmp_path: Path, data: dict[str, Any], match: str) -> None:
