@@ -130,6 +130,13 @@ def _resolve_model(model: Any, executor: Any) -> tuple[Any, str | None]:
                 f"of its {'/'.join(MODEL_SUFFIXES)} file (model.save(path)), which each task loads"
             )
             raise ParameterError(msg)
+        if not callable(getattr(model, "predict_on_batch", None)):
+            msg = (
+                f"model must be a Keras model or the path of a saved one, got a {type(model).__module__}."
+                f"{type(model).__name__} (no predict_on_batch); for a PyTorch module, export it to ONNX or score "
+                "its batches with mlaas4hep.torch.RootDataset"
+            )
+            raise ParameterError(msg)
         return model, None
     path = Path(model)
     if path.suffix not in MODEL_SUFFIXES or not path.is_file():
@@ -225,7 +232,7 @@ def write_scores(
     name: str = "score",
     tree: str | None = None,
     cut: str | None = None,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     chunk_size: int = 10_000,
     prefetch: int = 2,
     executor: Any = None,
@@ -261,7 +268,7 @@ def write_scores(
         uproot's expression language, with the preprocessing's aliases.
         Default: every entry is scored. The training cut is the preprocessing's.
     batch_size, chunk_size : int
-        Events per prediction, and per chunk read (and per block written).
+        Events per prediction (default 1000, at most ``chunk_size``), and per chunk read (and per block written).
     prefetch : int
         Chunks read ahead in the background.
     executor : {"serial", "threads"}, Executor, dask.distributed.Client, or None
@@ -296,6 +303,8 @@ def write_scores(
     [PosixPath('scores/data_score.root')]
     """
     loaded = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.load(preprocessing)
+    if batch_size is None:
+        batch_size = min(1000, chunk_size) if isinstance(chunk_size, int) and chunk_size > 0 else 1000
     options = loaded.options(cut=cut, tree=tree, batch_size=batch_size, chunk_size=chunk_size, prefetch=prefetch)
     if not isinstance(name, str) or not name.isidentifier():
         msg = f"name must be a branch name (letters, digits and _), got {name!r}"

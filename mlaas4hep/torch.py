@@ -29,7 +29,7 @@ except ModuleNotFoundError as err:  # the one place the missing extra is explain
     raise ModuleNotFoundError(msg, name=err.name) from err
 
 from ._checks import check_int, check_shard, is_int
-from .errors import ParameterError
+from .errors import DataWarning, ParameterError
 from .inputs.formats.decompression import chosen_zlib, use_zlib
 from .inputs.sources import FileSource
 from .options import Options, OptionView, takes_options
@@ -354,6 +354,15 @@ def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int,
         distributed = torch.distributed
         if distributed.is_available() and distributed.is_initialized():
             return distributed.get_rank(), distributed.get_world_size()
+        launched = os.environ.get("WORLD_SIZE", "1")
+        if launched.isdigit() and int(launched) > 1:  # torchrun's ranks, before init_process_group
+            warnings.warn(
+                f"WORLD_SIZE={launched} (RANK={os.environ.get('RANK')!s}) but torch.distributed is not initialized: "
+                "this dataset serves every event in this rank; make it after init_process_group, or give rank= "
+                "and world_size=",
+                DataWarning,
+                stacklevel=3,
+            )
         return 0, 1
     if rank is None or world_size is None:
         msg = f"give rank and world_size together, or neither (got rank={rank!r}, world_size={world_size!r})"

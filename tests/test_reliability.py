@@ -156,6 +156,8 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
         r"files must be in an order .* got a set",
     ),
     ("a set of labels", lambda d: _seq(d, labels={1, 0}), ParameterError, r"labels must be in an order .* got a set"),
+    ("a tab-separated file", lambda d: RootSequence([str(d / "x.tsv")]), ParameterError, r"x\.tsv' is a tab-separated"),
+    ("a gzip-compressed CSV", lambda d: RootSequence([str(d / "x.csv.gz")]), ParameterError, "gzip-compressed file"),
     (
         "files a mapping, labels too",
         lambda d: RootSequence({str(d / "a.root"): 1, str(d / "b.root"): 0}, labels=[1, 0]),
@@ -491,3 +493,33 @@ def test_shuffle_none_is_the_default_with_or_without_labels(d: Path) -> None:
     files = [str(d / "a.root"), str(d / "b.root")]
     assert RootSequence(files, shuffle=None, batch_size=20, chunk_size=100).shuffle is False
     assert RootSequence(files, [1, 0], shuffle=None, batch_size=20, chunk_size=100).shuffle is True
+
+
+def test_bytes_paths_and_boolean_labels(d: Path) -> None:
+    seq = RootSequence([bytes(d / "a.root"), bytes(d / "b.root")], labels=[True, False], batch_size=20, chunk_size=100)
+    assert seq.n_events == 500 and seq.prepared.labels == (1.0, 0.0)
+
+
+def test_an_unwritable_cache_is_named_with_the_variable_that_moves_it(tmp_path: Path, monkeypatch) -> None:
+    from mlaas4hep.inputs.formats import convert
+
+    csv = tmp_path / "e.csv"
+    csv.write_text("x,y\n1,2\n3,4\n")
+    monkeypatch.setenv(convert.CACHE_ENV, str(tmp_path / "cache"))
+
+    def denied(*args: Any) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(convert, "_convert", denied)
+    with pytest.raises(FileAccessError, match=r"cannot write the Parquet copy of .*e\.csv.* set MLAAS4HEP_CACHE"):
+        RootSequence([str(csv)], batch_size=1, chunk_size=2)
+
+
+def test_the_index_pandas_stores_in_a_parquet_file_is_no_feature(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.table({"x": np.arange(10.0), "__index_level_0__": np.arange(100, 110)})
+    meta = {"index_columns": ["__index_level_0__"], "column_indexes": [], "columns": []}
+    pq.write_table(table.replace_schema_metadata({b"pandas": json.dumps(meta).encode()}), tmp_path / "df.parquet")
+    seq = RootSequence([str(tmp_path / "df.parquet")], batch_size=5, chunk_size=10)
+    assert seq.feature_names == ["x"]

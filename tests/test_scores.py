@@ -370,3 +370,22 @@ def test_the_collections_layout_is_scored_as_it_was_served(two_files: list[Path]
     in_order = RootSequence(two_files[:1], specs=train.specs, shuffle=False, **kw)
     np.testing.assert_allclose(scores, model.predict(in_order, verbose=0).ravel(), rtol=1e-5, atol=1e-6)
     assert len(scores) == 1200
+
+
+def test_a_model_that_is_not_keras_is_refused_by_name(trained: Trained, tmp_path: Path) -> None:
+    class Module:  # as a torch.nn.Module: callable, no predict_on_batch
+        def __call__(self, x: Any) -> Any:
+            return x
+
+    out = tmp_path / "out"
+    with pytest.raises(ParameterError, match=r"model must be a Keras model .* got a .*Module \(no predict_on_batch\)"):
+        write_scores(Module(), trained.files, preprocessing=trained.recipe_path, output_dir=out)
+    assert _nothing_written(out)
+
+
+def test_a_chunk_size_alone_sets_the_batches_too(trained: Trained, tmp_path: Path) -> None:
+    """chunk_size=500 with the default batch_size (1000) is no error: a batch is at most a chunk."""
+    written = write_scores(
+        trained.model, trained.files, preprocessing=trained.recipe_path, output_dir=tmp_path, chunk_size=500
+    )
+    assert len(written) == len(trained.files)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:This process .* is multi-threade
 
 from torch.utils.data import DataLoader  # noqa: E402
 
-from mlaas4hep import ParameterError  # noqa: E402
+from mlaas4hep import DataWarning, ParameterError  # noqa: E402
 from mlaas4hep.stream.pipeline import Pipeline  # noqa: E402
 from mlaas4hep.torch import RootDataset, to_tensors  # noqa: E402
 
@@ -365,3 +365,11 @@ def test_a_dataset_without_labels_is_served_in_the_files_order(two_files):
     ids = np.concatenate([x[0][:, 0].numpy() for x in DataLoader(ds, batch_size=None)]).astype(np.int64)
     assert len(ids) == 3000 and set(ids.tolist()) == EVERYTHING
     assert (np.diff(ids[ids < ID]) == 1).all() and (np.diff(ids[ids >= ID]) == 1).all()  # each file in order
+
+
+def test_torchruns_environment_without_a_process_group_is_warned_about(two_files, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.warns(DataWarning, match=r"WORLD_SIZE=2 .* not initialized: this dataset serves every event"):
+        ds = _make(two_files)
+    assert (ds.rank, ds.world_size) == (0, 1)

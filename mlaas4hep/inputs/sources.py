@@ -45,10 +45,32 @@ _EXTENSIONS = {
 _ALIASES = {"json": "jsonl", "ndjson": "jsonl", "parq": "parquet", "pq": "parquet"}
 
 
+_UNREAD = {".tsv": "tab-separated", ".gz": "gzip-compressed", ".bz2": "bzip2-compressed", ".xz": "xz-compressed"}
+
+
 def format_of(path: str) -> str:
-    """The format a file's name says: ``"parquet"`` for ``x.parquet``...; ``"root"`` for any other name."""
+    """The format a file's name says: ``"parquet"`` for ``x.parquet``...; ``"root"`` for any other name.
+
+    Raises
+    ------
+    ParameterError
+        For a name that says a format no reader reads (``x.tsv``, ``x.csv.gz``).
+
+    Examples
+    --------
+    >>> format_of("events.csv"), format_of("nano.root")
+    ('csv', 'root')
+    """
     name = path.split("?", 1)[0].split("#", 1)[0] if _REMOTE.match(path) else path
-    return _EXTENSIONS.get(PurePosixPath(name).suffix.lower(), "root")
+    suffixes = [s.lower() for s in PurePosixPath(name).suffixes[-2:]]
+    unread = _UNREAD.get(suffixes[-1]) if suffixes else None
+    if unread and (suffixes[-1] == ".tsv" or any(s in _EXTENSIONS for s in suffixes[:-1])):
+        msg = (
+            f"{path!r} is a {unread} file, which mlaas4hep does not read: give a ROOT, Parquet, CSV, JSON lines "
+            "or Avro file (decompress it, or convert it), or name its format with FileSource(path, format=...)"
+        )
+        raise ParameterError(msg)
+    return _EXTENSIONS.get(suffixes[-1] if suffixes else "", "root")
 
 
 @dataclass(frozen=True)
@@ -135,14 +157,14 @@ def parse_sources(
     -------
     list of FileSource
     """
-    if isinstance(files, (str, os.PathLike, FileSource)):
+    if isinstance(files, (str, bytes, os.PathLike, FileSource)):
         files = [files]
     sources = []
     for item in files:
         if isinstance(item, FileSource):
             sources.append(item)
             continue
-        text = os.fspath(item)
+        text = os.fsdecode(item)  # bytes paths too
         match = _WITH_TREE.match(text)
         path, name = (match["path"], match["tree"]) if match else (text, tree)
         if redirector and not _REMOTE.match(path) and not os.path.isabs(path) and not os.path.exists(path):

@@ -267,10 +267,11 @@ def _labels(labels: Sequence[float] | str | None, n_files: int) -> tuple[list[fl
     if isinstance(labels, str):
         return None, labels
     values = list(labels)
-    bad = [v for v in values if isinstance(v, (str, bytes, bool)) or not isinstance(v, (int, float, np.number))]
+    bad = [v for v in values if isinstance(v, (str, bytes)) or not isinstance(v, (int, float, np.number, np.bool_))]
     if bad:
         msg = (
-            f"labels must be numbers, one per file (or the name of a label branch), got {bad[0]!r} in {values!r}; "
+            f"labels must be numbers (or True/False), one per file (or the name of a label branch), got {bad[0]!r} "
+            f"in {values!r}; "
             "for class names, give each class a number: e.g. labels=[1, 0] for signal and background"
         )
         raise ParameterError(msg)

@@ -103,7 +103,14 @@ def converted(source: FileSource) -> Path:
         lock = _CONVERTING.setdefault(target, threading.Lock())
     with lock:  # one thread converts, the others wait for its copy
         if not target.exists():
-            _convert(source, path, target)
+            try:
+                _convert(source, path, target)
+            except PermissionError as err:
+                msg = (
+                    f"cannot write the Parquet copy of {source.path!r} into the cache {os.fspath(target.parent)!r} "
+                    f"({err.strerror}): set {CACHE_ENV} to a directory you can write to"
+                )
+                raise FileAccessError(msg) from err
     return target
 
 

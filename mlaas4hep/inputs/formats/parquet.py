@@ -108,7 +108,10 @@ class ParquetTable(Table):
         return int(self._offsets[-1])
 
     def branches(self) -> list[BranchInfo]:
-        return branch_infos(self.file.schema_arrow)
+        """The columns as branches, but the index pandas stored beside the data (``df.to_parquet()``)."""
+        schema = self.file.schema_arrow
+        index = {name for name in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(name, str)}
+        return [branch for branch in branch_infos(schema) if branch.name not in index]
 
     def blocks(self, names: Sequence[str]) -> np.ndarray | None:
         return self._offsets
