@@ -294,6 +294,24 @@ def test_a_file_rewritten_after_construction_is_noticed_at_the_next_read(tmp_pat
             seq[i]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_file_removed_mid_epoch_is_named_as_removed(tmp_path: Path, workers: int) -> None:
+    """Not uproot's own failure on it ("'FileNotFoundError' object is not subscriptable")."""
+    from conftest import write_tree
+
+    paths = [write_tree(tmp_path / f"{n}.root", 3000, seed=i, file_id=i, basket=500) for i, n in enumerate("rs")]
+    kw = {"batch_size": 100, "chunk_size": 1000, "shuffle": False, "prefetch": 0, "cache_chunks": 1}
+    seq = RootSequence([str(p) for p in paths], labels=[1, 0], workers=workers, **kw)
+    try:
+        seq[0]
+        paths[0].unlink()
+        with pytest.raises(FileAccessError, match=r"r\.root:Events was removed or moved after the sequence was made"):
+            for i in range(len(seq)):
+                seq[i]
+    finally:
+        seq.close()
+
+
 def test_a_read_error_is_tried_again_once_the_file_is_back(d: Path, tmp_path: Path) -> None:
     path = tmp_path / "back.root"
     shutil.copy2(d / "b.root", path)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..errors import FileAccessError
 from .formats import DEFAULT_TIMEOUT, BranchInfo, Table, open_table
 from .sources import FileSource
 
-__all__ = ["FileInfo", "describe_file", "inspect_file"]
+__all__ = ["FileInfo", "check_unchanged", "describe_file", "inspect_file"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +52,24 @@ def inspect_file(source: FileSource, timeout: float = DEFAULT_TIMEOUT) -> FileIn
     """
     with open_table(source, timeout) as table:
         return describe_file(source, table)
+
+
+def check_unchanged(before: FileInfo) -> None:
+    """Raise :class:`~mlaas4hep.errors.FileAccessError` if the local file ``before`` describes is gone or changed.
+
+    Changed: another size or modification time. A remote file is not checked here.
+    """
+    source = before.source
+    if source.is_remote:
+        return
+    try:
+        stat = os.stat(source.location)
+    except FileNotFoundError as err:
+        msg = f"{source} was removed or moved after the sequence was made; make the sequence again"
+        raise FileAccessError(msg) from err
+    except OSError as err:
+        msg = f"cannot read {source}: {err}"
+        raise FileAccessError(msg) from err
+    if (stat.st_size, stat.st_mtime) != (before.size, before.mtime):
+        msg = f"{source} was modified after the sequence was made; make the sequence again"
+        raise FileAccessError(msg)

@@ -24,7 +24,7 @@ import numpy as np
 from .._arrays import row_range
 from .._checks import check_int, check_number
 from ..errors import FileAccessError, MLaaS4HEPError, ParameterError
-from ..inputs.contents import FileInfo
+from ..inputs.contents import FileInfo, check_unchanged
 from ..inputs.formats import DEFAULT_TIMEOUT, Table, open_table
 from ..inputs.selection import Selection
 from ..inputs.sources import FileSource
@@ -237,18 +237,9 @@ class ChunkReader:
         return self._open[i]
 
     def _check_unchanged(self, i: int) -> None:
-        """Raise if local file ``i`` is not the file the plan was made for (another size or modification time)."""
-        if self.expect is None or self.sources[i].is_remote:
-            return
-        before, source = self.expect[i], self.sources[i]
-        try:
-            stat = os.stat(source.location)
-        except OSError as err:
-            msg = f"cannot read {source}: {err}"
-            raise FileAccessError(msg) from err
-        if (stat.st_size, stat.st_mtime) != (before.size, before.mtime):
-            msg = f"{source} was modified after the sequence was made; make the sequence again"
-            raise FileAccessError(msg)
+        """Raise if file ``i`` is not the file the plan was made for (see ``check_unchanged``)."""
+        if self.expect is not None:
+            check_unchanged(self.expect[i])
 
     def _forget(self, i: int) -> None:
         """Close file ``i`` after a failed read, so that the next read opens it anew."""
@@ -365,6 +356,7 @@ class ChunkReader:
                 self._forget(i)
                 error = err
             if attempt + 1 == attempts:
+                self._check_unchanged(i)  # a file removed or rewritten since is said so, not as uproot fails on it
                 tries = f" (tried {attempts} times)" if attempts > 1 else ""
                 msg = f"cannot read entries {start}-{stop} of {source}{tries}: {type(error).__name__}: {error}"
                 raise FileAccessError(msg) from error
