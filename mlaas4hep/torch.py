@@ -188,6 +188,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         )
         self.prepared: PreparedData = prepare(files, labels, self.options)
         self._epoch: Any = multiprocessing.RawValue("q", 0)  # shared with the workers, persistent ones too
+        self._served: Any = multiprocessing.RawArray("q", [-1, 0])  # the epoch served last; warned of a repeat
         self._pipeline: Pipeline | None = None
         self.stats = LoaderCounters()  # what this process's pipelines do (mlaas4hep.LoaderStats reads it)
         self._pipeline_key: tuple[int, int, int] | None = None  # (process, workers, worker) it serves
@@ -285,6 +286,19 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
     def set_epoch(self, epoch: int) -> None:
         """Serve ``epoch`` from the next iteration on: its shuffling, the same in every rank and worker."""
         self._epoch.value = check_int(epoch, "epoch", minimum=0)
+        self._served[0] = -1  # told: serving this epoch (again) is meant
+
+    def _check_new_epoch(self, epoch: int) -> None:
+        """Warn, once, when a shuffled epoch served whole is served again, with no ``set_epoch`` since: forgotten."""
+        last, warned = self._served[0], self._served[1]
+        if self.shuffle and last == epoch and not warned:
+            self._served[1] = 1
+            warnings.warn(
+                f"epoch {epoch} is served again, in the same order: call set_epoch(epoch) before each epoch "
+                "(as with DistributedSampler) to shuffle each anew",
+                DataWarning,
+                stacklevel=3,
+            )
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         """The batches of this rank (or, in a DataLoader worker, of this worker) in the current epoch."""
@@ -292,8 +306,12 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         num_workers, worker = (0, 0) if info is None else (info.num_workers, info.id)
         pipeline = self._worker_pipeline(num_workers, worker)
         epoch = self.epoch
+        if worker == 0:
+            self._check_new_epoch(epoch)
         for slot in self.worker_slots(num_workers, worker):
             yield to_tensors(pipeline.batch(epoch, slot).as_tuple(self.prepared.outputs), share=info is not None)
+        if worker == 0:
+            self._served[0] = epoch  # served whole (a look at its first batches is no epoch)
 
     def _worker_pipeline(self, num_workers: int, worker: int) -> Pipeline:
         """The pipeline of this process's shard, made on first use in each process (a worker's own)."""
@@ -322,7 +340,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         state = self.__dict__.copy()
         state["_pipeline"] = state["_pipeline_key"] = None  # every process makes its own
         if multiprocessing.context.get_spawning_popen() is None:  # not to a process being started: the value
-            state["_epoch"] = self.epoch
+            state["_epoch"], state["_served"] = self.epoch, list(self._served)
         state["_zlib"] = chosen_zlib()  # a spawned worker decompresses as the user chose here
         return state
 
@@ -334,6 +352,8 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         if isinstance(self._epoch, int):
             epoch, self._epoch = self._epoch, multiprocessing.RawValue("q", 0)
             self._epoch.value = epoch
+        if isinstance(self._served, list):
+            self._served = multiprocessing.RawArray("q", self._served)
 
     def __repr__(self) -> str:
         return (

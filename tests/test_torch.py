@@ -9,6 +9,7 @@ import pickle
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -373,3 +374,17 @@ def test_torchruns_environment_without_a_process_group_is_warned_about(two_files
     with pytest.warns(DataWarning, match=r"WORLD_SIZE=2 .* not initialized: this dataset serves every event"):
         ds = _make(two_files)
     assert (ds.rank, ds.world_size) == (0, 1)
+
+
+def test_a_forgotten_set_epoch_is_warned_about_once(two_files):
+    ds = _make(two_files)
+    first = _epoch(ds, 0)
+    with pytest.warns(DataWarning, match="epoch 0 is served again, in the same order: call set_epoch"):
+        again = [(x[:, 0].numpy(), y.numpy()) for x, y in DataLoader(ds, batch_size=None)]
+    assert len(again) == len(first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        list(DataLoader(ds, batch_size=None))  # once only
+        _epoch(ds, 1)  # a new epoch: no warning
+        _epoch(_make(two_files, validation_split=0.2, subset="validation"), 0)
+        _epoch(_make(two_files, validation_split=0.2, subset="validation"), 0)  # in order: the same order is meant
