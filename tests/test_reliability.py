@@ -541,3 +541,13 @@ def test_the_index_pandas_stores_in_a_parquet_file_is_no_feature(tmp_path: Path)
     pq.write_table(table.replace_schema_metadata({b"pandas": json.dumps(meta).encode()}), tmp_path / "df.parquet")
     seq = RootSequence([str(tmp_path / "df.parquet")], batch_size=5, chunk_size=10)
     assert seq.feature_names == ["x"]
+
+
+def test_a_validation_part_whose_branches_name_the_weights_branch_takes_the_training_specs(d: Path) -> None:
+    """As documented: the same arguments and specs=train.specs, with branches naming the weights branch."""
+    kw = {"labels": [1, 0], "branches": ["x", "w"], "weights": "w", "validation_split": 0.2, "seed": 1}
+    kw.update(batch_size=20, chunk_size=100)
+    files = [str(d / "a.root"), str(d / "b.root")]
+    train = RootSequence(files, subset="training", **kw)
+    val = RootSequence(files, subset="validation", specs=train.specs, **kw)
+    assert train.feature_names == val.feature_names == ["x"]

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import ParameterError
 
-__all__ = ["DEFAULT_TREE", "FORMATS", "KINDS", "FileSource", "format_of", "parse_sources"]
+__all__ = ["DEFAULT_TREE", "FORMATS", "KINDS", "FileSource", "format_of", "names_data", "parse_sources"]
 
 DEFAULT_TREE = "Events"
 """Tree read when a file does not name one (CMS NanoAOD's tree)."""
@@ -43,6 +43,17 @@ _EXTENSIONS = {
     ".avro": "avro",
 }
 _ALIASES = {"json": "jsonl", "ndjson": "jsonl", "parq": "parquet", "pq": "parquet"}
+
+
+def names_data(path: str) -> bool:
+    """Whether the name says a data file (``.root``, ``.parquet``, ``.csv``, ...), not a list of files.
+
+    Examples
+    --------
+    >>> names_data("events.parquet"), names_data("files.txt")
+    (True, False)
+    """
+    return PurePosixPath(path).suffix.lower() in (*_EXTENSIONS, ".root")
 
 
 _UNREAD = {".tsv": "tab-separated", ".gz": "gzip-compressed", ".bz2": "bzip2-compressed", ".xz": "xz-compressed"}

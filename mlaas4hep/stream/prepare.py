@@ -310,9 +310,10 @@ def _feature_specs(
         )
         return builder.build(cache=given, files=infos)
     specs = given
-    if options.branches is not None:
-        specs = specs.select(_expand(specs, options.branches))
     drop = [*(options.exclude or ()), *not_features]  # labels, targets and weights are never features
+    if options.branches is not None:  # as the training part's: a weights branch among them is no feature
+        wanted = [b for b in options.branches if b not in not_features]
+        specs = specs.select(_expand(specs, wanted) if wanted else [])  # none left: the error below says why
     if any(_match(n, drop) for n in specs.names):
         specs = specs.select([n for n in specs.names if not _match(n, drop)])
     if not specs.branches:

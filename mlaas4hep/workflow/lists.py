@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FileAccessError, ParameterError
+from ..inputs.sources import names_data
 
 __all__ = ["load_model_function", "parse_labels", "read_list"]
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 def read_list(value: str | Sequence[str], what: str = "--files") -> list[str]:
     """Entries of a list file (one a line, ``#`` comments, blank lines ignored) or a comma-separated list.
 
-    A path ending in ``.root`` is one entry, never a list file.
+    A data file's path (``.root``, ``.parquet``, ``.csv``, ``.jsonl``, ``.avro``, ...) is one entry, never a list file.
 
     Parameters
     ----------
@@ -46,7 +47,7 @@ def read_list(value: str | Sequence[str], what: str = "--files") -> list[str]:
     """
     if not isinstance(value, str):
         entries = [str(v).strip() for v in value]
-    elif Path(value).is_file() and Path(value).suffix != ".root":
+    elif Path(value).is_file() and not names_data(value):
         try:
             text = Path(value).read_text()
         except UnicodeDecodeError as err:

@@ -48,3 +48,11 @@ def test_load_model_function(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     (tmp_path / "no_model.py").write_text("model = 1\n")
     with pytest.raises(ParameterError, match=r"no_model\.py.*defines no function model\(idim\)"):
         load_model_function(tmp_path / "no_model.py")
+
+
+@pytest.mark.parametrize("name", ["events.parquet", "events.csv", "events.jsonl", "events.avro", "events.root"])
+def test_a_data_file_is_one_entry_never_a_list(tmp_path: Path, name: str) -> None:
+    """mlaas4hep predict events.csv scores the file; it does not read it as a list of files."""
+    path = tmp_path / name
+    path.write_text("x,y\n1,2\n")
+    assert read_list(str(path), "FILE") == [str(path)]
