@@ -218,10 +218,10 @@ class ChunkReader:
             self._open = OrderedDict()
             self._executor = None
             self._pid = os.getpid()
+        self._check_unchanged(i)  # at every read: a CSV's Parquet copy would not see its file change
         if i in self._open:
             self._open.move_to_end(i)
             return self._open[i]
-        self._check_unchanged(i)
         self._open[i] = open_table(self.sources[i], self.timeout)
         entries = self._open[i].entries
         if self.expect is not None and entries != self.expect[i].entries:

@@ -7,6 +7,7 @@ pyarrow (CSV) and fastavro (Avro), and served through the whole pipeline.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -303,6 +304,35 @@ def test_a_text_file_is_converted_once_and_again_when_it_changes(
     with path.open("a") as f:
         f.write(json.dumps({"x": 50.0, "j": []}) + "\n")
     assert inspect_file(source).entries == 51 and len(calls) == 2
+
+
+def test_a_csv_rewritten_with_the_same_size_and_time_is_converted_again(tmp_path: Path, cache: Path) -> None:
+    path = tmp_path / "e.csv"
+    path.write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(100)))
+    before = path.stat()
+
+    def first(path: Path) -> list[float]:
+        return RootSequence([str(path)], branches=["x"], normalization=None, batch_size=10, chunk_size=100)[0][0][
+            :3, 0
+        ].tolist()
+
+    assert first(path) == [0, 1, 2]
+    path.write_text("x,y\n" + "".join(f"{(i + 3) % 10 + 10 * (i // 10)},{i % 2}\n" for i in range(100)))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    assert first(path) == [3, 4, 5]
+
+
+def test_a_csv_edited_during_training_is_noticed_at_the_next_read(tmp_path: Path, cache: Path) -> None:
+    path = tmp_path / "e.csv"
+    path.write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(1000)))
+    seq = RootSequence([str(path)], labels="y", batch_size=100, chunk_size=200, shuffle=False, prefetch=0)
+    seq[0]
+    path.write_text("x,y\n" + "".join(f"{i + 5000},{i % 2}\n" for i in range(1000)))
+    with pytest.raises(FileAccessError, match=r"e\.csv was modified after the sequence was made"):
+        for i in range(len(seq)):
+            seq[i]
+    seq.close()
 
 
 def test_blocks_widen_integers_to_floats_and_keep_every_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -95,7 +95,8 @@ def converted(source: FileSource) -> Path:
         raise FileAccessError(msg)
     path = check_local(source)
     stat = path.stat()
-    key = f"{_VERSION}\0{source.format}\0{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    # the change time too: a rewrite that keeps the size and sets the modification time back is another file
+    key = f"{_VERSION}\0{source.format}\0{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}"
     target = cache_dir() / f"{path.name}.{hashlib.sha256(key.encode()).hexdigest()[:20]}.parquet"
     if target.exists():
         return target
