@@ -104,7 +104,7 @@ class _Scorer:
         model = self.loaded()
         with self.lock if self.lock is not None else contextlib.nullcontext():
             out = model.predict_on_batch(x)
-        return np.asarray(out, dtype=np.float32).reshape(n, len(self.branches))
+        return np.asarray(_single_output(out), dtype=np.float32).reshape(n, len(self.branches))
 
 
 def _load_model(path: str | os.PathLike[str]) -> Any:
@@ -171,14 +171,21 @@ def _output_width(model: Any, preprocessing: Preprocessing) -> int:
     except (ValueError, TypeError) as err:
         msg = f"the model cannot take the preprocessing's inputs ({features} features): {err}"
         raise ParameterError(msg) from err
-    if isinstance(out, (list, tuple, dict)):
-        msg = f"the model has {len(out)} outputs; scores are written for a model with one output"
-        raise ParameterError(msg)
-    out = np.asarray(out)
+    out = np.asarray(_single_output(out))
     if out.ndim > 2 or out.shape[0] != 1:
         msg = f"the model gives scores of shape {out.shape[1:]} per event; expected one number or one per class"
         raise ParameterError(msg)
     return 1 if out.ndim == 1 else int(out.shape[1])
+
+
+def _single_output(out: Any) -> Any:
+    """The one output of a model's prediction (a named output comes in a dict or a list of one)."""
+    if isinstance(out, (list, tuple, dict)):
+        if len(out) != 1:
+            msg = f"the model has {len(out)} outputs; scores are written for a model with one output"
+            raise ParameterError(msg)
+        return next(iter(out.values())) if isinstance(out, dict) else out[0]
+    return out
 
 
 def _check_outputs(

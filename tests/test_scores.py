@@ -389,3 +389,14 @@ def test_a_chunk_size_alone_sets_the_batches_too(trained: Trained, tmp_path: Pat
         trained.model, trained.files, preprocessing=trained.recipe_path, output_dir=tmp_path, chunk_size=500
     )
     assert len(written) == len(trained.files)
+
+
+def test_a_model_with_one_named_output_is_scored(trained: Trained, tmp_path: Path) -> None:
+    """keras.Model(inputs, {"prob": ...}) predicts a dict of one output: its scores, not "has 1 outputs"."""
+    base = trained.model
+    named = keras.Model(base.inputs, {"prob": base.outputs[0]})
+    (output,) = write_scores(named, [trained.files[0]], preprocessing=trained.recipe_path, output_dir=tmp_path)
+    (reference,) = write_scores(
+        base, [trained.files[0]], preprocessing=trained.recipe_path, output_dir=tmp_path / "ref"
+    )
+    np.testing.assert_array_equal(read_scores(output)["score"], read_scores(reference)["score"])
