@@ -144,7 +144,10 @@ def build_model(model_function: Callable[[Any], Any], sequences: Sequence[Any], 
     >>> ml_model = build_model(seed_model, [train, val], verbose=0)  # doctest: +SKIP
     """
     first = sequences[0]
-    ml_model = model_function(first.input_spec if first.options.layout == "collections" else first.num_features)
+    if first.options.layout != "collections":
+        ml_model = model_function(first.num_features)
+    else:
+        ml_model = _collections_model(model_function, first.input_spec)
     classes = _categorical_classes(ml_model)
     if classes:  # as the original: a categorical cross-entropy loss gets one-hot labels
         log.info("categorical cross-entropy loss: one-hot labels over %d classes", classes)
@@ -155,6 +158,28 @@ def build_model(model_function: Callable[[Any], Any], sequences: Sequence[Any], 
             ml_model.summary(print_fn=lambda line, *a, **k: log.info("%s", line))
         except ValueError:  # a subclassed model that is not built yet has no summary
             log.info("model %s", type(ml_model).__name__)
+    return ml_model
+
+
+def _collections_model(model_function: Callable[[Any], Any], spec: dict[str, Any]) -> Any:
+    """``model(input_spec)`` for the collections layout, refused clearly when it is a model of the flat layout."""
+    hint = (
+        f'"layout": "collections" gives model(idim) the inputs {sorted(spec)} (a dict: name -> (shape, dtype)) '
+        "and serves x as a dict of them: write the model for them (e.g. mlaas4hep.workflow.models.deep_sets), "
+        'or use "layout": "flat"'
+    )
+    try:
+        ml_model = model_function(spec)
+    except (TypeError, ValueError) as err:  # a flat model given a dict: Keras' own message says little
+        msg = f"the model file's model(idim) failed: {type(err).__name__}: {err}; {hint}"
+        raise ParameterError(msg) from err
+    try:
+        names = sorted(str(t.name).split(":")[0] for t in ml_model.inputs)
+    except (AttributeError, TypeError, ValueError):  # a subclassed model may not know its inputs
+        return ml_model
+    if names != sorted(spec):
+        msg = f"the model takes the inputs {names}; {hint}"
+        raise ParameterError(msg)
     return ml_model
 
 

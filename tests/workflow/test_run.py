@@ -188,6 +188,28 @@ def test_collections_layout_from_params(tmp_path: Path, make_tree: Callable[...,
     assert (tmp_path / "sets.keras").stat().st_size > 0
 
 
+FLAT_MODEL = """\
+import keras
+
+
+def model(idim):
+    m = keras.Sequential([keras.Input((idim,)), keras.layers.Dense(1, activation="sigmoid")])
+    m.compile(optimizer="adam", loss="binary_crossentropy")
+    return m
+"""
+
+
+def test_a_flat_model_with_the_collections_layout_is_refused_clearly(
+    tmp_path: Path, make_tree: Callable[..., Path]
+) -> None:
+    files = [make_tree(tmp_path / f"f{i}.root", 300, seed=i, file_id=i) for i in range(2)]
+    (tmp_path / "flat.py").write_text(FLAT_MODEL)
+    params = {"epochs": 1, "chunk_size": 300, "batch_size": 50, "verbose": 0, "seed": 1, "layout": "collections"}
+    (tmp_path / "params.json").write_text(json.dumps({**params, "exclude_branches": "run,uid"}))
+    with pytest.raises(ParameterError, match=r'"layout": "collections" gives model\(idim\) the inputs \[.Jet.'):
+        run_workflow(files, [1, 0], tmp_path / "flat.py", tmp_path / "params.json", fout=tmp_path / "m.keras")
+
+
 def test_a_drawn_seed_is_told_saved_and_repeats_the_run(
     tmp_path: Path, make_tree: Callable[..., Path], caplog: pytest.LogCaptureFixture
 ) -> None:
