@@ -33,10 +33,9 @@ from ._checks import (
     check_split,
     check_text,
     check_widths,
-    docstring_parameters,
     known_names,
-    with_parameters,
 )
+from ._docstrings import docstring_parameters, with_parameters
 from .errors import ParameterError
 from .inputs.selection import Selection
 from .inputs.sources import DEFAULT_TREE

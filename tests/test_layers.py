@@ -21,6 +21,7 @@ LAYERS = {
     "mlaas4hep._checks": 0,
     "mlaas4hep._arrays": 0,
     "mlaas4hep._json": 0,
+    "mlaas4hep._docstrings": 0,
     "mlaas4hep.inputs": 1,
     "mlaas4hep.specs": 2,
     "mlaas4hep.transform": 3,
