@@ -15,6 +15,8 @@ import logging
 import multiprocessing
 import multiprocessing.context
 import os
+import sys
+import types
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -302,6 +304,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         """The batches of this rank (or, in a DataLoader worker, of this worker) in the current epoch."""
+        _check_not_batched_again(sys._getframe(1))
         info = get_worker_info()
         num_workers, worker = (0, 0) if info is None else (info.num_workers, info.id)
         pipeline = self._worker_pipeline(num_workers, worker)
@@ -366,6 +369,29 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
 def _processes(num_workers: int) -> int:
     """The processes that serve a rank through a DataLoader with ``num_workers`` workers (0: the rank's own)."""
     return max(check_int(num_workers, "num_workers", minimum=0), 1)
+
+
+def _check_not_batched_again(frame: types.FrameType | None) -> None:
+    """Raise :class:`ParameterError` when a ``DataLoader`` that batches (``batch_size`` not None) iterates.
+
+    ``frame`` is the caller of ``__iter__``'s body: the ``DataLoader``'s fetcher,
+    in the main process or a worker. Its ``auto_collation`` is True when the
+    ``DataLoader`` has a ``batch_size`` (1 by default), which would stack our
+    batches into a silent leading axis ``(batch_size, batch, ...)``. PyTorch
+    tells a dataset nothing of its loader, so a fetcher that is not found (a
+    plain ``for`` loop, another loader) is no error.
+    """
+    for _ in range(3):
+        if frame is None:
+            return
+        fetcher = frame.f_locals.get("self")
+        if type(fetcher).__name__ == "_IterableDatasetFetcher" and getattr(fetcher, "auto_collation", False):
+            msg = (
+                "give the DataLoader batch_size=None: RootDataset serves whole batches (its own batch_size), "
+                "which a DataLoader with a batch_size (1 by default) would stack into a leading axis"
+            )
+            raise ParameterError(msg)
+        frame = frame.f_back
 
 
 def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -388,3 +388,14 @@ def test_a_forgotten_set_epoch_is_warned_about_once(two_files):
         _epoch(ds, 1)  # a new epoch: no warning
         _epoch(_make(two_files, validation_split=0.2, subset="validation"), 0)
         _epoch(_make(two_files, validation_split=0.2, subset="validation"), 0)  # in order: the same order is meant
+
+
+@pytest.mark.parametrize(("kw", "workers"), [({}, 0), ({"batch_size": 32}, 0), ({}, 1)])
+def test_a_dataloader_that_batches_again_is_refused(two_files, kw, workers):
+    """DataLoader's default batch_size=1 would stack the batches into a silent leading axis (1, 64, F)."""
+    ds = _make(two_files)
+    loader = DataLoader(ds, num_workers=workers, **kw, **({"multiprocessing_context": "fork"} if workers else {}))
+    with pytest.raises(ParameterError, match="give the DataLoader batch_size=None: RootDataset serves whole batches"):
+        next(iter(loader))
+    x, _ = next(iter(ds))  # a plain loop over the dataset is its batches
+    assert x.shape == (64, ds.num_features)
