@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -53,7 +54,9 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
 
     ``seconds``, ``events``, ``batches``, ``events_per_s``
         The epoch's wall time (without ``fit``'s validation at its end), the
-        events and batches served in it.
+        events and batches served in it; under ``model.fit``, those trained on
+        in it (TensorFlow asks for batches ahead of time: one served at the end
+        of an epoch of ``steps_per_epoch`` counts in the epoch that trains on it).
     ``wait_s``, ``wait_fraction``
         Seconds the training loop waited for batches (and their share of the
         epoch). Under ``model.fit``, the time the pipeline was blocked on a
@@ -115,13 +118,32 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
         self._served = self.counters.served_totals()
         self._reported: dict[int, dict[str, float]] = {}  # each epoch's counts as last reported
         self._batches: dict[int, float] = {}  # each epoch's batches served when the epoch began
+        self._sizes: deque[int] | None = None  # the served batches' sizes, while Keras trains (counters.watch)
+        self._trained = [0, 0]  # batches and events Keras trained on in this epoch
 
     # -- Keras ----------------------------------------------------------------------------------
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        # from now on: Keras' probes of the first batches (made before) are no training
+        self._sizes = self.counters.watch()
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        if self._sizes is not None:
+            self.counters.unwatch(self._sizes)
+        self._sizes = None
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        # tf.data serves ahead and in order: the batch trained now is the oldest served not yet trained
+        if self._sizes:
+            self._trained[0] += 1
+            self._trained[1] += self._sizes.popleft()
+
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self.begin()
+        self._trained = [0, 0]
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        self.end()
+        batches, events = self._trained
+        self.end(trained=(batches, events) if batches else None)
 
     def on_test_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         if self._t0 is not None:  # fit's validation at the end of an epoch: not the training's time
@@ -140,12 +162,21 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
         self._batches = {epoch: counts["batches"] for epoch, counts in self.counters.epochs().items()}
         self.counters.reset_peak()
 
-    def end(self, *, waited: float | None = None, batches: int = 0, events: int = 0) -> dict[str, float]:
+    def end(
+        self,
+        *,
+        waited: float | None = None,
+        batches: int = 0,
+        events: int = 0,
+        trained: tuple[int, int] | None = None,
+    ) -> dict[str, float]:
         """The epoch ends now: its record, logged and added to :attr:`history`.
 
         ``waited``, ``batches`` and ``events`` are what a loop measured itself
         (:meth:`iterate`); the wait replaces the pipeline's, the counts are
-        used where the pipeline counted none (worker processes).
+        used where the pipeline counted none (worker processes). ``trained``,
+        the batches and events Keras trained on, replace those served (which
+        count the batches TensorFlow asked for ahead of time).
         """
         if self._t0 is None:
             msg = "LoaderStats.end() called before begin()"
@@ -162,6 +193,8 @@ class LoaderStats(keras.callbacks.Callback):  # type: ignore[misc]
         else:
             record["epoch"] = float(self.counters.last_epoch)
             record["peak_buffer_mb"] = self.counters.peak_buffer_bytes / 2**20
+            if trained is not None:
+                record["batches"], record["events"] = float(trained[0]), float(trained[1])
         if waited is not None:
             record["wait_s"] = waited
         record["seconds"] = seconds

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -134,6 +134,7 @@ class LoaderCounters:
         self._served = dict.fromkeys(SERVED_FIELDS, 0.0)
         self.buffer_bytes = 0  # flattened chunks' buffers alive now
         self.peak_buffer_bytes = 0
+        self._watchers: list[deque[int]] = []  # the sizes of the batches served, in order (see watch)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"fresh": True}  # counts are not copied (not empty: pickle protocols 0 and 1 skip an empty state)
@@ -167,6 +168,25 @@ class LoaderCounters:
                 counts["serve_s"] += seconds
                 counts["wait_s"] += waited
             self.last_epoch = epoch
+            for sizes in self._watchers:
+                sizes.append(events)
+
+    def watch(self) -> deque[int]:
+        """A queue that gets the size of each batch served from now on, in the order served.
+
+        Whoever trains takes them in that order: the batches trained are the
+        first ones of the queue, those served ahead of time are left in it.
+        :meth:`unwatch` it when done.
+        """
+        sizes: deque[int] = deque()
+        with self._lock:
+            self._watchers.append(sizes)
+        return sizes
+
+    def unwatch(self, sizes: deque[int]) -> None:
+        """Stop feeding a queue of :meth:`watch`."""
+        with self._lock:
+            self._watchers = [w for w in self._watchers if w is not sizes]
 
     def served_totals(self) -> dict[str, float]:
         """Batches, events and seconds served so far, over every epoch (:data:`SERVED_FIELDS`)."""
