@@ -10,7 +10,7 @@ keras = pytest.importorskip("keras")
 
 from conftest import keras_probe  # noqa: E402
 
-from mlaas4hep import ParameterError, RootSequence  # noqa: E402
+from mlaas4hep import LoaderStats, ParameterError, RootSequence  # noqa: E402
 
 TENSORFLOW = keras.backend.backend() == "tensorflow"
 
@@ -327,6 +327,32 @@ def test_an_interrupted_fit_does_not_leak_into_the_next(two_files):
     assert sorted(i for i, _ in epoch) == list(range(len(seq)))
     ids = np.concatenate([ids for _, ids in epoch])
     assert len(ids) == 3000 and len(np.unique(ids)) == 3000  # every event once, none from the broken epoch twice
+
+
+@pytest.mark.parametrize("how", ["interrupted", "stopped"])
+def test_the_fit_after_an_interrupted_one_reads_its_chunks_in_order(two_files, how):
+    """The interrupted pass's batches, served again by the next fit, come in order: a 6-chunk file was
+    read 20-26 times in that epoch (their indices fall anywhere in the new fit's order)."""
+    seq = _make(two_files, batch_size=50, chunk_size=300, seed=4, cache_chunks=2)
+    n_chunks = len(seq.reader)
+    model = _model(seq.num_features)
+
+    class Stop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs=None) -> None:
+            if batch == 8:
+                self.model.stop_training = True
+
+    try:
+        model.fit(seq, epochs=2, verbose=0, callbacks=[_Interrupt() if how == "interrupted" else Stop()])
+    except KeyboardInterrupt:
+        pass
+    gc.collect()
+    before = seq.chunk_reads
+    stats = LoaderStats(seq)
+    model.fit(seq, epochs=2, verbose=0, callbacks=[stats])
+    # the new fit serves the broken epoch whole: its chunks in two runs at most (two chunks read twice)
+    assert seq.chunk_reads - before - n_chunks <= n_chunks + 2
+    assert stats.history[1]["chunks_read"] == n_chunks and stats.history[1]["chunks_reread"] == 0
 
 
 def test_predict_lines_up_with_the_labels_and_the_files(two_files):

@@ -19,8 +19,11 @@ Epochs and passes. A *pass* is what Keras asks for between ``on_epoch_begin``
 and ``on_epoch_end``. An index asked for a second time in one pass names the
 same slot while the epoch has slots left to give; once every slot is given, it
 begins the next epoch (the TensorFlow backend reading ahead). An index that an
-earlier, unfinished pass asked for (an interrupted ``fit``) names its slot
-again in the next pass, which thus completes that epoch with every event once.
+earlier, unfinished pass asked for (an interrupted ``fit``), asked again before
+the epoch's slots run out, tells a new fit over that epoch: its pass serves the
+whole epoch, every event once, and from then on gives the slots the earlier
+passes gave (and the rest) by arrival, in order, so that their chunks are read
+one after another rather than wherever those indices fall in the new order.
 ``on_epoch_end`` begins the next epoch if every slot was given; otherwise it
 forgets the requests made outside a pass (a probe, a look at ``seq[0]``, a loop
 that broke off) and keeps those made within one. Keras' ``steps_per_epoch``
@@ -53,7 +56,8 @@ __all__ = ["EpochTracker", "OrderWatch"]
 log = logging.getLogger(__name__)
 
 # the tracker's state: one array of int64, shared between processes when asked to
-# counters and flags; then n slots, then n marks: the pass an index was last asked in (0: none kept)
+# counters and flags; then n slots, n marks (the pass an index was last asked in; 0: none kept), and
+# the order in which slots are given by arrival (0, 1, ... but after a new fit over an interrupted pass)
 _EPOCH, _GIVEN, _ASKED, _CROSSED, _SHORT, _STEPS, _PASS, _IN_PASS, _STEPS_LEN = range(9)
 _HEAD = 9
 
@@ -74,7 +78,7 @@ class EpochTracker:
 
     def __init__(self, n: int, *, by_arrival: bool, shared: bool) -> None:
         self.n, self.by_arrival, self.shared = int(n), bool(by_arrival), bool(shared)
-        size = _HEAD + 2 * self.n
+        size = _HEAD + 3 * self.n
         if shared:
             self._array: Any = multiprocessing.Array("q", size)
             self._lock: Any = self._array.get_lock()
@@ -83,9 +87,9 @@ class EpochTracker:
             self._array = None
             self._lock = threading.Lock()
             self._state = np.zeros(size, dtype=np.int64)
-        self._slots = self._state[_HEAD : _HEAD + self.n]
-        self._asked = self._state[_HEAD + self.n :]
+        self._views()
         self._slots[:] = -1
+        self._queue[:] = np.arange(self.n)
         self._state[_PASS] = 1  # requests before the first pass are of pass 1 (a mark of 0 is none)
         self._in_pass = False
 
@@ -102,9 +106,17 @@ class EpochTracker:
             if mark and state[_GIVEN] == self.n and (mark == this_pass or state[_STEPS]):
                 self._advance()  # asked again once every slot is given: the next epoch
                 state[_CROSSED] = 1
+            if (
+                self.by_arrival
+                and self._slots[index] >= 0
+                and mark != this_pass
+                and not state[_STEPS]
+                and state[_GIVEN] < self.n
+            ):
+                self._free_earlier_slots(this_pass)  # a new fit over an interrupted pass's epoch
             slot = int(self._slots[index])
             if slot < 0:
-                slot = int(state[_GIVEN]) if self.by_arrival else index
+                slot = int(self._queue[state[_GIVEN]]) if self.by_arrival else index
                 self._slots[index] = slot
                 state[_GIVEN] += 1
             if self._asked[index] != this_pass:
@@ -112,6 +124,23 @@ class EpochTracker:
                 state[_IN_PASS] += 1
                 self._asked[index] = this_pass
             return int(state[_EPOCH]), slot
+
+    def _free_earlier_slots(self, this_pass: int) -> None:
+        """Give the slots of earlier passes' indices not asked in this pass again, in order, by arrival.
+
+        A new fit serves the whole epoch in this pass; the slots an interrupted
+        pass gave would otherwise come back wherever its indices fall in this
+        pass's order, and their chunks be read again and again.
+        """
+        earlier = (self._asked != this_pass) & (self._slots >= 0)
+        self._slots[earlier] = -1
+        self._asked[earlier] = 0
+        used = np.zeros(self.n, dtype=bool)
+        given = self._slots[self._slots >= 0]
+        used[given] = True
+        self._queue[: len(given)] = np.sort(given)
+        self._queue[len(given) :] = np.flatnonzero(~used)
+        self._state[_GIVEN] = len(given)
 
     def _long_pass(self) -> bool:
         """Whether this pass, now asking for an index of an earlier one (its request counted), asked for more than
@@ -160,6 +189,7 @@ class EpochTracker:
         self._state[_GIVEN] = self._state[_ASKED] = 0
         self._slots[:] = -1
         self._asked[:] = 0
+        self._queue[:] = np.arange(self.n)
 
     def _advance(self) -> None:
         self._state[_EPOCH] += 1
@@ -177,9 +207,15 @@ class EpochTracker:
         with self._lock:
             return int(self._state[_EPOCH]) + int(self._state[_GIVEN] == self.n)
 
+    def _views(self) -> None:
+        n = self.n
+        self._slots = self._state[_HEAD : _HEAD + n]  # index -> slot (-1: none yet)
+        self._asked = self._state[_HEAD + n : _HEAD + 2 * n]  # index -> the pass it was last asked in
+        self._queue = self._state[_HEAD + 2 * n :]  # the slots in the order they are given by arrival
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_slots", "_asked"):
+        for key in ("_slots", "_asked", "_queue"):
             state.pop(key)
         if not self.shared:
             state["_lock"] = None
@@ -193,8 +229,7 @@ class EpochTracker:
             self._lock = threading.Lock()
         else:
             self._state = np.frombuffer(memoryview(self._array.get_obj()), dtype=np.int64)
-        self._slots = self._state[_HEAD : _HEAD + self.n]
-        self._asked = self._state[_HEAD + self.n :]
+        self._views()
 
 
 class OrderWatch:
