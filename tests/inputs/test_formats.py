@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from mlaas4hep import (  # noqa: E402
     MLaaS4HEPError,
     ParameterError,
     RootSequence,
+    SkippedBranchWarning,
     SpecBuilder,
     TreeError,
 )
@@ -213,6 +215,71 @@ def test_the_collections_layout_reads_a_copy_like_the_root_file(
         copy.close()
 
 
+def _records_copy(array: ak.Array, path: Path, writer: str) -> Path:
+    """``array`` in Parquet with its jets as one column ``Jet`` of lists of records, as awkward or pyarrow write it."""
+    flat = {f: array[f] for f in array.fields if not f.startswith("Jet_")}
+    if writer == "awkward":
+        jets = ak.zip({"pt": array["Jet_pt"], "eta": array["Jet_eta"]})
+        ak.to_parquet(ak.zip({**flat, "Jet": jets}, depth_limit=1), path, row_group_size=500)
+        return path
+    counts = ak.to_numpy(ak.num(array["Jet_pt"]))
+    pt, eta = (ak.to_numpy(ak.flatten(array[f"Jet_{f}"])) for f in ("pt", "eta"))
+    names = pa.array(np.where(pt > 40, "hard", "soft"))  # a field of strings: no feature
+    records = pa.StructArray.from_arrays([pa.array(pt), names, pa.array(eta)], names=["pt", "name", "eta"])
+    jets = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32()), records)
+    columns = {f: ak.to_numpy(v) for f, v in flat.items()}
+    pq.write_table(pa.table({**columns, "Jet": jets}), path, row_group_size=500)
+    return path
+
+
+@pytest.mark.parametrize("writer", ["awkward", "pyarrow"])
+def test_a_parquet_column_of_lists_of_records_is_a_jagged_branch_per_field(
+    root_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    """``Jet: list<struct<pt, eta>>`` reads as ``Jet_pt`` and ``Jet_eta``, as the ROOT file's, in both layouts."""
+    path = _records_copy(events(root_file), tmp_path / "records.parquet", writer)
+    kinds = {n: k for n, k in inspect_file(FileSource(str(root_file))).kinds.items()}
+    if writer == "pyarrow":
+        kinds["Jet_name"] = "object"
+    assert inspect_file(FileSource(str(path))).kinds == kinds
+    reads: list[tuple[str, ...]] = []
+    original = pq.ParquetFile.read_row_groups
+
+    def spy(self: Any, row_groups: list[int], columns: list[str] | None = None, **kw: Any) -> Any:
+        reads.append(tuple(columns or ()))
+        return original(self, row_groups, columns=columns, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
+    for kw in (
+        {"branches": FLAT + JETS},
+        {"branches": ["uid", "Jet_eta"], "layout": "collections"},
+        {"layout": "collections"},  # every branch: the records' strings are skipped
+        {},
+    ):
+        kw = {"labels": [1], "shuffle": False, **kw}
+        root = sequence([root_file], **kw)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            copy = sequence([path], **kw)
+        skipped = [str(w.message) for w in caught if issubclass(w.category, SkippedBranchWarning)]
+        assert skipped == (
+            ["skipping branches that cannot become numeric features: Jet_name (object)"]
+            if writer == "pyarrow" and "branches" not in kw
+            else []
+        )
+        try:
+            assert copy.feature_names == root.feature_names and copy.input_spec == root.input_spec
+            for i in range(len(root)):
+                expected, got = root[i][0], copy[i][0]
+                for name in expected if isinstance(expected, dict) else [None]:
+                    e, g = (expected[name], got[name]) if name else (expected, got)
+                    np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-6, atol=1e-6, err_msg=str(name))
+        finally:
+            root.close()
+            copy.close()
+    assert reads and all("Jet" not in c and not any(p.endswith(".name") for p in c) for c in reads)  # fields alone
+
+
 def test_a_sequence_mixes_root_and_parquet_files_in_every_chunk(tmp_path: Path) -> None:
     root = write_tree(tmp_path / "a.root", 1200, seed=1, file_id=0, basket=300)
     other = write_tree(tmp_path / "b.root", 1800, seed=2, file_id=1, basket=300)
@@ -355,6 +422,88 @@ def test_blocks_widen_integers_to_floats_and_keep_every_value(tmp_path: Path, mo
         assert table.arrays(["a"], 0, 41)["a"].tolist() == [*range(40), 0.5]
 
 
+def test_an_empty_csv_column_is_not_read_when_excluded_and_skipped_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A column with no value on any line (a CSV's empty fields, a JSON field null everywhere) is an "empty" branch."""
+    monkeypatch.setattr(mlaas4hep.inputs.formats.lines, "BLOCK_BYTES", 64)  # the column is empty in every block
+    csv = tmp_path / "e.csv"
+    _lines(csv, ["x,e,y", *(f"{i},,{i % 2}" for i in range(200))])
+    jsonl = tmp_path / "e.jsonl"
+    _lines(jsonl, [json.dumps({"x": i, "e": None, "y": i % 2}) for i in range(200)])
+    kw: dict[str, Any] = {"labels": "y", "normalization": None, "batch_size": 200, "chunk_size": 200, "shuffle": False}
+    for path in (csv, jsonl):
+        assert inspect_file(FileSource(str(path))).kinds == {"x": "flat", "e": "empty", "y": "flat"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # excluded: not even a warning
+            seq = RootSequence([str(path)], exclude=["e"], **kw)
+        assert seq.feature_names == ["x"] and np.array_equal(np.asarray(seq[0][0])[:, 0], np.arange(200))
+        seq.close()
+        with pytest.warns(SkippedBranchWarning, match=r"\be \(empty\)"):
+            seq = RootSequence([str(path)], **kw)
+        assert seq.feature_names == ["x"]
+        seq.close()
+    _lines(jsonl, [json.dumps({"x": i, "e": None if i < 150 else i}) for i in range(200)])  # null on some lines only
+    with pytest.raises(BranchError, match=r"'e' is null on line 1 of .*e\.jsonl'"):
+        inspect_file(FileSource(str(jsonl)))
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl"])
+def test_integers_beyond_int64_keep_every_level(tmp_path: Path, ext: str) -> None:
+    """1,000 distinct integers around 2**63 (as a uint64 ROOT branch holds them) give 1,000 distinct features."""
+    values = [2**63 + int(k) for k in np.random.default_rng(1).permutation(1000)]
+    path = tmp_path / f"big.{ext}"
+    if ext == "csv":
+        _lines(path, ["x,y", *(f"{v},{i % 2}" for i, v in enumerate(values))])
+    else:
+        _lines(path, [json.dumps({"x": v, "j": [v, v - 500], "y": i % 2}) for i, v in enumerate(values)])
+    with open_table(FileSource(str(path))) as table:
+        assert {b.name: b.dtype for b in table.branches()}["x"] == "uint64"
+        assert table.arrays(["x"], 0, 1000)["x"].tolist() == values  # every value exact
+    seq = RootSequence([str(path)], labels="y", normalization="minmax", batch_size=1000, chunk_size=1000, shuffle=False)
+    try:
+        x = np.asarray(seq[0][0])
+        assert seq.specs["x"].dtype == "uint64" and x.shape == (1000, 1 if ext == "csv" else 3)
+        for column in range(x.shape[1]):  # x, and the jagged j_0, j_1 of JSON lines
+            assert len(np.unique(x[:, column])) == 1000, seq.feature_names[column]
+        assert x[:, 0].min() == 0.0 and x[:, 0].max() == 1.0
+    finally:
+        seq.close()
+
+
+def test_blocks_of_integers_widen_to_uint64_or_name_what_no_type_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small integers in the first blocks and integers beyond int64 further down: uint64, every value exact."""
+    monkeypatch.setattr(mlaas4hep.inputs.formats.lines, "BLOCK_BYTES", 100)
+    values = [*range(20), *(2**63 + k for k in range(20))]
+    path = tmp_path / "late.csv"
+    _lines(path, ["x", *map(str, values)])
+    with open_table(FileSource(str(path))) as table:
+        assert len(table.blocks(["x"])) > 3 and table.branches()[0].dtype == "uint64"
+        assert table.arrays(["x"], 0, 40)["x"].tolist() == values
+    for name, rows, culprit in [
+        ("signed.csv", ["x", *map(str, range(-50, 0)), *(str(2**63 + k) for k in range(20))], r"holds int64 .* uint64"),
+        ("halves.jsonl", [*(json.dumps({"x": 2**60 + k}) for k in range(20)), '{"x": 0.5}'], r"holds int64 .* double"),
+    ]:
+        _lines(tmp_path / name, rows)
+        with pytest.raises(BranchError, match=rf"'x' of .*{name}' {culprit}"):
+            inspect_file(FileSource(str(tmp_path / name)))
+
+
+def test_integers_float64_holds_exactly_stay_float64(tmp_path: Path) -> None:
+    """Whole numbers beyond int64 that float64 holds exactly (-1 beside 2**63, 1e20) are no error, nor floats."""
+    path = tmp_path / "exact.jsonl"
+    _lines(path, ['{"x": -1, "f": 0.5}', f'{{"x": {2**63}, "f": 1e20}}', f'{{"x": 1, "f": {2**70}}}'])
+    with open_table(FileSource(str(path))) as table:
+        assert [b.dtype for b in table.branches()] == ["float64", "float64"]
+        assert table.arrays(["x", "f"], 0, 3).tolist() == [
+            {"x": -1, "f": 0.5},
+            {"x": 2**63, "f": 1e20},
+            {"x": 1, "f": 2**70},
+        ]
+
+
 def test_the_first_pass_reads_in_bounded_steps(copies: dict[str, Path]) -> None:
     with open_table(FileSource(str(copies["parquet"]))) as table:
         steps = [len(a) for a in table.iterate(["uid", "Jet_pt"], 250)]
@@ -414,6 +563,10 @@ def bad(root_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "empty.csv").write_text("")
     _lines(d / "header.csv", ["x,y"])
     _lines(d / "twice.csv", ["x,y,x", "1,2,3", "4,5,6"])
+    _lines(d / "emptycol.csv", ["x,e,y", "1,,2", "3,,4"])
+    _lines(d / "lateempty.csv", ["x,e", "1,", "2,", "3,5"])
+    _lines(d / "huge.csv", ["x,y", *(f"{2**64 + k},{k}" for k in range(3))])
+    _lines(d / "signed.jsonl", ['{"x": -1}', *(json.dumps({"x": 2**63 + k}) for k in range(1, 4))])
     (d / "text.avro").write_text("not Avro\n")
     nullable = {"name": "x", "type": ["null", "double"]}
     schema = fastavro.parse_schema({"type": "record", "name": "E", "fields": [nullable]})
@@ -503,6 +656,30 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
         r"twice\.csv' names the column 'x' twice",
     ),
     ("CSV header only", lambda d: _bad(d, ["header.csv"]), TreeError, r"header\.csv' has 0 entries"),
+    (
+        "CSV empty column selected",
+        lambda d: _bad(d, ["emptycol.csv"], labels="y", branches=["x", "e"]),
+        BranchError,
+        r"'e' \(empty\) in .*emptycol\.csv",
+    ),
+    (
+        "CSV column empty on its first lines only",
+        lambda d: _bad(d, ["lateempty.csv"], labels=[1]),
+        BranchError,
+        r"'e' has no value on line 2 of .*lateempty\.csv",
+    ),
+    (
+        "CSV integers beyond uint64",
+        lambda d: _bad(d, ["huge.csv"], labels=[1]),
+        BranchError,
+        r"'x' of .*huge\.csv' holds integers from 18446744073709551616 to 18446744073709551618",
+    ),
+    (
+        "JSON negative integers beside integers beyond int64",
+        lambda d: _bad(d, ["signed.jsonl"], labels=[1]),
+        BranchError,
+        r"'x' of .*signed\.jsonl' holds integers from -1 to 9223372036854775811",
+    ),
     ("not Avro", lambda d: _bad(d, ["text.avro"]), FileAccessError, r"text\.avro' is not a readable Avro"),
     ("Avro null", lambda d: _bad(d, ["null.avro"]), BranchError, r"'x' is null in record 3 of .*null\.avro"),
     ("Avro union", lambda d: _bad(d, ["union.avro"]), BranchError, r"'x' is a union of \['int', 'string'\]"),

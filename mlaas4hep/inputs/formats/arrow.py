@@ -3,12 +3,19 @@
 Parquet files are read into Arrow tables (and CSV, JSON lines and Avro
 files are converted to Parquet through them): this module says what kind of
 branch each Arrow column is (a list of numbers is ``"jagged"``, exactly as a
-jagged ROOT branch) and turns a table into the awkward record array that
-uproot would give for the same events. Nothing here opens a file.
+jagged ROOT branch; a column with no values at all, of Arrow type ``null``,
+is ``"empty"``) and turns a table into the awkward record array that uproot
+would give for the same events. A column of lists of records (``Muon`` of
+type ``list<struct<pt, eta>>``, as ``ak.to_parquet`` writes ``ak.zip``-ped
+jagged records) is one jagged branch per field of the records, named as
+NanoAOD names them (``Muon_pt``, ``Muon_eta``): see :func:`record_fields`
+and :func:`split_records`. Nothing here opens a file.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import awkward as ak
@@ -17,7 +24,15 @@ import numpy as np
 from .extras import require
 from .table import BranchInfo, no_branches
 
-__all__ = ["branch_infos", "columns_with_nulls", "kind_of_type", "required", "to_awkward"]
+__all__ = [
+    "branch_infos",
+    "columns_with_nulls",
+    "kind_of_type",
+    "record_fields",
+    "required",
+    "split_records",
+    "to_awkward",
+]
 
 
 def _pa() -> Any:
@@ -41,6 +56,8 @@ def kind_of_type(t: Any) -> tuple[str, str]:
     pa = _pa()
     if _is_number(pa, t):
         return "flat", _dtype(t)
+    if pa.types.is_null(t):  # no value on any line: a column of a CSV file whose every field is empty
+        return "empty", "null"
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return "string", "string"
     if pa.types.is_dictionary(t):  # categories: strings, or objects
@@ -57,9 +74,49 @@ def kind_of_type(t: Any) -> tuple[str, str]:
     return "object", "object"
 
 
+def _records(pa: Any, t: Any) -> Any:
+    """The struct type of the records of a column of lists of records (None for any other column)."""
+    if _is_list(pa, t) and pa.types.is_struct(t.value_type) and t.value_type.num_fields:
+        return t.value_type
+    return None
+
+
+def record_fields(schema: Any) -> dict[str, tuple[str, str]]:
+    """The branches that the columns of lists of records of ``schema`` make: name -> (column, field).
+
+    A column ``Muon`` of type ``list<struct<pt, eta>>`` makes the jagged
+    branches ``Muon_pt`` and ``Muon_eta``, as NanoAOD names a collection's
+    branches. A column whose branches would take a name that another column
+    or branch has stays one branch, of kind ``"object"``.
+    """
+    pa = _pa()
+    made: list[tuple[str, tuple[str, str]]] = []
+    for field in schema:
+        records = _records(pa, field.type)
+        if records is not None:
+            made.extend((f"{field.name}_{inner.name}", (field.name, inner.name)) for inner in records)
+    names = Counter([*schema.names, *(name for name, _ in made)])
+    clash = {column for name, (column, _) in made if names[name] > 1}
+    return {name: where for name, where in made if where[0] not in clash}
+
+
 def branch_infos(schema: Any) -> list[BranchInfo]:
-    """The columns of an Arrow schema as branches, with their kinds."""
-    return [BranchInfo(field.name, *kind_of_type(field.type)) for field in schema]
+    """The columns of an Arrow schema as branches, with their kinds, in the schema's order.
+
+    A column of lists of records is a branch per field of the records (see
+    :func:`record_fields`): ``"jagged"`` for a field of numbers, the kind of
+    a list of its values for any other field.
+    """
+    pa = _pa()
+    records = record_fields(schema)
+    by_column: dict[str, list[BranchInfo]] = {}
+    for name, (column, inner) in records.items():
+        t = pa.list_(schema.field(column).type.value_type.field(inner).type)
+        by_column.setdefault(column, []).append(BranchInfo(name, *kind_of_type(t)))
+    infos = []
+    for field in schema:
+        infos.extend(by_column.get(field.name, [BranchInfo(field.name, *kind_of_type(field.type))]))
+    return infos
 
 
 def required(field: Any) -> Any:
@@ -91,6 +148,42 @@ def columns_with_nulls(table: Any) -> dict[str, int]:
         if missing is not None:
             found[name] = int(compute.index(missing, True).as_py())
     return found
+
+
+def _field_lists(pa: Any, column: Any, inner: str) -> Any:
+    """The lists of field ``inner`` of a chunked column of lists of records, a chunk at a time (no event loop)."""
+    compute = require("pyarrow.compute", "parquet")
+    chunks = []
+    for chunk in column.chunks:
+        offsets = chunk.offsets  # of this slice of the chunk, into all of its values
+        start, stop = int(offsets[0].as_py()), int(offsets[-1].as_py())
+        values = compute.struct_field(chunk.values.slice(start, stop - start), inner)  # null where its record is null
+        rebased = compute.subtract(offsets, pa.scalar(start, offsets.type))
+        mask = chunk.is_null() if chunk.null_count else None
+        chunks.append(type(chunk).from_arrays(rebased, values, mask=mask))
+    if not chunks:
+        t = column.type
+        return pa.chunked_array(
+            [], (pa.large_list if pa.types.is_large_list(t) else pa.list_)(t.value_type.field(inner).type)
+        )
+    return pa.chunked_array(chunks)
+
+
+def split_records(table: Any, names: Sequence[str], records: Mapping[str, tuple[str, str]]) -> Any:
+    """The columns ``names`` of ``table``, those of ``records`` (see :func:`record_fields`) taken from its records.
+
+    ``table`` holds the plain columns of ``names`` and the columns of lists of
+    records their fields come from (read with only those fields, or all).
+    Each field's lists share the offsets (and missing lists) of its column.
+    """
+    if not any(name in records for name in names):
+        return table
+    pa = _pa()
+    columns = [
+        _field_lists(pa, table.column(records[name][0]), records[name][1]) if name in records else table.column(name)
+        for name in names
+    ]
+    return pa.Table.from_arrays(columns, names=list(names))
 
 
 def to_awkward(table: Any) -> ak.Array:

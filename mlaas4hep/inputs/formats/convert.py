@@ -29,7 +29,13 @@ time to reclaim the space.
 
 Every block is checked: a line that is not a record, a missing value, a
 field whose type differs between lines, raise errors that name the file and
-the line (or record), which the format's ``explain`` finds.
+the line (or record), which the format's ``explain`` finds. A column with no
+value on any line (an empty CSV column, a JSON field ``null`` on every line)
+is kept as a column of Arrow type ``null``: an ``"empty"`` branch, which
+the first pass skips unless it is excluded. Integer columns of blocks widen
+to int64, or to uint64 where a block holds integers beyond int64, and to
+float64 beside numbers that are not whole; a value the wider type cannot
+hold exactly raises :class:`~mlaas4hep.errors.BranchError` naming the column.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from ...errors import FileAccessError
+from ...errors import BranchError, FileAccessError
 from ..sources import KINDS
 from . import avro, csv, jsonl
 from .arrow import columns_with_nulls
@@ -149,12 +155,14 @@ def _write(source: FileSource, blocks: Iterator[Any], target: Path, schema: Any,
     rows = 0
     try:
         for table in blocks:
-            nulls = columns_with_nulls(table)
-            if nulls:
-                reader.explain(path, name, f"the column {min(nulls, key=nulls.__getitem__)!r} has missing values")
             if schema is None:
                 schema = _settled(pa, table.schema)
             table = _fit(pa, table, schema, reader, path, name)
+            nulls = {
+                c: row for c, row in columns_with_nulls(table).items() if not pa.types.is_null(schema.field(c).type)
+            }
+            if nulls:  # a column empty on every line so far is of type null, all missing: no fault
+                reader.explain(path, name, f"the column {min(nulls, key=nulls.__getitem__)!r} has missing values")
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table)
@@ -176,22 +184,29 @@ def _settled(pa: Any, schema: Any) -> Any:
     return pa.schema([field.with_type(_unify(pa, field.type, field.type) or field.type) for field in schema])
 
 
-def _unify(pa: Any, target: Any, got: Any) -> Any:
-    """The type that holds values of ``target`` and ``got`` (None: none does; numbers widen to float64)."""
-    numbers = (pa.types.is_integer, pa.types.is_floating)
+def _unify(pa: Any, target: Any, got: Any, inner: bool = False) -> Any:
+    """The type that holds values of ``target`` and ``got`` (None: none does; numbers widen to float64).
+
+    Integers widen to int64, or uint64 beside uint64 (integers beyond int64).
+    Null (no value yet) is a column's type until a block gives it another;
+    the values of lists (``inner``) that only ever were empty are float64.
+    """
     if pa.types.is_list(target) and pa.types.is_list(got):
-        inner = _unify(pa, target.value_type, got.value_type)
-        return None if inner is None else pa.list_(inner)
+        values = _unify(pa, target.value_type, got.value_type, inner=True)
+        return None if values is None else pa.list_(values)
     if pa.types.is_null(got) and pa.types.is_null(target):
-        return pa.float64()  # an empty list's values
+        return pa.float64() if inner else target  # an empty list's values; a column empty so far
     if pa.types.is_null(got):
         return target
     if pa.types.is_null(target):
         return got
     if target == got:
         return target
-    if any(f(target) for f in numbers) and any(f(got) for f in numbers):
-        return pa.int64() if pa.types.is_integer(target) and pa.types.is_integer(got) else pa.float64()
+    if pa.types.is_integer(target) and pa.types.is_integer(got):
+        unsigned = pa.types.is_unsigned_integer(target) or pa.types.is_unsigned_integer(got)
+        return pa.uint64() if unsigned else pa.int64()
+    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in (target, got)):
+        return pa.float64()
     return None
 
 
@@ -211,4 +226,15 @@ def _fit(pa: Any, table: Any, schema: Any, reader: ModuleType, path: Path, name:
     fitted = pa.schema(fields)
     if not fitted.equals(schema):
         raise _Widen(fitted)
-    return table.cast(schema)
+    columns = []
+    for field, column in zip(schema, table.columns, strict=True):
+        try:  # a safe cast: refuses what the type cannot hold exactly
+            columns.append(column.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            msg = (
+                f"column {field.name!r} of {name!r} holds {column.type} values that {field.type}, the type its "
+                f"values on other lines need, cannot hold exactly ({err}): negative integers beside integers "
+                "above 2**63 - 1, or integers beyond 2**53 beside numbers that are not whole"
+            )
+            raise BranchError(msg) from err
+    return pa.Table.from_arrays(columns, schema=schema)

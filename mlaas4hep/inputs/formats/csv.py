@@ -3,20 +3,24 @@
 :func:`blocks` parses a file in blocks of whole lines (see
 :mod:`mlaas4hep.inputs.formats.lines`); each column is a flat branch of numbers
 (integers, floats, ``nan``/``inf``, or ``true``/``false``), or a string
-branch. An empty field is a missing value, which no event may have.
-:func:`explain` finds the line at fault when a block cannot be used.
+branch. Integers beyond int64 are read as uint64, exactly (see
+:func:`~mlaas4hep.inputs.formats.lines.exact_integers`). An empty field is a
+missing value, which no event may have; a column whose every field is empty
+is an ``"empty"`` branch, which the first pass skips (with a warning) unless
+it is excluded. :func:`explain` finds the line at fault when a block cannot be used.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ...errors import BranchError, FileAccessError
 from .extras import require
-from .lines import line_blocks
+from .lines import exact_integers, line_blocks
 
 __all__ = ["blocks", "explain"]
 
@@ -24,15 +28,21 @@ _TRUE = ["true", "True", "TRUE"]
 _FALSE = ["false", "False", "FALSE"]
 
 
-def _options(pc: Any) -> Any:
-    """Only an empty field is missing: ``nan`` is a number, as Python and ROOT read it."""
+def _options(pc: Any, types: dict[str, Any] | None = None) -> Any:
+    """Only an empty field is missing: ``nan`` is a number, as Python and ROOT read it (``types``: of some columns)."""
     return pc.ConvertOptions(
+        column_types=types,
         null_values=[""],
         strings_can_be_null=False,
         quoted_strings_can_be_null=False,
         true_values=_TRUE,
         false_values=_FALSE,
     )
+
+
+def _parse(pa: Any, pc: Any, data: bytes, read: Any, types: dict[str, Any] | None = None) -> Any:
+    """The block ``data`` as an Arrow table, the columns of ``types`` of those types."""
+    return pc.read_csv(pa.BufferReader(data), read_options=read, convert_options=_options(pc, types))
 
 
 def blocks(path: Path, name: str) -> Iterator[Any]:
@@ -51,7 +61,7 @@ def blocks(path: Path, name: str) -> Iterator[Any]:
     for data in line_blocks(path):
         read = pc.ReadOptions() if header is None else pc.ReadOptions(column_names=header)
         try:
-            table = pc.read_csv(pa.BufferReader(data), read_options=read, convert_options=_options(pc))
+            table = _parse(pa, pc, data, read)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
             explain(path, name, str(err))
         if header is None:
@@ -63,7 +73,7 @@ def blocks(path: Path, name: str) -> Iterator[Any]:
         mixed = _mixed(pa, table)
         if mixed:
             explain(path, name, f"the column {mixed!r} holds numbers and other values")
-        yield table
+        yield exact_integers(table, functools.partial(_parse, pa, pc, data, read), name)
     if header is None:
         msg = f"CSV file {name!r} is empty: its first line should name the columns"
         raise FileAccessError(msg)
@@ -102,12 +112,15 @@ def _kind(value: str) -> str:
 def explain(path: Path, name: str, reason: str) -> NoReturn:
     """Raise the error that says which line of ``path`` is at fault (``reason``: what the parser said).
 
-    Reads the file line by line: only called once a block has failed.
+    Reads the file line by line: only called once a block has failed. A
+    column empty on every line is no fault (an ``"empty"`` branch); one
+    empty on some lines is, named at its first empty line.
     """
     with path.open(newline="", encoding="utf-8", errors="replace") as f:
         rows = csv.reader(f)
         header = next(rows, [])
         first: dict[str, tuple[str, int]] = {}
+        empty: dict[str, int] = {}  # the first line of each column that has been empty so far
         for row in rows:
             line = rows.line_num
             if not row:
@@ -118,8 +131,14 @@ def explain(path: Path, name: str, reason: str) -> NoReturn:
                 raise FileAccessError(msg)
             for column, value in zip(header, row, strict=True):
                 kind = _kind(value)
-                if not kind:
-                    msg = f"column {column!r} has no value on line {line} of {name!r}: every event needs one"
+                if not kind and column not in first:
+                    empty.setdefault(column, line)
+                    continue
+                if not kind or column in empty:
+                    msg = (
+                        f"column {column!r} has no value on line {empty.get(column, line)} of {name!r}: "
+                        "every event needs one"
+                    )
                     raise BranchError(msg)
                 seen, where = first.setdefault(column, (kind, line))
                 if seen != kind:

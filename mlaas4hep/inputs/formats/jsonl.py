@@ -4,12 +4,17 @@ A field holding a number (or ``true``/``false``) is a flat branch; a field
 holding a list of numbers is a jagged branch, exactly as a jagged ROOT
 branch; strings, records and lists of lists are branches that cannot become
 features. Every line must hold the same fields, each with a value (not
-``null``) of one type. :func:`blocks` parses a file in blocks of whole lines;
-:func:`explain` finds the line at fault when a block cannot be used.
+``null``) of one type; a field that is ``null`` on every line is an
+``"empty"`` branch, which the first pass skips (with a warning) unless it is
+excluded. Integers beyond int64 are read as uint64, exactly (see
+:func:`~mlaas4hep.inputs.formats.lines.exact_integers`). :func:`blocks`
+parses a file in blocks of whole lines; :func:`explain` finds the line at
+fault when a block cannot be used.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +22,7 @@ from typing import Any, NoReturn
 
 from ...errors import BranchError, FileAccessError
 from .extras import require
-from .lines import line_blocks
+from .lines import exact_integers, line_blocks
 
 __all__ = ["blocks", "explain"]
 
@@ -38,9 +43,16 @@ def blocks(path: Path, name: str) -> Iterator[Any]:
         if not data.strip():
             continue
         try:
-            yield pj.read_json(pa.BufferReader(data))
+            table = _parse(pa, pj, data)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
             explain(path, name, str(err))
+        yield exact_integers(table, functools.partial(_parse, pa, pj, data), name)
+
+
+def _parse(pa: Any, pj: Any, data: bytes, types: dict[str, Any] | None = None) -> Any:
+    """The block ``data`` as an Arrow table, the fields of ``types`` of those types (the others as they come)."""
+    options = pj.ParseOptions(explicit_schema=pa.schema(list(types.items()))) if types else None
+    return pj.read_json(pa.BufferReader(data), parse_options=options)
 
 
 def _kind(value: Any) -> str:
@@ -85,9 +97,12 @@ def _record(line: str, number: int, name: str) -> dict[str, Any]:
 def explain(path: Path, name: str, reason: str) -> NoReturn:
     """Raise the error that says which line of ``path`` is at fault (``reason``: what the parser said).
 
-    Reads the file line by line: only called once a block has failed.
+    Reads the file line by line: only called once a block has failed. A
+    field ``null`` on every line is no fault (an ``"empty"`` branch); one
+    ``null`` on some lines is, named at its first ``null``.
     """
     first: dict[str, tuple[str, int]] = {}
+    nulls: dict[str, int] = {}  # the first line of each field that has been null so far
     fields: tuple[set[str], int] | None = None
     with path.open(encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
@@ -103,9 +118,13 @@ def explain(path: Path, name: str, reason: str) -> NoReturn:
                 raise BranchError(msg)
             for key, value in record.items():
                 kind = _kind(value)
-                if kind == "null" or "null" in kind:
-                    msg = f"field {key!r} is {kind} on line {number} of {name!r}: every event needs a value"
-                    raise BranchError(msg)
+                if kind == "null" and key not in first:
+                    nulls.setdefault(key, number)
+                    continue
+                if "null" in kind or key in nulls:
+                    at = nulls.get(key, number)
+                    msg = f"field {key!r} is {'null' if key in nulls else kind} on line {at} of {name!r}: "
+                    raise BranchError(msg + "every event needs a value")
                 seen, where = first.setdefault(key, (kind, number))
                 if not _same(seen, kind):
                     msg = (

@@ -2,8 +2,10 @@
 
 A Parquet file is read by row groups and only the columns asked for: the row
 groups are the table's blocks, as a ROOT file's clusters, so the reader reads
-each once per epoch. Columns of lists of numbers are jagged branches. CSV,
-JSON lines and Avro files are read through a Parquet copy of theirs (see
+each once per epoch. Columns of lists of numbers are jagged branches, and a
+column of lists of records (``Muon``: ``list<struct<pt, eta>>``) a jagged
+branch per field (``Muon_pt``, ``Muon_eta``), each read alone. CSV, JSON
+lines and Avro files are read through a Parquet copy of theirs (see
 :mod:`mlaas4hep.inputs.formats.convert`).
 """
 
@@ -19,7 +21,7 @@ import numpy as np
 
 from ...errors import BranchError, FileAccessError
 from ..remote import open_options
-from .arrow import branch_infos, columns_with_nulls, to_awkward
+from .arrow import branch_infos, columns_with_nulls, record_fields, split_records, to_awkward
 from .extras import require
 from .table import DEFAULT_TIMEOUT, BranchInfo, Table, check_local, check_ranges, step_rows
 
@@ -74,6 +76,8 @@ class ParquetTable(Table):
         meta = file.metadata
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         self._offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        self._records = record_fields(file.schema_arrow)
+        self._leaves = [file.schema.column(i).path for i in range(len(file.schema))]
 
     @classmethod
     def open(cls, source: FileSource, timeout: float = DEFAULT_TIMEOUT, path: Path | None = None) -> ParquetTable:
@@ -120,19 +124,19 @@ class ParquetTable(Table):
         first = int(np.searchsorted(self._offsets, start, side="right")) - 1
         last = max(int(np.searchsorted(self._offsets, stop, side="left")), first + 1)
         try:
-            table = self.file.read_row_groups(list(range(first, last)), columns=list(names), use_threads=True)
+            table = self.file.read_row_groups(list(range(first, last)), columns=self._columns(names), use_threads=True)
         except Exception as err:
             where = f"row groups {first}-{last - 1} (entries {self._offsets[first]}-{self._offsets[last]})"
             msg = f"cannot read {where} of {self.source.path!r}: {type(err).__name__}: {err}"
             raise FileAccessError(msg) from err
         table = table.slice(start - int(self._offsets[first]), stop - start)
-        return self._events(table, start)
+        return self._events(split_records(table, names, self._records), start)
 
     def iterate(self, names: Sequence[str], step_size: int | str) -> Iterator[ak.Array]:
         pa = require("pyarrow", self.source.format)
         rows = step_rows(step_size, self._row_bytes(names))
         position = 0
-        batches = self.file.iter_batches(batch_size=rows, columns=list(names), use_threads=True)
+        batches = self.file.iter_batches(batch_size=rows, columns=self._columns(names), use_threads=True)
         while True:
             try:
                 batch = next(batches, None)
@@ -142,8 +146,21 @@ class ParquetTable(Table):
                 raise FileAccessError(msg) from err
             if batch is None:
                 return
-            yield self._events(pa.Table.from_batches([batch]), position)
+            yield self._events(split_records(pa.Table.from_batches([batch]), names, self._records), position)
             position += batch.num_rows
+
+    def _columns(self, names: Sequence[str]) -> list[str]:
+        """The Parquet columns to read for the branches ``names``: a record field's own leaf, not its whole column."""
+        columns: list[str] = []
+        for name in names:
+            path = name
+            if name in self._records:
+                column, inner = self._records[name]
+                leaves = [p for p in self._leaves if p.startswith(f"{column}.") and p.rsplit(".", 1)[-1] == inner]
+                path = min(leaves, key=len) if leaves else column  # the field's own, not one of a nested record
+            if path not in columns:
+                columns.append(path)
+        return columns
 
     def _events(self, table: Any, start: int) -> ak.Array:
         """``table`` (entries from ``start`` on) as awkward arrays, refusing missing values."""
@@ -161,13 +178,13 @@ class ParquetTable(Table):
 
     def _row_bytes(self, names: Sequence[str]) -> float:
         """Uncompressed bytes per row of the columns ``names`` (for steps given in bytes)."""
-        meta, wanted = self.file.metadata, set(names)
+        meta, wanted = self.file.metadata, self._columns(names)
         total = 0
         for i in range(meta.num_row_groups):
             group = meta.row_group(i)
             for j in range(group.num_columns):
                 column = group.column(j)
-                if column.path_in_schema.split(".", 1)[0] in wanted:
+                if any(column.path_in_schema == w or column.path_in_schema.startswith(f"{w}.") for w in wanted):
                     total += column.total_uncompressed_size
         return total / max(self.entries, 1)
 

@@ -45,9 +45,11 @@ class BranchInfo:
 
     ``kind`` is ``"flat"`` (one number per event), ``"jagged"`` (a variable-length
     list of numbers per event), or why it cannot be used: ``"string"``,
-    ``"doubly-jagged"``, ``"object"`` or ``"fixed-size array"``. A column of
-    a Parquet, CSV, JSON lines or Avro file is a branch too: a list field is
-    jagged, as a jagged ROOT branch.
+    ``"doubly-jagged"``, ``"object"``, ``"fixed-size array"``, or ``"empty"``
+    (a column with no value at all: a CSV column whose every field is empty).
+    A column of a Parquet, CSV, JSON lines or Avro file is a branch too: a
+    list field is jagged, as a jagged ROOT branch, and each field of a column
+    of lists of records is a branch of its own (``Muon_pt``).
     """
 
     name: str
