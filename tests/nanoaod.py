@@ -7,7 +7,7 @@ Tau, FatJet and GenPart, each counted by ``n<Collection>`` and stored pt-descend
 written with ``uproot.recreate`` + ``mktree`` as NanoAOD's ``Jet_pt``, ``Jet_eta``, ...
 Also: ``Photon`` has one branch only, ``IsoTrack`` is empty in every event,
 ``px``/``py`` are jagged branches without a common prefix that share their
-counts, and ``PSWeight`` is a fixed-size array (unusable: skipped with a warning).
+counts, and ``PSWeight`` is a fixed-size array (``float[4]``: four features).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from ..errors import BranchError
 from ..inputs.contents import FileInfo
 from ..inputs.formats import BranchInfo
 from ..inputs.sources import FileSource
+from .kinds import is_usable
 
 __all__ = ["check_kinds"]
 
@@ -19,9 +20,10 @@ def check_kinds(
     """Raise :class:`BranchError` if a selected branch holds other kinds of values in two files, naming both.
 
     ``include`` and ``exclude`` are the first pass's patterns (``include=None``:
-    every branch). A branch usable in some files only (strings in one of them,
-    say) is no error with ``common_branches``: it is left out, like any branch
-    not in every file.
+    every branch). Fixed-size arrays of two shapes (``fixed[3]`` and
+    ``fixed[4]``) are two kinds. A branch usable in some files only (strings
+    in one of them, say) is no error with ``common_branches``: it is left out,
+    like any branch not in every file.
     """
     first: dict[str, tuple[BranchInfo, FileSource]] = {}
     for info in infos:
@@ -32,7 +34,7 @@ def check_kinds(
             ):
                 continue
             seen, where = first.setdefault(name, (branch, info.source))
-            usable = {seen.kind, branch.kind} <= {"flat", "jagged"}
+            usable = is_usable(seen.kind) and is_usable(branch.kind)
             if seen.kind != branch.kind and (usable or not common_branches):
                 msg = (
                     f"branch {name!r} is {seen.kind} ({seen.dtype}) in {where.path!r} but {branch.kind} "

@@ -31,6 +31,7 @@ from ..inputs.formats import DEFAULT_TIMEOUT, BranchInfo, open_table
 from ..inputs.selection import Selection, encode_mask, kind_of
 from ..inputs.sources import DEFAULT_TREE, FileSource, parse_sources
 from .branches import check_kinds
+from .kinds import WHY_NOT, is_usable
 from .values import DEFAULT_EXCLUDE, BranchSpec, FileSpec, Specs
 
 __all__ = ["SpecBuilder", "check_selection", "describe_skipped", "own_specs_path", "scan_selection", "select_branches"]
@@ -40,14 +41,6 @@ log = logging.getLogger(__name__)
 # Specs made in this process, by file fingerprints and branch selection: building a
 # training and a validation sequence over the same files makes one first pass, not two.
 _RECENT: OrderedDict[tuple[tuple[FileSpec, ...], str], Specs] = OrderedDict()
-
-_USABLE = ("flat", "jagged")
-_WHY_NOT = {
-    "string": "strings",
-    "doubly-jagged": "lists of lists",
-    "object": "objects (records or classes)",
-    "fixed-size array": "fixed-size arrays",
-}
 
 
 def _match(name: str, patterns: Iterable[str]) -> bool:
@@ -66,7 +59,7 @@ def describe_skipped(skipped: Mapping[str, str], *, why: bool = False) -> str:
     """
     if not why:
         return ", ".join(f"{name} ({kind})" for name, kind in sorted(skipped.items()))
-    return ", ".join(f"{name!r} ({kind}: {_WHY_NOT.get(kind, kind)})" for name, kind in sorted(skipped.items()))
+    return ", ".join(f"{name!r} ({kind}: {WHY_NOT.get(kind, kind)})" for name, kind in sorted(skipped.items()))
 
 
 def select_branches(
@@ -98,14 +91,14 @@ def select_branches(
                 msg = f"pattern {p!r} matches no branch in {where}"
                 raise BranchError(msg)
         chosen = [i for i in infos if _match(i.name, include)]
-        bad = [by_name[p] for p in include if p in by_name and by_name[p].kind not in _USABLE]
+        bad = [by_name[p] for p in include if p in by_name and not is_usable(by_name[p].kind)]
         if bad:
             what = ", ".join(f"{i.name!r} ({i.kind})" for i in bad)
             msg = f"selected branches cannot become numeric features: {what} in {where}"
             raise BranchError(msg)
     chosen = [i for i in chosen if not _match(i.name, exclude)]
-    usable = [i for i in chosen if i.kind in _USABLE]
-    skipped = {i.name: i.kind for i in chosen if i.kind not in _USABLE}
+    usable = [i for i in chosen if is_usable(i.kind)]
+    skipped = {i.name: i.kind for i in chosen if not is_usable(i.kind)}
     return usable, skipped
 
 
@@ -121,7 +114,8 @@ class SpecBuilder:
     branches : sequence of str, optional
         Branches to use: names or glob patterns, as uproot's ``filter_name``;
         names of ``aliases`` select those aliases. Default: every numeric flat
-        or jagged branch, and every alias.
+        or jagged branch, every fixed-size array of numbers (``double[3]``),
+        and every alias.
     exclude : sequence of str
         Names or patterns to leave out; default ``("run", "event", "luminosityBlock")``.
     redirector : str
@@ -428,8 +422,8 @@ def _step_specs(arrays: Any, kinds: Mapping[str, BranchInfo]) -> Iterable[tuple[
         if info.kind == "jagged":
             counts, values = jagged_parts(arrays[name])
             yield name, BranchSpec.from_values(name, "jagged", info.dtype, values, counts)
-        else:
-            yield name, BranchSpec.from_values(name, "flat", info.dtype, flat_values(arrays[name]))
+        else:  # flat, or a fixed-size array: the statistics of all its numbers
+            yield name, BranchSpec.from_values(name, info.kind, info.dtype, flat_values(arrays[name]))
 
 
 def scan_selection(

@@ -28,6 +28,7 @@ from .._arrays import integer_difference
 from .._json import load_json, write_json
 from ..errors import BranchError, ParameterError, SpecsError
 from ..inputs.contents import FileInfo
+from .kinds import fixed_width
 
 __all__ = ["DEFAULT_EXCLUDE", "QUANTILES", "BranchSpec", "FileSpec", "Specs"]
 
@@ -50,7 +51,8 @@ class BranchSpec:
     Values that are not finite (NaN, inf) are left out of every statistic and
     counted in ``nonfinite``. For jagged branches the statistics are over all
     elements of all lists, and ``length_hist[n]`` counts the events whose list
-    has length ``n``.
+    has length ``n``; for fixed-size arrays (kind ``"fixed[3]"``, see
+    :mod:`mlaas4hep.specs.kinds`) they are over all the numbers of every event.
 
     Integer branches keep ``min`` and ``max`` exact (Python ints, whatever
     their size). Their mean is counted from ``mean_ref``: ``mean`` is the mean
@@ -86,6 +88,18 @@ class BranchSpec:
     def is_jagged(self) -> bool:
         """Whether each event holds a variable-length list."""
         return self.kind == "jagged"
+
+    @property
+    def is_fixed(self) -> bool:
+        """Whether each event holds a fixed-size array of numbers (kind ``"fixed[3]"``): :attr:`width` of them."""
+        return fixed_width(self.kind) > 0
+
+    @property
+    def width(self) -> int:
+        """Columns the branch takes, uncapped: 1 (flat), the array's size (fixed), the longest list (jagged)."""
+        if self.is_jagged:
+            return self.max_length
+        return fixed_width(self.kind) or 1
 
     @property
     def max_length(self) -> int:
@@ -216,6 +230,8 @@ class BranchSpec:
         if self.mean_ref:  # the mean exactly: counted from an integer
             out["mean_ref"] = self.mean_ref
             out["mean_from_ref"] = self.mean
+        if self.is_fixed:  # for people reading the file: the kind tells it
+            out["width"] = self.width
         if self.is_jagged:
             out["max_length"] = self.max_length
             out["length_quantiles"] = {str(q): n for q, n in self.length_quantiles.items()}
@@ -299,7 +315,8 @@ class Specs:
 
     Feature columns follow the original MLaaS4HEP: flat branches sorted by name,
     then jagged branches sorted by name, each jagged branch taking as many
-    columns as its (possibly capped) length.
+    columns as its (possibly capped) length. A fixed-size array is flat
+    here (in :attr:`flat`, sorted with the others), taking :attr:`BranchSpec.width` columns.
     """
 
     branches: Mapping[str, BranchSpec]
@@ -319,7 +336,7 @@ class Specs:
 
     @property
     def flat(self) -> list[str]:
-        """Names of the flat branches, sorted."""
+        """Names of the flat branches (fixed-size arrays included: not jagged), sorted."""
         return sorted(n for n, b in self.branches.items() if not b.is_jagged)
 
     @property
@@ -340,7 +357,7 @@ class Specs:
     @property
     def num_features(self) -> int:
         """Columns when every jagged branch is padded to its maximum length."""
-        return len(self.flat) + sum(self.branches[n].max_length for n in self.jagged)
+        return sum(self.branches[n].width for n in self.names)
 
     def __getitem__(self, name: str) -> BranchSpec:
         try:

@@ -29,7 +29,7 @@ NORMALIZATIONS = ("minmax", "standard", None)
 
 
 class JaggedFlattener:
-    """Flatten branches into columns: one per flat branch, ``L`` per jagged branch.
+    """Flatten branches into columns: one per flat branch, ``N`` per fixed-size array, ``L`` per jagged branch.
 
     Parameters
     ----------
@@ -38,7 +38,10 @@ class JaggedFlattener:
         normalization.
     branches : sequence of str, optional
         Branches to use, default all of ``specs`` (columns are always flat
-        branches sorted by name, then jagged branches sorted by name).
+        branches and fixed-size arrays sorted by name, then jagged branches
+        sorted by name). A fixed-size array of ``N`` numbers (``double[3]``)
+        takes ``N`` columns, normalized alike with the statistics of all its
+        numbers, and is never padded: only its non-finite values are.
     normalization : {"minmax", "standard", None}
         ``"minmax"`` maps ``[min, max]`` to ``[0, 1]`` as the original did;
         ``"standard"`` subtracts the mean and divides by the standard
@@ -100,7 +103,7 @@ class JaggedFlattener:
                 k, b, g = placed[name]
                 self._columns.append(self._column(name, spec, g.start + b, g.width, len(g.branches), k))
                 continue
-            width = self._width(name, max_lengths, length_quantile) if spec.is_jagged else 1
+            width = self._width(name, max_lengths, length_quantile) if spec.is_jagged else spec.width
             self._columns.append(self._column(name, spec, start, width))
             start += width
         self.num_features = max([start, *(g.stop for g in self.collections)])
@@ -111,8 +114,10 @@ class JaggedFlattener:
                 "at 0 by max_lengths or length_quantile); select other branches"
             )
             raise BranchError(msg)
-        self._n_flat = len(self.specs.flat)
-        self._flat_scale = np.array([c.scale for c in self._columns[: self._n_flat]], dtype=np.float64)
+        self._n_flat = len(self.specs.flat)  # branches, then columns: the flat branches' and fixed-size arrays'
+        flat = self._columns[: self._n_flat]
+        self._n_event = sum(c.width for c in flat)
+        self._flat_scale = np.repeat([c.scale for c in flat], [c.width for c in flat]).astype(np.float64)
 
     def _column(self, name: str, spec: BranchSpec, start: int, width: int, step: int = 1, k: int = -1) -> Column:
         offset, scale, base, frac = scaling(spec, self.normalization)
@@ -140,13 +145,14 @@ class JaggedFlattener:
 
     @property
     def feature_names(self) -> list[str]:
-        """Column names: ``name`` for flat branches, ``name_0``, ``name_1``, ... for jagged ones.
+        """Column names: ``name`` for flat branches, ``name_0``, ``name_1``, ... for jagged ones and fixed-size arrays.
 
         In the collections layout, ``Jet_mask_0``, ... name the columns of collection ``Jet``'s mask.
         """
         names = [""] * self.num_features
         for c in self._columns:
-            names[c.cells] = [f"{c.name}_{j}" for j in range(c.width)] if c.jagged else [c.name]
+            numbered = c.jagged or self.specs[c.name].is_fixed
+            names[c.cells] = [f"{c.name}_{j}" for j in range(c.width)] if numbered else [c.name]
         for g in self.collections:
             names[g.mask_start : g.stop] = [f"{g.name}_mask_{j}" for j in range(g.width)]
         return names
@@ -167,7 +173,7 @@ class JaggedFlattener:
 
     @property
     def widths(self) -> dict[str, int]:
-        """Columns of each branch: 1 for a flat one, its (capped) length for a jagged one."""
+        """Columns of each branch: 1 for a flat one, its size for a fixed-size array, its (capped) length if jagged."""
         return {c.name: c.width for c in self._columns}
 
     def columns(self, name: str) -> slice:
@@ -309,19 +315,19 @@ class JaggedFlattener:
     ) -> None:
         """Write the events of ``arrays`` into rows ``rows`` of ``X`` and ``M``."""
         n = rows.size
-        nflat = self._n_flat
+        nflat, nevent = self._n_flat, self._n_event
         parts = record_parts(arrays)
-        if nflat:  # one value per event: normalized in float64, stored as float32
-            block = np.empty((n, nflat), dtype=np.float64)
-            for j, c in enumerate(self._columns[:nflat]):
-                block[:, j] = c.centered(self._flat(arrays, parts, c.name, n))
+        if nevent:  # one value (or a fixed-size array) per event: normalized in float64, stored as float32
+            block = np.empty((n, nevent), dtype=np.float64)
+            for c in self._columns[:nflat]:
+                block[:, c.cells] = c.centered(self._flat(arrays, parts, c.name, n, self.specs[c.name].width))
             block *= self._flat_scale
             finite = np.isfinite(block)
             if not finite.all():
                 block[~finite] = self.pad_value
-            X[rows, :nflat] = block
+            X[rows, :nevent] = block
             if M is not None:
-                M[rows, :nflat] = finite
+                M[rows, :nevent] = finite
         # the branches of one collection share their offsets: they are written together, each
         # step one numpy call for the whole collection (few calls, so little waiting for the GIL
         # while another thread reads); in the collections layout they must share them
@@ -409,12 +415,24 @@ class JaggedFlattener:
         parts: dict[str, tuple[np.ndarray | None, np.ndarray]],
         name: str,
         n: int,
+        width: int = 1,
     ) -> np.ndarray:
-        """One number per event of branch ``name`` (from ``parts``, the record's buffers, when there)."""
+        """``(n, width)`` numbers of branch ``name``: one per event, or a fixed-size array of ``width`` (C order).
+
+        Read from ``parts``, the record's buffers, when there.
+        """
         offsets, values = parts.get(name, (None, None))
-        if offsets is None and values is not None and len(values) == n:
-            return values.view(np.uint8) if values.dtype == np.bool_ else values
-        return flat_values(JaggedFlattener._get(arrays, name, n))
+        if width == 1 and offsets is None and values is not None and len(values) == n:
+            return (values.view(np.uint8) if values.dtype == np.bool_ else values).reshape(n, 1)
+        try:
+            values = flat_values(JaggedFlattener._get(arrays, name, n))
+        except ValueError as err:  # lists of several lengths, or missing values
+            msg = f"branch {name!r} does not hold {width} number(s) per event, as the specs say: {err}"
+            raise BranchError(msg) from err
+        if values.size != n * width:
+            msg = f"branch {name!r} holds {values.size // max(n, 1)} numbers per event, the specs say {width}"
+            raise BranchError(msg)
+        return values.reshape(n, width)
 
     @staticmethod
     def _jagged(

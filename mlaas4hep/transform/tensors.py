@@ -5,7 +5,8 @@ collection of objects (jets, muons, ...) as a tensor of entries by features
 with a mask, instead of one padded vector per event. :class:`CollectionsFlattener`
 serves that: ``x`` is a dict with
 
-* ``x["event"]``, float32 ``(batch, F_event)``: the flat branches, sorted by name;
+* ``x["event"]``, float32 ``(batch, F_event)``: the flat branches, sorted by name, a
+  fixed-size array of ``N`` numbers (``double[3]``) among them as ``N`` features;
 * ``x["Jet"]``, float32 ``(batch, L_Jet, F_Jet)`` for each collection: entry ``j`` of
   the event's list in row ``j`` (in the file's order: NanoAOD stores pt-descending),
   feature ``k`` the collection's ``k``-th branch sorted by name;
@@ -253,7 +254,7 @@ class CollectionsFlattener(JaggedFlattener):
             msg = f"collections {clash} would clash with the inputs 'event' and '<collection>_mask': rename them"
             raise ParameterError(msg)
         widths = collection_widths(specs, groups, max_lengths, length_quantile)
-        placed, start = [], len(specs.flat)
+        placed, start = [], sum(specs[name].width for name in specs.flat)
         for name, members in groups.items():
             placed.append(Collection(name, tuple(members), widths[name], start))
             start = placed[-1].stop
@@ -261,8 +262,8 @@ class CollectionsFlattener(JaggedFlattener):
         empty = [g.name for g in placed if g.width == 0]
         if empty:
             log.info("collections %s have width 0 (empty in every event, or capped at 0): left out of x", empty)
-        n_flat = len(specs.flat)
-        self._views: list[tuple[str, slice, tuple[int, ...]]] = [(EVENT, slice(0, n_flat), (n_flat,))] if n_flat else []
+        n = self._n_event
+        self._views: list[tuple[str, slice, tuple[int, ...]]] = [(EVENT, slice(0, n), (n,))] if n else []
         for g in placed:
             if g.width:
                 self._views.append((g.name, slice(g.start, g.mask_start), (g.width, len(g.branches))))
@@ -278,8 +279,12 @@ class CollectionsFlattener(JaggedFlattener):
 
     @property
     def feature_order(self) -> dict[str, list[str]]:
-        """The branches along the last axis of each input: ``"event"``'s, and each collection's."""
-        order = {EVENT: list(self.specs.flat)} if self.specs.flat else {}
+        """The branches along the last axis of each input: ``"event"``'s, and each collection's.
+
+        ``"event"``'s are its columns' :attr:`feature_names`: a flat branch's name, and
+        ``p3_0``, ``p3_1``, ... for the numbers of a fixed-size array ``p3``.
+        """
+        order = {EVENT: self.feature_names[: self._n_event]} if self._n_event else {}
         order.update({g.name: list(g.branches) for g in self.collections if g.width})
         return order
 

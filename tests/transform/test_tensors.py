@@ -24,7 +24,6 @@ from mlaas4hep import (  # noqa: E402
     JaggedFlattener,
     ParameterError,
     RootSequence,
-    SkippedBranchWarning,
     SpecBuilder,
     Specs,
 )
@@ -232,8 +231,9 @@ def nano(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def nano_specs(nano: list[Path]) -> Specs:
-    with pytest.warns(SkippedBranchWarning, match=r"PSWeight \(fixed-size array\)"):
-        return SpecBuilder(nano).build()
+    specs = SpecBuilder(nano).build()  # PSWeight, a float[4], is no longer skipped: 4 event features
+    assert specs["PSWeight"].kind == "fixed[4]" and not specs.skipped
+    return specs
 
 
 def _pair(files, specs, **kw) -> tuple[RootSequence, RootSequence]:
@@ -267,6 +267,7 @@ def test_nanoaod_collections_shapes_and_feature_order(nano, nano_specs, caplog):
     assert order["Jet"] == ["Jet_btagDeepFlavB", "Jet_eta", "Jet_jetId", "Jet_mass", "Jet_phi", "Jet_pt"]
     assert order["Photon"] == ["Photon_pt"] and order["px"] == ["px", "py"]
     assert "nJet" in order["event"] and "genWeight" in order["event"] and "event" not in order["event"]
+    assert [b for b in order["event"] if b.startswith("PSWeight")] == [f"PSWeight_{j}" for j in range(4)]
     for c in collections:
         width = nano_specs[order[c][0]].max_length
         assert spec[c] == ((width, len(order[c])), "float32") and spec[f"{c}_mask"] == ((width,), "float32")
@@ -355,8 +356,7 @@ def test_splits_cut_and_a_jagged_alias(nano):
         "chunk_size": 300,
         "seed": 2,
     }
-    with pytest.warns(SkippedBranchWarning):
-        train = RootSequence(nano, subset="training", layout="collections", **kw)
+    train = RootSequence(nano, subset="training", layout="collections", **kw)
     val = RootSequence(nano, subset="validation", layout="collections", specs=train.specs, **kw)
     assert train.flattener.feature_order["Jet"] == [
         "Jet_btagDeepFlavB",

@@ -116,14 +116,18 @@ def file_uuid(file: Any) -> str | None:
 
 
 def kind_of_form(form: ak.forms.Form) -> tuple[str, str]:
-    """Classify an awkward form into (kind, dtype)."""
+    """Classify an awkward form into (kind, dtype).
+
+    A fixed-size array of numbers (``double[3]``, ``int[2][3]``: a
+    ``RegularForm``, or a ``NumpyForm`` with an inner shape) is ``"fixed[3]"``,
+    ``"fixed[2][3]"`` (see :mod:`mlaas4hep.specs.kinds`); one of anything
+    else, or of size 0, is a ``"fixed-size array"``.
+    """
     params = form.parameters or {}
     if params.get("__array__") in ("string", "bytestring"):
         return "string", "string"
-    if isinstance(form, ak.forms.NumpyForm):
-        if form.inner_shape:
-            return "fixed-size array", form.primitive
-        return "flat", form.primitive
+    if isinstance(form, (ak.forms.NumpyForm, ak.forms.RegularForm)):
+        return _numbers_kind(form)
     if isinstance(form, (ak.forms.ListOffsetForm, ak.forms.ListForm)):
         content = form.content
         if (content.parameters or {}).get("__array__") in ("char", "byte"):
@@ -133,9 +137,25 @@ def kind_of_form(form: ak.forms.Form) -> tuple[str, str]:
         if isinstance(content, (ak.forms.ListOffsetForm, ak.forms.ListForm, ak.forms.RegularForm)):
             return "doubly-jagged", "object"
         return "object", "object"
-    if isinstance(form, ak.forms.RegularForm):
-        return "fixed-size array", "object"
     return "object", "object"
+
+
+def _numbers_kind(form: ak.forms.Form) -> tuple[str, str]:
+    """(kind, dtype) of a ``NumpyForm`` or ``RegularForm``: flat, a fixed-size array, or a fixed-width string."""
+    shape: list[int] = []
+    while isinstance(form, ak.forms.RegularForm):
+        shape.append(form.size)
+        form = form.content
+    if not isinstance(form, ak.forms.NumpyForm):
+        return "fixed-size array", "object"
+    if (form.parameters or {}).get("__array__") in ("char", "byte"):
+        return ("string", "string") if len(shape) == 1 else ("fixed-size array", "object")
+    shape.extend(form.inner_shape)
+    if not shape:
+        return "flat", form.primitive
+    if 0 in shape:
+        return "fixed-size array", form.primitive
+    return "fixed" + "".join(f"[{n}]" for n in shape), form.primitive
 
 
 def describe_branches(obj: Any) -> list[BranchInfo]:
