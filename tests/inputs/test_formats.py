@@ -715,3 +715,26 @@ def test_a_type_that_differs_between_blocks_names_its_line(tmp_path: Path, monke
     _lines(path, ["x,y", *(f"{i},{i}" for i in range(60)), "7,seven"])
     with pytest.raises(BranchError, match=r"'y' of .*late\.csv' holds a string on line 62 \('seven'\)"):
         inspect_file(FileSource(str(path)))
+
+
+def test_a_parquet_fixed_size_list_of_numbers_is_a_fixed_array(tmp_path):
+    """A fixed_size_list<double, 3> column is a fixed-size array, as ROOT's double[3]: N columns (nested: C order)."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    n = 500
+    p3 = np.random.default_rng(1).normal(size=(n, 3))
+    m = np.arange(n * 4, dtype=np.int32).reshape(n, 2, 2)
+    fixed = pa.FixedSizeListArray.from_arrays
+    pq.write_table(
+        pa.table({"p3": fixed(pa.array(p3.ravel()), 3), "m": fixed(fixed(pa.array(m.ravel()), 2), 2)}),
+        tmp_path / "a.parquet",
+    )
+    seq = RootSequence([tmp_path / "a.parquet"], labels=[1], normalization=None, shuffle=False, batch_size=100)
+    assert seq.feature_names == ["m_0", "m_1", "m_2", "m_3", "p3_0", "p3_1", "p3_2"]
+    x = seq[0][0]
+    np.testing.assert_allclose(x[:, 4:], p3[:100].astype(np.float32))
+    np.testing.assert_array_equal(x[:, :4], m[:100].reshape(100, 4))
+    values = pa.array([1.0, None, 3.0, 4.0, 5.0, 6.0])
+    pq.write_table(pa.table({"p3": fixed(values, 3)}), tmp_path / "null.parquet")
+    with pytest.raises(BranchError, match=r"column 'p3' of .*null.parquet' has a missing value \(null\) at entry 0"):
+        RootSequence([tmp_path / "null.parquet"], labels=[1], batch_size=2)

@@ -70,8 +70,19 @@ def kind_of_type(t: Any) -> tuple[str, str]:
             return "doubly-jagged", "object"
         return "object", "object"
     if pa.types.is_fixed_size_list(t):
-        return "fixed-size array", "object"
+        return _fixed_kind(pa, t)
     return "object", "object"
+
+
+def _fixed_kind(pa: Any, t: Any) -> tuple[str, str]:
+    """``("fixed[3]", dtype)`` for a fixed-size list of 3 numbers (nested: ``"fixed[2][3]"``), as ROOT's double[3]."""
+    shape = []
+    while pa.types.is_fixed_size_list(t):
+        shape.append(int(t.list_size))
+        t = t.value_type
+    if not _is_number(pa, t) or 0 in shape:
+        return "fixed-size array", "object"
+    return "fixed" + "".join(f"[{n}]" for n in shape), _dtype(t)
 
 
 def _records(pa: Any, t: Any) -> Any:
@@ -127,6 +138,8 @@ def required(field: Any) -> Any:
         t = pa.list_(required(t.value_field))
     elif pa.types.is_large_list(t):
         t = pa.large_list(required(t.value_field))
+    elif pa.types.is_fixed_size_list(t):
+        t = pa.list_(required(t.value_field), t.list_size)
     return field.with_type(t).with_nullable(False)
 
 
@@ -138,7 +151,7 @@ def columns_with_nulls(table: Any) -> dict[str, int]:
     for name in table.column_names:
         column = table.column(name)
         missing = compute.is_null(column) if column.null_count else None
-        if missing is None and _is_list(pa, column.type):
+        if missing is None and (_is_list(pa, column.type) or pa.types.is_fixed_size_list(column.type)):
             inner = compute.list_flatten(column)
             if inner.null_count:  # the rows whose lists hold a missing value
                 rows = compute.list_parent_indices(column)
