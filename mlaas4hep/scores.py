@@ -11,10 +11,15 @@ written block by block into a tree of the input tree's name with exactly its
 entries, in the same order: a *friend tree* (entries that fail a cut get NaN).
 Memory stays bounded by the pipeline's cached and prefetched chunks.
 
-Each input file is one task: one after another by default, or on a thread
-pool or a Dask cluster (:func:`~mlaas4hep.inputs.executors.map_files`). Everything that can be checked is
-checked before anything is written; each output is written to a temporary
-name in the output directory and renamed into place.
+The trees of one input file scored in one call share one output file, one
+friend tree each, named by the input tree's path in its file (``dir/Events``
+stays in a directory ``dir``: :func:`friend_name`). Each output file is one
+task, its trees scored one after another: the tasks run one after another by
+default, or on a thread pool or a Dask cluster
+(:func:`~mlaas4hep.inputs.executors.map_files`). Everything that can be checked
+is checked before anything is written; each output is written to one temporary
+name in the output directory and renamed into place once all its trees are
+written (an error leaves nothing of it).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -45,7 +51,7 @@ from .stream.pipeline import Pipeline
 from .stream.plan import EpochPlan
 from .stream.prepare import prepare
 
-__all__ = ["output_paths", "write_scores"]
+__all__ = ["friend_name", "output_paths", "write_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,8 @@ MODEL_SUFFIXES = (".keras", ".h5")
 def output_paths(sources: Sequence[FileSource], output_dir: str | os.PathLike[str], name: str) -> list[Path]:
     """Where the scores of each input go: ``output_dir / "<input stem>_<name>.root"``.
 
+    The trees of one file share its output (one friend tree each).
+
     Examples
     --------
     >>> [p.name for p in output_paths([FileSource("data/sig.root")], "out", "score")]
@@ -64,11 +72,25 @@ def output_paths(sources: Sequence[FileSource], output_dir: str | os.PathLike[st
     return [Path(output_dir) / f"{PurePosixPath(s.path.split('?')[0]).stem}_{name}.root" for s in sources]
 
 
+def friend_name(tree: str) -> str:
+    """The name of an input tree's friend in the output file: its path in its file, no cycle, no outer ``/``.
+
+    A tree in a directory keeps it (``dir/Events`` is the tree ``Events`` of a
+    directory ``dir``), as ``AddFriend("dir/Events", "f_score.root")`` looks for it.
+
+    Examples
+    --------
+    >>> friend_name("Events"), friend_name("/dir/Events;1")
+    ('Events', 'dir/Events')
+    """
+    return "/".join(part for part in re.sub(r";\d+$", "", tree).split("/") if part)
+
+
 @dataclass(frozen=True)
 class _Job:
-    """One input tree to score: the file as inspected, and the output file."""
+    """One output file to write: the input trees of one file that it holds (as inspected), in order."""
 
-    info: FileInfo
+    infos: tuple[FileInfo, ...]
     output: Path
 
 
@@ -191,7 +213,10 @@ def _single_output(out: Any) -> Any:
 def _check_outputs(
     sources: Sequence[FileSource], outputs: Sequence[Path], output_dir: str | os.PathLike[str], overwrite: bool
 ) -> None:
-    """The output directory can be written, and no output overwrites an input, another output, or (unasked) a file."""
+    """The output directory can be written; no output overwrites an input or (unasked) a file; no tree is given twice.
+
+    The trees of one input file share its output; two files never share one.
+    """
     directory = Path(output_dir)
     if "://" in os.fspath(output_dir):
         msg = f"output_dir {os.fspath(output_dir)!r} must be a local directory"
@@ -205,6 +230,7 @@ def _check_outputs(
         raise ParameterError(msg)
     inputs = {s.location: s for s in sources if not s.is_remote}
     seen: dict[Path, FileSource] = {}
+    trees: dict[tuple[str, str], FileSource] = {}
     for source, output in zip(sources, outputs, strict=True):
         target = output.resolve()
         if str(target) in inputs:
@@ -213,16 +239,21 @@ def _check_outputs(
                 "choose another output_dir or name"
             )
             raise ParameterError(msg)
-        if target in seen:
+        key = (source.location, friend_name(source.tree) if source.format == "root" else "")
+        if key in trees:
+            msg = f"{source.what} is given twice ({trees[key]} and {source}): each tree is scored once"
+            raise ParameterError(msg)
+        trees[key] = source
+        if target in seen and seen[target].location != source.location:
             msg = (
                 f"the scores of {seen[target]} and of {source} would both go to {os.fspath(output)!r}; "
                 "score them into different output_dirs"
             )
             raise ParameterError(msg)
-        seen[target] = source
-        if output.exists() and not overwrite:
+        if target not in seen and output.exists() and not overwrite:
             msg = f"{os.fspath(output)!r} exists; pass overwrite=True (--overwrite) to replace it"
             raise ParameterError(msg)
+        seen.setdefault(target, source)
 
 
 def _branch_names(name: str, width: int) -> tuple[str, ...]:
@@ -248,10 +279,13 @@ def write_scores(
 ) -> list[Path]:
     """Apply ``model`` to every entry of ``files``; write its scores as friend trees in ``output_dir``.
 
-    For each input tree, a ROOT file ``output_dir/<input stem>_<name>.root``
-    holds a tree of the same name with exactly the input tree's entries, in
-    the same order, so that ROOT's ``tree->AddFriend("Events", "sig_score.root")``
-    and uproot can read the scores beside the original branches.
+    For each input file, a ROOT file ``output_dir/<input stem>_<name>.root``
+    holds, for each of its trees given, a tree of the same name (:func:`friend_name`)
+    with exactly the input tree's entries, in the same order, so that ROOT's
+    ``tree->AddFriend("Events", "sig_score.root")`` and uproot can read the
+    scores beside the original branches. Two trees of one file
+    (``["f.root:sig", "f.root:bkg"]``) give one file ``f_score.root`` with
+    the trees ``sig`` and ``bkg``.
 
     Parameters
     ----------
@@ -259,7 +293,8 @@ def write_scores(
         The trained model; a path is loaded (``compile=False``), here and in
         every Dask task. A live model needs an executor of this process (threads).
     files : path, URL, or sequence of them
-        Input files; ``"file.root:tree"`` names the tree.
+        Input files; ``"file.root:tree"`` names the tree (``"file.root:dir/Events"``
+        one in a directory). Several trees of one file may be given; one tree twice is an error.
     preprocessing : Preprocessing, or path of its JSON file
         What turns events into the model's inputs, as saved at training
         (``RootSequence.save_preprocessing``, ``model.preprocessing.json``).
@@ -279,7 +314,8 @@ def write_scores(
     prefetch : int
         Chunks read ahead in the background.
     executor : {"serial", "threads"}, Executor, dask.distributed.Client, or None
-        Where the tasks (one per file) run (see :func:`~mlaas4hep.inputs.executors.map_files`).
+        Where the tasks (one per output file, its trees one after another) run
+        (see :func:`~mlaas4hep.inputs.executors.map_files`).
         Default (None, ``"serial"``): one file after another in this process,
         each read and flattened in background threads while the model
         predicts (on a few cores, scoring files side by side only adds
@@ -293,14 +329,15 @@ def write_scores(
     Returns
     -------
     list of Path
-        The files written, in the order of ``files``.
+        The file holding each input's scores, in the order of ``files`` (the
+        trees of one file share theirs).
 
     Raises
     ------
     ParameterError, BranchError, TreeError, FileAccessError, SpecsError
         Before anything is written: a file that lacks a branch the
         preprocessing reads, a model whose input size does not match, an
-        output directory that cannot be written, an existing output...
+        output directory that cannot be written, an existing output, a tree given twice...
 
     Examples
     --------
@@ -308,6 +345,9 @@ def write_scores(
     >>> path = "model.preprocessing.json"
     >>> write_scores("model.keras", ["data.root"], preprocessing=path, output_dir="scores")  # doctest: +SKIP
     [PosixPath('scores/data_score.root')]
+    >>> trees = ["f.root:sig_tree", "f.root:bkg_tree"]
+    >>> write_scores("model.keras", trees, preprocessing=path, output_dir="scores")  # doctest: +SKIP
+    [PosixPath('scores/f_score.root'), PosixPath('scores/f_score.root')]
     """
     loaded = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.load(preprocessing)
     if batch_size is None:
@@ -330,8 +370,12 @@ def write_scores(
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     in_process = _in_process(executor)
     scorer = _Scorer(loaded, options, branches, bool(rntuple), path, live if in_process else None)
-    jobs = [_Job(info, output) for info, output in zip(infos, outputs, strict=True)]
-    return map_files(_score_file, jobs, scorer, executor="serial" if executor is None else executor, desc="scores")
+    groups: dict[Path, list[FileInfo]] = {}
+    for info, output in zip(infos, outputs, strict=True):
+        groups.setdefault(output, []).append(info)  # the trees of one file (checked: no other file's)
+    jobs = [_Job(tuple(group), output) for output, group in groups.items()]
+    map_files(_score_file, jobs, scorer, executor="serial" if executor is None else executor, desc="scores")
+    return outputs
 
 
 class _FriendWriter:
@@ -388,28 +432,36 @@ class _FriendWriter:
 
 
 def _score_file(job: _Job, scorer: _Scorer) -> Path:
-    """Score one input tree into ``job.output`` (through a temporary file renamed into place)."""
-    source, entries = job.info.source, job.info.entries
+    """Score the trees of one input file into ``job.output``: one temporary file, renamed into place when complete."""
+    tmp = job.output.with_name(f".{job.output.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with uproot.recreate(tmp) as out:
+            for info in job.infos:
+                _score_tree(info, out, scorer)
+        os.replace(tmp, job.output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("wrote %s (%s)", job.output, ", ".join(friend_name(info.source.tree) for info in job.infos))
+    return job.output
+
+
+def _score_tree(info: FileInfo, out: Any, scorer: _Scorer) -> None:
+    """Score one input tree into its friend in the open output file ``out``."""
+    source, entries = info.source, info.entries
     selection = scorer.preprocessing.selection(scorer.options.cut)
     mask = scan_selection([source], selection)[0] if selection.cut is not None else None
     selected = None if mask is None else np.flatnonzero(mask)
     n_events = entries if selected is None else len(selected)
-    tmp = job.output.with_name(f".{job.output.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     block = scorer.options.chunk_size if scorer.options.chunk_size > 0 else max(entries, 1)
-    try:
-        with uproot.recreate(tmp) as out:
-            types = {branch: np.float32 for branch in scorer.branches}
-            made = out.mkrntuple(source.tree, types) if scorer.rntuple else out.mktree(source.tree, types)
-            writer = _FriendWriter(made, scorer.branches, entries, selected, block)
-            if n_events:
-                for scores in _predictions(source, entries, mask, scorer):
-                    writer.add(scores)
-            writer.finish()
-        os.replace(tmp, job.output)
-    finally:
-        tmp.unlink(missing_ok=True)
-    log.info("wrote %d scores of %d entries of %s to %s", n_events, entries, source, job.output)
-    return job.output
+    types = {branch: np.float32 for branch in scorer.branches}
+    name = friend_name(source.tree)
+    made = out.mkrntuple(name, types) if scorer.rntuple else out.mktree(name, types)
+    writer = _FriendWriter(made, scorer.branches, entries, selected, block)
+    if n_events:
+        for scores in _predictions(source, entries, mask, scorer):
+            writer.add(scores)
+    writer.finish()
+    log.info("scored %d of the %d entries of %s into its friend %r", n_events, entries, source, name)
 
 
 def _predictions(source: FileSource, entries: int, mask: np.ndarray | None, scorer: _Scorer) -> Iterator[np.ndarray]:

@@ -20,6 +20,8 @@ import uproot
 
 keras = pytest.importorskip("keras")
 
+from conftest import write_tree  # noqa: E402
+
 from mlaas4hep import BranchError, ParameterError, Preprocessing, RootSequence, write_scores  # noqa: E402
 from mlaas4hep.stream.reader import ChunkReader  # noqa: E402
 from mlaas4hep.workflow.cli import main  # noqa: E402
@@ -400,3 +402,125 @@ def test_a_model_with_one_named_output_is_scored(trained: Trained, tmp_path: Pat
         base, [trained.files[0]], preprocessing=trained.recipe_path, output_dir=tmp_path / "ref"
     )
     np.testing.assert_array_equal(read_scores(output)["score"], read_scores(reference)["score"])
+
+
+# -- several trees of one file: one friend file, one friend tree each ------------------------------
+
+
+def write_trees(path: Path, trees: dict[str, tuple[int, int]]) -> Path:
+    """One file holding several trees as conftest's write_tree makes them: ``{name: (entries, file_id)}``."""
+    with uproot.recreate(path) as out:
+        for name, (n, file_id) in trees.items():
+            single = write_tree(path.with_name(f"{path.stem}.{file_id}.root"), n, seed=10 + file_id, file_id=file_id)
+            with uproot.open(single) as f:
+                arrays = f["Events"].arrays(library="ak")
+            single.unlink()
+            data: dict[str, Any] = {k: ak.to_numpy(arrays[k]) for k in ("uid", "run", "MET_pt", "nPV", "flag")}
+            data["Jet"] = ak.zip({"pt": arrays["Jet_pt"], "eta": arrays["Jet_eta"]})
+            tree = out.mktree(name, {k: (v.type if isinstance(v, ak.Array) else v.dtype) for k, v in data.items()})
+            tree.extend(data)
+    return path
+
+
+TREES = {"sig_tree": (700, 1), "bkg_tree": (450, 0), "dir/Events": (300, 2)}
+
+
+@pytest.fixture
+def one_file(tmp_path: Path) -> Path:
+    return write_trees(tmp_path / "f.root", TREES)
+
+
+def test_the_trees_of_one_file_go_into_one_friend_file(trained: Trained, one_file: Path, tmp_path: Path) -> None:
+    """One output, one friend per tree with its entries in order: as each tree scored alone, and as model.predict."""
+    kw: dict[str, Any] = {"preprocessing": trained.recipe_path, "cut": "nPV > 18", "chunk_size": 200, "batch_size": 64}
+    given = [f"{one_file}:{name}" for name in TREES]
+    written = write_scores(trained.model, [*given, trained.files[0]], output_dir=tmp_path / "out", **kw)
+    friend = tmp_path / "out" / "f_score.root"
+    assert written == [friend, friend, friend, tmp_path / "out" / "sig_score.root"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f_score.root", "sig_score.root"]
+    with uproot.open(friend) as g, uproot.open(one_file) as f:
+        assert g.classnames(cycle=False) == {**dict.fromkeys(TREES, "TTree"), "dir": "TDirectory"}
+        for name, (n, _) in TREES.items():  # as AddFriend reads it: one entry per input entry
+            assert g[name].num_entries == f[name].num_entries == n
+    for k, name in enumerate(TREES):
+        (alone,) = write_scores(trained.model, [given[k]], output_dir=tmp_path / f"alone{k}", **kw)
+        scores, reference = read_scores(friend, name)["score"], read_scores(alone, name)["score"]
+        np.testing.assert_array_equal(scores, reference)
+        passing = uproot.open(one_file)[name]["nPV"].array(library="np") > 18
+        np.testing.assert_array_equal(np.isnan(scores), ~passing)
+        X, _ = inputs_by_hand(one_file, trained.recipe_path, tree=name)
+        expected = trained.model.predict(X[passing], verbose=0).ravel()
+        np.testing.assert_allclose(scores[passing], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_several_trees_as_rntuples_and_on_threads(trained: Trained, one_file: Path, tmp_path: Path) -> None:
+    given = [f"{one_file}:{name}" for name in TREES]
+    kw: dict[str, Any] = {"preprocessing": trained.recipe_path, "chunk_size": 256}
+    serial = write_scores(trained.model, given, output_dir=tmp_path / "serial", **kw)
+    rntuples = write_scores(trained.model, given, output_dir=tmp_path / "rn", executor="threads", rntuple=True, **kw)
+    with uproot.open(rntuples[0]) as g:
+        assert {name: g[name].classname for name in TREES} == dict.fromkeys(TREES, "ROOT::RNTuple")
+    for name in TREES:
+        np.testing.assert_array_equal(read_scores(serial[0], name)["score"], read_scores(rntuples[0], name)["score"])
+
+
+def test_an_error_in_a_later_tree_leaves_no_output(
+    trained: Trained, one_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first tree written, the second fails: no output file, no temporary, an existing output untouched."""
+    import mlaas4hep.scores as scores
+
+    original = scores._predictions
+    calls: list[str] = []
+
+    def failing(source: Any, *args: Any) -> Any:
+        calls.append(source.tree)
+        if source.tree == "bkg_tree":
+            msg = f"broken while reading {source}"
+            raise OSError(msg)
+        return original(source, *args)
+
+    monkeypatch.setattr(scores, "_predictions", failing)
+    given = [f"{one_file}:sig_tree", f"{one_file}:bkg_tree"]
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match=r"broken while reading .*f.root:bkg_tree"):
+        write_scores(trained.model, given, preprocessing=trained.recipe_path, output_dir=out)
+    assert calls == ["sig_tree", "bkg_tree"] and list(out.iterdir()) == []
+    (out / "f_score.root").write_bytes(b"the user's file")
+    with pytest.raises(OSError, match=r"broken while reading"):
+        write_scores(trained.model, given, preprocessing=trained.recipe_path, output_dir=out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["f_score.root"]
+    assert (out / "f_score.root").read_bytes() == b"the user's file"
+
+
+def test_the_same_tree_twice_is_an_error(trained: Trained, one_file: Path, tmp_path: Path) -> None:
+    kw: dict[str, Any] = {"preprocessing": trained.recipe_path, "output_dir": tmp_path / "out"}
+    for twice in (
+        [f"{one_file}:sig_tree", f"{one_file}:bkg_tree", f"{one_file}:sig_tree"],
+        [f"{one_file}:dir/Events", f"{one_file}:/dir/Events;1"],
+        [trained.files[0], f"{trained.files[0]}:Events"],  # the default tree, named
+    ):
+        with pytest.raises(ParameterError, match=r"tree '.*' in '.*' is given twice \(.*\): each tree is scored once"):
+            write_scores(trained.model, twice, **kw)
+    assert _nothing_written(tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "f_score.root").write_bytes(b"the user's file")
+    with pytest.raises(ParameterError, match=r"f_score.root' exists; pass overwrite=True"):
+        write_scores(trained.model, [f"{one_file}:sig_tree", f"{one_file}:bkg_tree"], **kw)
+    assert (tmp_path / "out" / "f_score.root").read_bytes() == b"the user's file"
+
+
+def test_the_cli_scores_two_trees_of_one_file_into_one(
+    trained: Trained, one_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given = [f"{one_file}:sig_tree", f"{one_file}:bkg_tree"]
+    argv = ["-v", "0", "predict", "--model", str(trained.model_path), "--preprocessing", str(trained.recipe_path)]
+    assert main([*argv, "--output-dir", str(tmp_path / "cli"), *given]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path / 'cli' / 'f_score.root'}"]
+    (api, _) = write_scores(trained.model_path, given, preprocessing=trained.recipe_path, output_dir=tmp_path / "api")
+    with uproot.open(tmp_path / "cli" / "f_score.root") as g:
+        assert g.keys(cycle=False) == ["sig_tree", "bkg_tree"]
+    for name in ("sig_tree", "bkg_tree"):
+        np.testing.assert_array_equal(
+            read_scores(tmp_path / "cli" / "f_score.root", name)["score"], read_scores(api, name)["score"]
+        )

@@ -253,7 +253,7 @@ def _predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         rntuple=args.rntuple,
     )
-    for path in written:
+    for path in dict.fromkeys(written):  # the trees of one file share its output: named once
         print(f"wrote {path}")
     return 0
 
@@ -264,7 +264,7 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", required=True, help="the trained model (.keras)")
     parser.add_argument("--preprocessing", required=True, help="its preprocessing (model.preprocessing.json)")
-    parser.add_argument("--output-dir", required=True, help="where to write one friend file per input")
+    parser.add_argument("--output-dir", required=True, help="where to write one friend file per input file")
     parser.add_argument("--name", default="score", help="the scores' branch, and the files' suffix (default score)")
     parser.add_argument("--cut", default=None, help="entries where this is false get NaN (default: score every entry)")
     parser.add_argument("--tree", default=None, help="tree of files that do not name one (default: the one trained on)")
