@@ -40,6 +40,7 @@ from .stream.counters import LoaderCounters
 from .stream.pipeline import Pipeline
 from .stream.plan import EpochPlan
 from .stream.prepare import PreparedData, labeled, prepare
+from .transform.outputs import Outputs
 
 __all__ = ["RootDataset", "to_tensors"]
 
@@ -99,26 +100,29 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
     as with ``DistributedSampler``: the epoch picks the shuffling, and without
     it every epoch is served in the order of epoch 0.
 
-    **Exactly once, sharded.** Every ``DataLoader`` worker of every
-    distributed rank serves its own shard of each epoch's stream: with
-    ``world_size`` ranks of ``num_workers`` workers each, the stream is cut
-    into ``world_size * max(num_workers, 1)`` consecutive blocks, balanced by
-    events (sizes differing by at most one event), and worker ``w`` of rank
-    ``r`` serves block ``r * num_workers + w``. Over all of them every
-    selected event is served exactly once per epoch; a worker reads only the
-    chunks its block touches; every worker, and so every rank, serves the
-    same number of batches (:meth:`num_batches`), which keeps DDP's ranks in
-    step. Batches are ``batch_size`` events, but each worker's last, which
-    holds the rest of its block (see :func:`~mlaas4hep.stream.plan.shard_bounds`).
+    **Labels** (:attr:`y_dtype`): class indices of more than two classes
+    (``num_classes`` above 2, or per-file labels such as ``[0, 1, 2]``), not
+    one-hot, are int64, as ``CrossEntropyLoss`` takes them; binary labels
+    are float32, as ``BCEWithLogitsLoss`` takes them (``y.long()`` for a
+    two-output ``CrossEntropyLoss``); one-hot rows, targets and weights are float32.
+
+    **Exactly once, sharded.** Each epoch's stream is cut into ``world_size``
+    consecutive blocks, balanced by events, and rank ``r`` serves block ``r``
+    in :attr:`num_batches` batches of ``batch_size`` events (its last holds
+    the rest), as many in every rank, which keeps DDP's ranks in step
+    (:func:`~mlaas4hep.stream.plan.shard_bounds`). Shuffled, each of
+    ``num_workers`` ``DataLoader`` workers serves a run of consecutive
+    batches of its rank (their counts within one of each other) and reads
+    only their chunks. The batches, and so ``len(ds)`` and ``len(loader)``,
+    are the same with any ``num_workers``, only their order differs. Over
+    all ranks and workers every selected event is served once per epoch.
 
     **In the files' order** (``shuffle=False``: validation, test, no labels)
-    the stream is cut into ``world_size`` blocks only, and the workers of a
-    rank take its batches in turn (:meth:`worker_slots`): the ``DataLoader``,
-    which takes a batch from each worker in turn (``in_order=True``, its
-    default), yields them in the files' order. Each worker then reads every
-    chunk of its rank, so more workers do not read faster there; the
-    workers' batch counts differ by at most one, and only the rank's last
-    batch is short.
+    the workers of a rank take its batches in turn instead
+    (:meth:`worker_slots`): the ``DataLoader``, which takes a batch from each
+    worker in turn (``in_order=True``, its default), yields them in the
+    files' order. Each worker then reads every chunk of its rank, so more
+    workers do not read faster there.
 
     Parameters
     ----------
@@ -162,6 +166,8 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
     >>> from mlaas4hep.torch import RootDataset
     >>> train = RootDataset(["sig.root", "bkg.root"], labels=[1, 0], seed=1)  # doctest: +SKIP
     >>> loader = DataLoader(train, batch_size=None, num_workers=2, persistent_workers=True)  # doctest: +SKIP
+    >>> len(loader) == len(train) == train.num_batches  # an epoch's batches, any num_workers  # doctest: +SKIP
+    True
     >>> model = torch.nn.Sequential(torch.nn.Linear(train.num_features, 1))  # doctest: +SKIP
     >>> optimizer = torch.optim.Adam(model.parameters())  # doctest: +SKIP
     >>> for epoch in range(5):  # doctest: +SKIP
@@ -225,32 +231,36 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
     def epoch_plan(self, num_workers: int = 0, worker: int = 0) -> EpochPlan:
         """Where the batches of worker ``worker`` of this rank lie in each epoch, with ``num_workers`` workers.
 
-        Raises :class:`~mlaas4hep.errors.ParameterError` when there are fewer
-        events than shards (``world_size * num_workers``).
+        The rank's plan, or, shuffled with several workers, that of the
+        worker's run of consecutive batches of it (whose chunks it reads).
+        Raises :class:`~mlaas4hep.errors.ParameterError` with fewer events than ranks.
+
+        >>> train.epoch_plan(2, 1).batches, len(train)  # doctest: +SKIP
+        (23, 47)
         """
         workers = _processes(num_workers)
         if not is_int(worker) or not 0 <= int(worker) < workers:
             msg = f"worker must be an integer in [0, {workers}), got {worker!r}"
             raise ParameterError(msg)
-        if self._in_turns(num_workers):  # every worker looks at the rank's whole stream (see worker_slots)
-            return self.prepared.epoch_plan(num_shards=self.world_size, shard_index=self.rank)
-        return self.prepared.epoch_plan(
-            num_shards=self.world_size * workers, shard_index=self.rank * workers + int(worker)
-        )
+        plan = self._rank_plan()
+        if self._in_turns(num_workers) or workers == 1:  # in turns: every worker looks at the rank's whole stream
+            return plan
+        return _batch_block(plan, *_share(plan.batches, workers, int(worker)))
+
+    def _rank_plan(self) -> EpochPlan:
+        """This rank's block of each epoch's stream and its batches, whatever the workers."""
+        return self.prepared.epoch_plan(num_shards=self.world_size, shard_index=self.rank)
 
     def worker_slots(self, num_workers: int = 0, worker: int = 0) -> range:
         """The batches of :meth:`epoch_plan` that worker ``worker`` of ``num_workers`` serves, in its order.
 
-        Shuffled, each worker serves its own block, every batch of it. In the
-        files' order (``shuffle=False``) with several workers, the rank's
-        batches are dealt in turn, ``worker``, ``worker + num_workers``, ...:
-        the ``DataLoader``, which takes a batch from each worker in turn, then
-        yields them in the files' order (each worker reads every chunk).
+        Shuffled, every batch of the worker's plan. In the files' order
+        (``shuffle=False``) with several workers, the rank's batches dealt in
+        turn, ``worker``, ``worker + num_workers``, ...: the ``DataLoader``,
+        which takes a batch from each worker in turn, then yields them in the
+        files' order (each worker reads every chunk).
 
-        Examples
-        --------
-        >>> test = RootDataset(files, labels=[1, 0], shuffle=False)  # doctest: +SKIP
-        >>> test.worker_slots(2, 1)  # doctest: +SKIP
+        >>> RootDataset(files, labels=[1, 0], shuffle=False).worker_slots(2, 1)  # doctest: +SKIP
         range(1, 30, 2)
         """
         batches = self.epoch_plan(num_workers, worker).batches
@@ -262,17 +272,46 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         """Whether the DataLoader's workers take the batches in turn (in the files' order) rather than blocks."""
         return not self.shuffle and _processes(num_workers) > 1
 
-    def num_batches(self, num_workers: int = 0) -> int:
-        """Batches this rank serves per epoch through a ``DataLoader`` with ``num_workers`` workers."""
-        return sum(len(self.worker_slots(num_workers, w)) for w in range(_processes(num_workers)))
+    @property
+    def num_batches(self) -> int:
+        """Batches this rank serves per epoch, with any number of ``DataLoader`` workers (same as ``len``)."""
+        return self._rank_plan().batches
+
+    def __len__(self) -> int:
+        """Batches per epoch of this rank: ``len(DataLoader(ds, batch_size=None))``, with any ``num_workers``."""
+        return self.num_batches
+
+    @property
+    def n_events(self) -> int:
+        """Events this rank serves per epoch, with any number of ``DataLoader`` workers."""
+        start, stop = self._rank_plan().shard
+        return stop - start
 
     def num_events(self, num_workers: int = 0) -> int:
-        """Events this rank serves per epoch through a ``DataLoader`` with ``num_workers`` workers."""
-        if self._in_turns(num_workers):
-            start, stop = self.epoch_plan(num_workers).shard
-            return stop - start
-        shards = [self.epoch_plan(num_workers, w).shard for w in range(_processes(num_workers))]
-        return sum(stop - start for start, stop in shards)
+        """Events this rank serves per epoch: :attr:`n_events`, the same for any ``num_workers`` (kept for 0.x)."""
+        _processes(num_workers)
+        return self.n_events
+
+    @property
+    def y_dtype(self) -> torch.dtype | None:
+        """The dtype of ``y``: ``torch.int64`` for class indices, else ``torch.float32``; None without ``y``.
+
+        Class indices, for ``torch.nn.CrossEntropyLoss``: labels of more than
+        two classes, not one-hot (``num_classes`` above 2, or per-file labels
+        that are whole numbers up to 2 or more). Binary labels stay float32,
+        for ``BCEWithLogitsLoss``; so do one-hot rows and regression targets.
+
+        Examples
+        --------
+        >>> RootDataset(files, labels=[0, 1, 2]).y_dtype  # doctest: +SKIP
+        torch.int64
+        """
+        outputs = self.prepared.outputs
+        if outputs.targets:
+            return torch.float32
+        if outputs.labels is None and outputs.label_branch is None:
+            return None
+        return torch.int64 if _classes(outputs) > 2 else torch.float32
 
     @property
     def chunk_reads(self) -> int:
@@ -307,12 +346,19 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         _check_not_batched_again(sys._getframe(1))
         info = get_worker_info()
         num_workers, worker = (0, 0) if info is None else (info.num_workers, info.id)
+        slots = self.worker_slots(num_workers, worker)
+        if not slots:  # more workers than batches: this one has none
+            return
         pipeline = self._worker_pipeline(num_workers, worker)
         epoch = self.epoch
         if worker == 0:
             self._check_new_epoch(epoch)
-        for slot in self.worker_slots(num_workers, worker):
-            yield to_tensors(pipeline.batch(epoch, slot).as_tuple(self.prepared.outputs), share=info is not None)
+        indices = self.y_dtype == torch.int64
+        for slot in slots:
+            batch = pipeline.batch(epoch, slot).as_tuple(self.prepared.outputs)
+            if indices:  # class indices, for CrossEntropyLoss: a new array, owned by the tensor
+                batch = (batch[0], batch[1].astype(np.int64), *batch[2:])
+            yield to_tensors(batch, share=info is not None)
         if worker == 0:
             self._served[0] = epoch  # served whole (a look at its first batches is no epoch)
 
@@ -327,9 +373,8 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
             self._pipeline_key = key
             start, stop = plan.shard
             log.info(
-                "rank %d of %d, worker %d of %d: shard %d of %d, %d events in %d batches",
-                *(self.rank, self.world_size, worker, max(num_workers, 1), plan.shard_index, plan.num_shards),
-                *(stop - start, plan.batches),
+                "rank %d of %d, worker %d of %d: events %d to %d of the epoch's stream, %d batches",
+                *(self.rank, self.world_size, worker, max(num_workers, 1), start, stop, plan.batches),
             )
         return self._pipeline
 
@@ -369,6 +414,45 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
 def _processes(num_workers: int) -> int:
     """The processes that serve a rank through a DataLoader with ``num_workers`` workers (0: the rank's own)."""
     return max(check_int(num_workers, "num_workers", minimum=0), 1)
+
+
+def _share(batches: int, workers: int, worker: int) -> tuple[int, int]:
+    """The batches ``[first, stop)`` of a rank's ``batches`` that ``worker`` of ``workers`` serves, shuffled.
+
+    Consecutive batches, the first ``batches % workers`` workers one more than
+    the others: the rank's batches whatever the workers.
+
+    >>> _share(47, 2, 1)
+    (24, 47)
+    """
+    small, extra = divmod(batches, workers)
+    first = worker * small + min(worker, extra)
+    return first, first + small + (worker < extra)
+
+
+def _batch_block(plan: EpochPlan, first: int, stop: int) -> EpochPlan:
+    """Batches ``[first, stop)`` of ``plan`` as a plan of their own, whose shard is their events only.
+
+    The same stream (chunks, order, shuffling): the pipeline of the block reads
+    its chunks only, and its slot ``s`` is the rank's batch ``first + s``.
+    """
+    kw = {"num_shards": plan.num_shards, "shard_index": plan.shard_index}
+    block = EpochPlan(plan.sizes, batch_size=plan.batch_size, shuffle=plan.shuffle, seed=plan.seed, **kw)
+    bounds = (plan.bounds(first)[0], plan.bounds(stop - 1)[1]) if stop > first else (plan.shard[1],) * 2
+    block.shard, block.batches = bounds, stop - first
+    return block
+
+
+def _classes(outputs: Outputs) -> int:
+    """How many classes the labels are the indices of: 0 for one-hot rows, or labels that may not be classes."""
+    if outputs.one_hot:
+        return 0
+    if outputs.num_classes is not None:  # given, or found with one_hot, balance_classes: checked to be classes
+        return int(outputs.num_classes)
+    labels = outputs.labels
+    if labels is None or not np.all((labels == np.round(labels)) & (labels >= 0)):  # a branch's, or not whole
+        return 0
+    return int(labels.max()) + 1
 
 
 def _check_not_batched_again(frame: types.FrameType | None) -> None:

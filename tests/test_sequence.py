@@ -112,6 +112,14 @@ def test_labels_from_a_branch(two_files):
     assert set(np.unique(y)) <= {0.0, 1.0}
 
 
+def test_num_batches_is_a_property_equal_to_len_as_on_the_pytorch_face(two_files):
+    """``num_batches`` is an attribute on both faces (RootDataset's too): this shard's batches per epoch."""
+    seq = _make(two_files, batch_size=64, chunk_size=500, seed=1, shard_index=1, num_shards=2)
+    assert isinstance(type(seq).num_batches, property)
+    assert seq.num_batches == len(seq) == 24  # 1500 events of this shard in batches of 64
+    assert len(_ids(seq)[0]) == seq.n_events == 1500
+
+
 def test_metadata_and_specs_reuse(two_files, tmp_path):
     cache = tmp_path / "specs.json"
     seq = RootSequence(two_files, labels=[1, 0], specs=cache, batch_size=100, chunk_size=1000)

@@ -81,7 +81,7 @@ def test_batches_are_tensors_of_every_event_once(two_files):
     assert isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.shape == (64, ds.num_features)
     assert isinstance(y, torch.Tensor) and y.dtype == torch.float32 and y.shape == (64,)
     batches = _epoch(ds, 0)
-    assert len(batches) == ds.num_batches() == 47 and ds.num_events() == ds.total_events == 3000
+    assert len(batches) == len(ds) == ds.num_batches == 47 and ds.n_events == ds.total_events == 3000
     ids = _check_labels(batches)
     assert len(ids) == 3000 and set(ids.tolist()) == EVERYTHING
 
@@ -149,16 +149,16 @@ def test_shared_tensors_keep_their_chunk_buffer_until_let_go(two_files):
 
 def test_two_workers_by_two_ranks_serve_every_event_once_per_epoch(two_files):
     ranks = [_make(two_files, rank=r, world_size=2) for r in (0, 1)]
-    assert ranks[0].num_batches(2) == ranks[1].num_batches(2)  # DDP's ranks stay in step
+    assert len(ranks[0]) == len(ranks[1]) == ranks[0].num_batches == 24  # DDP's ranks stay in step
     orders = []
     for epoch in (0, 1):
         served = []
         for ds in ranks:
             batches = _epoch(ds, epoch, num_workers=2, multiprocessing_context="fork")
-            assert len(batches) == ds.num_batches(2)
-            assert all(len(ids) == 64 for ids, _ in batches[:-2])  # each worker's last batch holds its rest
+            assert len(batches) == len(ds)
+            assert sorted(len(ids) for ids, _ in batches)[1:] == [64] * 23  # only the rank's last batch is short
             ids = _check_labels(batches)
-            assert len(ids) == ds.num_events(2) == 1500  # each rank half of the events
+            assert len(ids) == ds.n_events == ds.num_events(2) == 1500  # each rank half of the events
             served.append(ids)
         everything = np.concatenate(served)
         assert len(everything) == 3000 and set(everything.tolist()) == EVERYTHING  # exactly once over all
@@ -187,7 +187,7 @@ def test_a_worker_reads_only_its_chunks(two_files):
     kw = {"batch_size": 50, "chunk_size": 300}
     shards = [_make(two_files, rank=r, world_size=4, **kw) for r in range(4)]
     for ds in shards:
-        assert len(list(ds)) == ds.num_batches()
+        assert len(list(ds)) == len(ds)
         ds.close()
     # 10 chunks of 300 over 4 shards of 750 events: each touches at most 4 (its edges are its neighbours'),
     # plus the 2 it reads ahead of the next epoch
@@ -254,11 +254,12 @@ def test_bad_arguments_are_parameter_errors(two_files, kw, match):
     with pytest.raises(ParameterError, match="epoch"):
         ds.set_epoch(-1)
     with pytest.raises(ParameterError, match="num_workers"):
-        ds.num_batches(-1)
+        ds.num_events(-1)
+    with pytest.raises(ParameterError, match="num_workers"):
+        ds.worker_slots(-1)
     with pytest.raises(ParameterError, match="worker must be"):
         ds.epoch_plan(2, worker=2)
-    with pytest.raises(ParameterError, match="num_shards=6000 is more than the 3000 events"):
-        ds.epoch_plan(6000)  # more DataLoader workers than events
+    assert ds.epoch_plan(6000, worker=5999).batches == 0  # more DataLoader workers than batches: idle ones
 
 
 def test_pickled_keeps_its_epoch_and_batches(two_files):
@@ -355,7 +356,7 @@ def test_a_dataset_in_the_files_order_keeps_it_through_dataloader_workers(two_fi
     alone = np.concatenate([ids for ids, _ in _epoch(test, 0)])
     batches = _epoch(test, 0, num_workers=num_workers, multiprocessing_context="fork")
     np.testing.assert_array_equal(np.concatenate([ids for ids, _ in batches]), alone)
-    assert len(batches) == test.num_batches(num_workers) == test.num_batches(0)
+    assert len(batches) == len(test) == test.num_batches == len(DataLoader(test, batch_size=None)) == 10
     assert test.num_events(num_workers) == len(alone) == 600
     assert [len(ids) for ids, _ in batches[:-1]] == [64] * (len(batches) - 1)  # only the last batch is short
 
@@ -399,3 +400,105 @@ def test_a_dataloader_that_batches_again_is_refused(two_files, kw, workers):
         next(iter(loader))
     x, _ = next(iter(ds))  # a plain loop over the dataset is its batches
     assert x.shape == (64, ds.num_features)
+
+
+# -- len(), num_batches and the labels' dtype ----------------------------------------------------
+def _batch_sets(batches) -> list[tuple[int, ...]]:
+    """The events of each batch, in an order that does not depend on the order they came in."""
+    return sorted(tuple(sorted(ids.tolist())) for ids, _ in batches)
+
+
+@pytest.mark.filterwarnings("error:Length of IterableDataset:UserWarning")  # more batches than len() said
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 3 workers on 2 cores: fine here
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_len_of_the_dataloader_is_the_batches_it_yields_with_any_workers(two_files, shuffle):
+    ds = _make(two_files, shuffle=shuffle)
+    served = {}
+    for num_workers in (0, 1, 2, 3):
+        context = {"multiprocessing_context": "fork"} if num_workers else {}
+        loader = DataLoader(ds, batch_size=None, num_workers=num_workers, **context)
+        assert len(loader) == len(ds) == ds.num_batches == 47  # ceil(3000 / 64), whatever the workers
+        assert sum(len(ds.worker_slots(num_workers, w)) for w in range(max(num_workers, 1))) == 47
+        batches = _epoch(ds, 0, loader)
+        assert len(batches) == len(loader)
+        assert sorted(len(ids) for ids, _ in batches) == [56] + [64] * 46  # only the last of the rank is short
+        assert len(_check_labels(batches)) == 3000
+        served[num_workers] = batches
+    for num_workers in (1, 2, 3):  # the same batches, only their order may change
+        assert _batch_sets(served[num_workers]) == _batch_sets(served[0])
+    if shuffle:  # two workers: each a run of consecutive batches, one more for the first, reading its chunks
+        assert [ds.worker_slots(2, w) for w in (0, 1)] == [range(24), range(23)]
+        plans = [ds.epoch_plan(2, w) for w in (0, 1)]
+        chunks = [{p[0] for s in range(plan.batches) for p in plan.pieces(0, s)} for plan in plans]
+        assert chunks == [set(range(6)), set(range(5, 10))]  # 10 chunks of 300: 1536 and 1464 events
+    else:  # in the files' order, whatever the workers
+        order = np.concatenate([ids for ids, _ in served[0]])
+        for num_workers in (1, 2, 3):
+            np.testing.assert_array_equal(np.concatenate([ids for ids, _ in served[num_workers]]), order)
+
+
+@pytest.mark.filterwarnings("error:Length of IterableDataset:UserWarning")
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 4 workers on 2 cores: fine here
+def test_more_workers_than_batches_leaves_some_idle(two_files):
+    ds = _make(two_files, batch_size=1000, chunk_size=1000, rank=1, world_size=2)  # 1500 events: 2 batches
+    assert [len(ds.worker_slots(4, w)) for w in range(4)] == [1, 1, 0, 0]
+    loader = DataLoader(ds, batch_size=None, num_workers=4, multiprocessing_context="fork")
+    batches = _epoch(ds, 0, loader)
+    assert len(batches) == len(loader) == len(ds) == 2
+    assert sorted(len(ids) for ids, _ in batches) == [500, 1000]
+    assert len(_check_labels(batches)) == ds.n_events == 1500
+
+
+def test_num_batches_is_a_property_as_on_the_keras_face(two_files):
+    ds = _make(two_files, rank=0, world_size=2)
+    assert isinstance(type(ds).num_batches, property) and ds.num_batches == len(ds) == 24
+    assert isinstance(type(ds).n_events, property) and ds.n_events == 1500
+
+
+@pytest.mark.parametrize(
+    ("kw", "dtype", "shape"),
+    [
+        ({"labels": [1, 0]}, torch.float32, (64,)),  # binary: BCEWithLogitsLoss
+        ({"labels": [1, 0], "balance_classes": True}, torch.float32, (64,)),  # two classes found: still binary
+        ({"labels": [1, 0], "num_classes": 3}, torch.int64, (64,)),  # class indices: CrossEntropyLoss
+        ({"labels": [0, 2]}, torch.int64, (64,)),  # whole labels up to 2: three classes
+        ({"labels": [0, 2], "one_hot": True}, torch.float32, (64, 3)),
+        ({"labels": [0, 2.5]}, torch.float32, (64,)),  # not classes
+        ({"labels": None, "targets": "MET_pt"}, torch.float32, (64,)),
+        ({"labels": "flag"}, torch.float32, (64,)),  # a label branch without num_classes
+    ],
+)
+def test_labels_are_int64_where_they_are_class_indices(two_files, kw, dtype, shape):
+    ds = _make(two_files, **kw)
+    _, y, *_ = next(iter(ds))
+    assert ds.y_dtype == y.dtype == dtype and tuple(y.shape) == shape
+    assert _make(two_files, labels=None, branches=["uid"]).y_dtype is None
+
+
+@pytest.fixture(scope="module")
+def three_files(two_files, tmp_path_factory, make_tree) -> list:
+    """The two files and a third, of 600 entries whose uids start at 2 * ID: three classes 0, 1, 2."""
+    return [*two_files, make_tree(tmp_path_factory.mktemp("three") / "third.root", 600, seed=3, file_id=2)]
+
+
+def test_a_cross_entropy_step_and_a_bce_step_take_the_labels_as_served(two_files, three_files):
+    torch.manual_seed(0)
+    multi = _make(three_files, labels=[0, 1, 2])
+    col = multi.feature_names.index("uid")
+    loader = DataLoader(multi, batch_size=None, num_workers=2, multiprocessing_context="fork")  # through workers
+    model = torch.nn.Linear(multi.num_features, 3)
+    seen = []
+    for x, y in loader:
+        assert y.dtype == torch.int64
+        loss = torch.nn.CrossEntropyLoss()(model(x), y)  # raised "expected ... Long" with float32 labels
+        loss.backward()
+        seen.append((x[:, col], y))
+    uids = torch.cat([u for u, _ in seen]).numpy().astype(np.int64)
+    assert len(uids) == 3600 and len(set(uids.tolist())) == 3600
+    np.testing.assert_array_equal(torch.cat([y for _, y in seen]).numpy(), uids // ID)  # each file its class
+    assert model.weight.grad is not None and torch.isfinite(model.weight.grad).all()
+    binary = _make(two_files)
+    x, y = next(iter(DataLoader(binary, batch_size=None)))
+    assert y.dtype == torch.float32
+    loss = torch.nn.BCEWithLogitsLoss()(torch.nn.Linear(binary.num_features, 1)(x).squeeze(1), y)
+    assert torch.isfinite(loss)
