@@ -182,7 +182,10 @@ class EpochTracker:
                 if state[_SHORT] == 2:  # steps_per_epoch: Keras goes on through the epoch's indices
                     self._asked[:] = np.where(self._slots >= 0, state[_PASS], 0)
                     state[_ASKED] = state[_GIVEN]
-                    state[_STEPS], state[_STEPS_LEN] = 1, state[_IN_PASS]
+                    state[_STEPS] = 1
+                if state[_STEPS]:  # the longest pass seen (read ahead included): the read-ahead moves
+                    # requests from pass to pass, and can leave a pass with nothing to ask
+                    state[_STEPS_LEN] = max(state[_STEPS_LEN], state[_IN_PASS], state[_GIVEN] // state[_SHORT])
         self._in_pass = False
 
     def _forget(self) -> None:
