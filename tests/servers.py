@@ -12,8 +12,10 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+import weakref
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -85,7 +87,7 @@ class XRootDServer:
 
 
 def start_xrootd(directory: Path) -> XRootDServer:
-    """Start xrootd on ``directory`` (world-readable, so the ``xrootd`` user can serve it), or skip/fail."""
+    """Start xrootd on a world-readable copy of ``directory`` (its ``url()`` names the copy), or skip/fail."""
     if shutil.which("xrootd") is None:
         unavailable("the xrootd server is not installed (apt-get install xrootd-server, or `make system-deps`)")
     if os.geteuid() == 0:
@@ -93,13 +95,14 @@ def start_xrootd(directory: Path) -> XRootDServer:
             subprocess.run(["id", "xrootd"], check=True, capture_output=True)
         except subprocess.CalledProcessError:
             subprocess.run(["useradd", "--system", "--no-create-home", "xrootd"], check=True, capture_output=True)
-    for path in [directory, *directory.parents]:  # the server's user must reach the files
-        if path == Path("/"):
-            break
-        path.chmod(path.stat().st_mode | 0o755)
-    for path in directory.iterdir():
-        path.chmod(path.stat().st_mode | 0o644)
-    server = XRootDServer(directory)
+    # The server's user must reach the files: it serves a world-readable copy outside pytest's own
+    # temporary root, which pytest makes private again (0700) whenever another session starts.
+    public = Path(tempfile.mkdtemp(prefix="mlaas4hep-xrootd-"))
+    shutil.copytree(directory, public, dirs_exist_ok=True)
+    for path in [public, *public.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    server = XRootDServer(public)
+    weakref.finalize(server, shutil.rmtree, public, True)
     try:
         server.start()
     except RuntimeError as err:
