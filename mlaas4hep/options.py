@@ -84,7 +84,8 @@ class Options:
     exclude : sequence of str, optional
         Branches or patterns left out. Default: ``("run", "event", "luminosityBlock")`` when the specs are made by a
         first pass; with a ready :class:`~mlaas4hep.Specs` (``specs=train.specs``), nothing more than the specs
-        hold, unless given.
+        hold, unless given. Each must match a branch of the files or an alias (but those three): a typo is a
+        :class:`~mlaas4hep.errors.BranchError`.
     common_branches : bool
         When the files' branches differ, use those common to all files instead of raising
         :class:`~mlaas4hep.errors.BranchError`.
@@ -96,17 +97,22 @@ class Options:
         surviving events.
     aliases : mapping of str to str, optional
         Derived branches, e.g. ``{"log_Jet_pt": "log(Jet_pt)", "HT": "sum(Jet_pt)"}``: features with their own specs
-        (flat or jagged by their values) unless ``exclude`` names them; usable in ``cut``, ``targets`` and
-        ``weights``.
+        (flat or jagged by their values) unless ``exclude`` names them; usable in ``cut``, ``targets``,
+        ``weights`` and as the label branch (``labels="is_sig"``, ``{"is_sig": "nMuon >= 2"}``: True is 1).
     targets : str or sequence of str, optional
         Regression: ``y`` is this branch, shape ``(batch,)``, or these branches, ``(batch, n)``, instead of labels.
         Targets are never features.
     weights : str, optional
         Branch holding each event's weight (e.g. ``"genWeight"``), served as Keras' ``sample_weight``: batches
         become ``(x, y, w)``. Never a feature.
+    allow_leaks : sequence of str
+        Branches (names or patterns) that may feed both a feature and a label, target or weight computed by
+        ``aliases``, e.g. ``["NMuon"]`` with ``targets="two_mu"``, ``aliases={"two_mu": "NMuon >= 2"}`` and
+        ``NMuon`` a feature. By default any such branch is a :class:`~mlaas4hep.errors.BranchError` naming it and
+        the output it feeds: the model would learn the answer from its inputs. A cut is never a leak.
     file_weights : sequence of float, optional
-        A finite, non-negative factor per file multiplying its events' weights (e.g. cross-section x luminosity /
-        generated events); batches become ``(x, y, w)``.
+        A finite, non-negative factor per entry of ``files`` (a pattern's goes to every file it matches) multiplying
+        its events' weights (e.g. cross-section x luminosity / generated events); batches become ``(x, y, w)``.
     balance_classes : bool
         Scale the weights so that every class carries the same total weight over the epoch (the mean weight stays
         1); batches become ``(x, y, w)``.
@@ -231,6 +237,7 @@ class Options:
     aliases: Mapping[str, str] | None = None
     targets: str | Sequence[str] | None = None
     weights: str | None = None
+    allow_leaks: Sequence[str] = ()
     file_weights: Sequence[float] | None = None
     balance_classes: bool = False
     one_hot: bool = False
@@ -342,6 +349,7 @@ class Options:
             self._set("targets", self.targets if isinstance(self.targets, str) else names)
         if self.weights is not None:
             check_text(self.weights, "weights", what="the name of a branch holding each event's weight")
+        self._set("allow_leaks", check_names(self.allow_leaks, "allow_leaks"))
         if self.file_weights is not None:
             self._set("file_weights", check_file_weights(self.file_weights))
         if self.num_classes is not None:

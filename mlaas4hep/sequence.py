@@ -58,16 +58,20 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
 
     Parameters
     ----------
-    files : path, URL, sequence of them, or mapping of them to labels
+    files : path, URL, pattern, sequence of them, or mapping of them to labels or to trees
         ROOT files (or Parquet, CSV, JSON lines and Avro files, by their
         extensions or as ``FileSource(path, format=...)``); ``"file.root:tree"``
         names the tree in that file. Remote URLs (``root://``, ``http(s)://``)
-        are handed to uproot. In an order (a list, a tuple; a set is refused):
-        it pairs files with labels and ``file_weights``. A ``{file: label}``
-        mapping gives the labels too.
+        are handed to uproot. A local path or a ``root://`` file name with
+        wildcards (``"data/sig_*.root"``) names every matching file, sorted.
+        In an order (a list, a tuple; a set is refused): it pairs the entries
+        as written with labels and ``file_weights``. A ``{file: label}``
+        mapping gives the labels too; uproot's ``{file: tree}`` names each
+        file's tree.
     labels : sequence of float or str, optional
-        One label per file (the original's labels.txt), or the name of a
-        branch that holds each event's label (that branch is then not a feature).
+        One label per entry of ``files`` (the original's labels.txt), or the
+        name of a branch or alias that holds each event's label (True is 1;
+        it is then not a feature).
         Labels are finite numbers: for classes, give each class a number.
         None: batches are ``(x,)``, for ``predict``.
     **options

@@ -150,6 +150,34 @@ CASES: list[tuple[str, Callable[[Path], Any], type[Exception], str]] = [
     ),
     ("every branch excluded", lambda d: _seq(d, exclude=["*"]), BranchError, "exclude"),
     ("pattern matches nothing", lambda d: _seq(d, branches=["Muon_*"]), BranchError, "Muon_"),
+    ("exclude matches nothing", lambda d: _seq(d, exclude=["Muon_*"]), BranchError, r"exclude 'Muon_\*' matches no"),
+    ("exclude misspelt", lambda d: _seq(d, exclude=["met_pt"]), BranchError, "exclude 'met_pt'.*did you mean 'MET_pt'"),
+    ("allow_leaks names nothing", lambda d: _seq(d, allow_leaks=["Nmuon"]), BranchError, "allow_leaks 'Nmuon'"),
+    # labels, targets and weights computed from a feature
+    (
+        "target computed from a feature",
+        lambda d: _seq(d, labels=None, targets="hi", aliases={"hi": "MET_pt > 30"}),
+        BranchError,
+        r"targets 'hi' is computed from 'MET_pt', which is also a feature.*allow_leaks=\['MET_pt'\]",
+    ),
+    (
+        "label alias computed from a feature",
+        lambda d: _seq(d, labels="busy", aliases={"busy": "nPV > 20"}),
+        BranchError,
+        r"label 'busy' is computed from 'nPV', which is also a feature",
+    ),
+    (
+        "weights computed from a feature",
+        lambda d: _seq(d, weights="w", aliases={"w": "1 + 0 * nPV"}),
+        BranchError,
+        r"weights 'w' is computed from 'nPV', which is also a feature",
+    ),
+    (
+        "label alias gives a list per event",
+        lambda d: _seq(d, labels="hard", aliases={"hard": "Jet_pt > 30"}, exclude=["Jet_pt"]),
+        BranchError,
+        r"label 'hard' = 'Jet_pt > 30' gives a list per event",
+    ),
     (
         "string selected",
         lambda d: _seq(d, ["odd.root"], labels=None, branches=["x", "name"]),

@@ -37,6 +37,8 @@ BAD: list[tuple[str, Any]] = [
     ("targets", ["MET_pt", ""]),
     ("weights", ""),
     ("weights", ["genWeight"]),
+    ("allow_leaks", [3]),
+    ("allow_leaks", 5),
     ("file_weights", [1.0, -1.0]),
     ("file_weights", [math.nan]),
     ("file_weights", "1, 2"),

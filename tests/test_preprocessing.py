@@ -40,6 +40,7 @@ def test_round_trip_is_exact(two_files: list[Path], tmp_path: Path) -> None:
         aliases=aliases,
         exclude=["uid", "run", "twice_log", "wsum"],
         weights="wsum",
+        allow_leaks=["nPV"],
         cut="twice_log > 5",
         normalization="standard",
         pad_value=-1.5,

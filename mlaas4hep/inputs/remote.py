@@ -1,4 +1,4 @@
-"""Remote files: the options :func:`uproot.open` needs for a URL, and XRootD whatever was imported first.
+"""Remote files: what :func:`uproot.open` needs for a URL, folders listed for patterns, XRootD whatever came first.
 
 The optional remote dependencies are looked up here and nowhere else:
 ``root://`` needs the ``xrootd`` package (``pip install 'mlaas4hep[xrootd]'``),
@@ -41,10 +41,12 @@ import uproot.source.futures
 
 from ..errors import FileAccessError
 
-__all__ = ["WorkerXRootDSource", "open_options", "preload_xrootd"]
+__all__ = ["XROOTD_SCHEMES", "WorkerXRootDSource", "list_xrootd", "open_options", "preload_xrootd"]
 
-_XROOTD_SCHEMES = ("root", "roots", "xroot", "xroots")
+XROOTD_SCHEMES = ("root", "roots", "xroot", "xroots")
+"""The URL schemes XRootD reads."""
 _HTTP_SCHEMES = ("http", "https")
+_XROOTD_TIMEOUT = 206  # XRootD's status code of an operation that timed out (errOperationExpired)
 #: Exceptions that cross from the helper process by name; anything else arrives as OSError.
 _ERRORS: dict[str, type[OSError]] = {"FileNotFoundError": FileNotFoundError, "TimeoutError": TimeoutError}
 
@@ -111,7 +113,7 @@ def open_options(path: str, timeout: float = 30.0) -> dict[str, Any]:
         says what to ``pip install``.
     """
     scheme = path.split("://", 1)[0].lower() if "://" in path else ""
-    if scheme in _XROOTD_SCHEMES:
+    if scheme in XROOTD_SCHEMES:
         if not _installed("XRootD"):
             msg = f"reading {path!r} needs the XRootD client: pip install 'mlaas4hep[xrootd]'"
             raise FileAccessError(msg)
@@ -127,6 +129,53 @@ def open_options(path: str, timeout: float = 30.0) -> dict[str, Any]:
             raise FileAccessError(msg)
         return {"timeout": float(timeout)}
     return {}
+
+
+def list_xrootd(url: str, timeout: float = 30.0) -> list[str]:
+    """The names of the files (not the folders) in the XRootD folder ``url``, waiting at most ``timeout`` seconds.
+
+    Lists in this process, or through the helper process once TensorFlow
+    is loaded (see the module's notes).
+
+    Raises
+    ------
+    FileAccessError
+        The XRootD client is not installed; the message says what to ``pip install``.
+    OSError
+        The server refused the listing or did not answer in time (its message).
+
+    Examples
+    --------
+    >>> list_xrootd("root://eospublic.cern.ch//eos/opendata/cms/")  # doctest: +SKIP
+    ['README.txt', ...]
+    """
+    if not _installed("XRootD"):
+        msg = f"expanding a pattern in {url!r} needs the XRootD client: pip install 'mlaas4hep[xrootd]'"
+        raise FileAccessError(msg)
+    seconds = max(1, math.ceil(timeout))  # XRootD takes whole seconds
+    if _xrootd_in_process():
+        preload_xrootd()  # with XROOTD_DEFAULTS, so that the timeout is kept to the second
+        return _dirlist(url, seconds)
+    names: list[str] = _current_worker().call("list", url, seconds)
+    return names
+
+
+def _dirlist(url: str, seconds: int) -> list[str]:
+    """:func:`list_xrootd` itself, in the process that imports XRootD."""
+    try:
+        client = importlib.import_module("XRootD.client")  # untyped: its attributes are Any
+        flags = importlib.import_module("XRootD.client.flags")
+    except ImportError as err:
+        msg = f"expanding a pattern in {url!r} needs a working XRootD client ({err}): pip install 'mlaas4hep[xrootd]'"
+        raise FileAccessError(msg) from err
+    parsed = client.URL(url)
+    status, listing = client.FileSystem(f"{parsed.protocol}://{parsed.hostid}").dirlist(
+        parsed.path or "/", flags.DirListFlags.STAT, timeout=seconds
+    )
+    if not status.ok:
+        msg = f"listing {url!r} failed: {status.message.strip()}"
+        raise (TimeoutError if status.code == _XROOTD_TIMEOUT else OSError)(msg)
+    return [entry.name for entry in listing if not entry.statinfo.flags & flags.StatInfoFlags.IS_DIR]
 
 
 def serves_ranges(url: str, timeout: float = 30.0) -> bool | None:
@@ -236,6 +285,8 @@ def _serve(fd: int) -> None:
                 handle, ranges = args
                 chunks = sources[handle].chunks(ranges, queue.Queue())
                 result = [chunk.raw_data.tobytes() for chunk in chunks]
+            elif op == "list":
+                result = _dirlist(*args)
             elif op == "close":
                 source = sources.pop(args[0], None)
                 if source is not None:

@@ -32,6 +32,7 @@ from ..inputs.selection import Selection, encode_mask, kind_of
 from ..inputs.sources import DEFAULT_TREE, FileSource, parse_sources
 from .branches import check_kinds
 from .kinds import WHY_NOT, is_usable
+from .patterns import check_patterns
 from .values import DEFAULT_EXCLUDE, BranchSpec, FileSpec, Specs
 
 __all__ = ["SpecBuilder", "check_selection", "describe_skipped", "own_specs_path", "scan_selection", "select_branches"]
@@ -117,7 +118,8 @@ class SpecBuilder:
         or jagged branch, every fixed-size array of numbers (``double[3]``),
         and every alias.
     exclude : sequence of str
-        Names or patterns to leave out; default ``("run", "event", "luminosityBlock")``.
+        Names or patterns to leave out; default ``("run", "event", "luminosityBlock")``. Each must match a branch
+        of some file or an alias (a typo is a :class:`~mlaas4hep.errors.BranchError`), except those three.
     redirector : str
         Prefix for bare file names (the original's ``redirector``).
     format : str
@@ -339,6 +341,7 @@ class SpecBuilder:
         Returns the include list to scan with: the user's, or with
         ``common_branches`` the names common to all files when they differ.
         """
+        check_patterns(self.exclude, infos, self.cuts.aliases, "exclude")
         check_kinds(infos, self.include, self.exclude, common_branches=self.common_branches)
         names = [[b.name for b in self.usable(info, self.include)[0]] for info in infos]
         union = sorted(set().union(*names))

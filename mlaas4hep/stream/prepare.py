@@ -4,7 +4,9 @@
 known before the first batch: it opens each file once (reading no data) to
 learn its entries and branches; takes or makes the specs of the features
 (the first pass, or a cached or given :class:`~mlaas4hep.Specs`); checks the
-files against the specs, labels, targets, weights, cut and aliases; counts
+files against the specs, labels, targets, weights, cut and aliases, that
+every ``exclude`` and ``allow_leaks`` name matches a branch or alias, and that
+no label, target or weight is computed from a feature's branch; counts
 the events that pass the cut; cuts each file's events into the subset asked
 for; plans the chunks; and, for class balancing, totals each class's weight.
 The :class:`PreparedData` it returns describes the data path completely: any face
@@ -28,16 +30,27 @@ from ..errors import BranchError, ParameterError, SpecsError
 from ..inputs.contents import FileInfo, inspect_file
 from ..inputs.executors import map_files
 from ..inputs.selection import Selection, decode_mask
-from ..inputs.sources import FileSource, parse_sources
+from ..inputs.sources import FileSource, expand_sources, names_trees, per_entry
 from ..options import Options
 from ..specs.first_pass import SpecBuilder, own_specs_path, scan_selection
+from ..specs.patterns import check_patterns
 from ..specs.values import DEFAULT_EXCLUDE, Specs
 from ..transform.flatten import JaggedFlattener
 from ..transform.outputs import Outputs, per_file_totals, totals_by_class
 from ..transform.tensors import CollectionsFlattener
 from .plan import ChunkPlan, EpochPlan, subset_ranges
 from .reader import ChunkReader
-from .safeguards import check_duplicates, check_file, check_finite, check_split, finite_outputs, keep_finite, warn_data
+from .safeguards import (
+    check_duplicates,
+    check_file,
+    check_finite,
+    check_leaks,
+    check_outputs,
+    check_split,
+    finite_outputs,
+    keep_finite,
+    warn_data,
+)
 
 __all__ = ["PreparedData", "labeled", "prepare"]
 
@@ -159,16 +172,23 @@ def prepare(
         Naming the file, tree, branch or parameter at fault.
     """
     files, labels = _pairs(files, labels)
-    sources = tuple(parse_sources(files, options.tree, options.redirector))
+    groups = expand_sources(files, options.tree, options.redirector, timeout=options.timeout)
+    sources = tuple(source for group in groups for source in group)
     if not sources:
         msg = "no input files given"
         raise ParameterError(msg)
-    per_file, label_branch = _labels(labels, len(sources))
+    sizes = [len(group) for group in groups]  # files per entry given: a pattern's label and weight go to each
+    if options.file_weights is not None and len(groups) != len(sources):
+        options = replace(options, file_weights=tuple(per_entry(options.file_weights, sizes, "file_weights")))
+    per_file, label_branch = _labels(labels, sizes)
     selection = Selection(options.cut, options.aliases or {})
     outputs = _outputs(options, len(sources), per_file, label_branch)
     not_features = ([label_branch] if label_branch else []) + outputs.branches
     infos = map_files(inspect_file, sources, options.timeout, desc="files")
     check_duplicates(infos)
+    for info in infos:  # before the first pass, which leaves the outputs' branches out of the features
+        check_outputs(info, selection, outputs)
+    _check_patterns(options, infos, selection)
     specs = _feature_specs(sources, infos, options, selection, not_features)
     for info in infos:
         check_file(info, specs, selection, outputs)
@@ -176,6 +196,7 @@ def prepare(
     if checked.split != specs.split and isinstance(options.specs, (str, os.PathLike)) and options.subset == "training":
         checked.save(own_specs_path(options.specs))  # the split it records, for the other parts made from the file
     specs = checked
+    check_leaks(specs.names, selection, outputs, options.allow_leaks)
     events, selected = _events(sources, infos, specs, selection, outputs, options)
     ranges = _ranges(events, options)
     plan = ChunkPlan.build(ranges, options.chunk_size, files_per_chunk=options.files_per_chunk)
@@ -239,12 +260,18 @@ def _flattener(specs: Specs, options: Options, infos: Sequence[FileInfo], select
 
 
 def labeled(files: Any, labels: Any) -> bool:
-    """Whether events get labels: given as ``labels``, or with the files as a ``{file: label}`` mapping."""
-    return labels is not None or isinstance(files, Mapping)
+    """Whether events get labels: given as ``labels``, or with the files as a ``{file: label}`` mapping
+    (not uproot's ``{file: tree}``)."""
+    return labels is not None or (isinstance(files, Mapping) and not names_trees(files))
 
 
 def _pairs(files: Any, labels: Any) -> tuple[Any, Any]:
-    """The files and their labels, in an order that pairs them: a ``{file: label}`` mapping is split; sets refused."""
+    """The files and their labels, in an order that pairs them: a ``{file: label}`` mapping is split; sets refused.
+
+    A ``{file: tree}`` mapping (uproot's form, told by its string values) is
+    kept as it is, for :func:`~mlaas4hep.inputs.sources.expand_sources`;
+    its labels are ``labels``.
+    """
     for name, value in (("files", files), ("labels", labels)):
         if isinstance(value, (set, frozenset)):
             msg = (
@@ -252,7 +279,7 @@ def _pairs(files: Any, labels: Any) -> tuple[Any, Any]:
                 "Python's, which pairs files with labels and weights at random"
             )
             raise ParameterError(msg)
-    if isinstance(files, Mapping):
+    if isinstance(files, Mapping) and not names_trees(files):
         if labels is not None:
             msg = "files is a mapping of file to label: give the labels there, or in labels, not both"
             raise ParameterError(msg)
@@ -260,8 +287,13 @@ def _pairs(files: Any, labels: Any) -> tuple[Any, Any]:
     return files, labels
 
 
-def _labels(labels: Sequence[float] | str | None, n_files: int) -> tuple[list[float] | None, str | None]:
-    """Per-file labels, or the name of a label branch."""
+def _labels(labels: Sequence[float] | str | None, sizes: Sequence[int]) -> tuple[list[float] | None, str | None]:
+    """Per-file labels, or the name of a label branch.
+
+    ``labels`` holds one label per entry of the files; ``sizes`` says how
+    many files each entry names (a pattern, those it matches), and its label
+    goes to each of them.
+    """
     if labels is None:
         return None, None
     if isinstance(labels, str):
@@ -275,14 +307,18 @@ def _labels(labels: Sequence[float] | str | None, n_files: int) -> tuple[list[fl
             "for class names, give each class a number: e.g. labels=[1, 0] for signal and background"
         )
         raise ParameterError(msg)
-    if len(values) != n_files:
-        msg = f"got {len(values)} labels for {n_files} files; give one label per file or a branch name"
-        raise ParameterError(msg)
     numbers = [float(v) for v in values]
     if not all(np.isfinite(numbers)):
         msg = f"labels must be finite numbers, got {values!r}"
         raise ParameterError(msg)
-    return numbers, None
+    return per_entry(numbers, sizes, "labels", alternative=", or a branch name"), None
+
+
+def _check_patterns(options: Options, infos: Sequence[FileInfo], selection: Selection) -> None:
+    """Each name or pattern of ``exclude`` (but the default identifiers) and ``allow_leaks`` names a branch or alias."""
+    if options.exclude is not None:
+        check_patterns(options.exclude, infos, selection.aliases, "exclude")
+    check_patterns(options.allow_leaks, infos, selection.aliases, "allow_leaks", exempt=())
 
 
 def _match(name: str, patterns: Iterable[str]) -> bool:

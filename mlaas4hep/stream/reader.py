@@ -153,6 +153,8 @@ class ChunkReader:
         self.label_branch = label_branch
         self.selection = selection if selection is not None else Selection()
         names = list(dict.fromkeys(branches))
+        if label_branch is not None and label_branch in self.selection.aliases:  # computed with the other aliases
+            names = list(dict.fromkeys([*names, label_branch]))
         self.derive = [name for name in names if name in self.selection.aliases]
         # the file branches to read: those asked for, and those the aliases are computed from
         self.branches = self.selection.branches(names, cut=False)
@@ -416,11 +418,12 @@ class ChunkReader:
         entries: list[np.ndarray] = []
         for i in contributing.tolist():
             parts, entry = self._read_share(k, i, step)
-            pieces.extend(self._derived(part) for part in parts)
+            derived = [self._derived(part) for part in parts]
+            pieces.extend(derived)
             file_index.append(np.full(len(entry), i, dtype=np.int32))
             entries.append(entry)
             if self.label_branch:
-                labels.extend(ak.to_numpy(part[self.label_branch]).astype(np.float32) for part in parts)
+                labels.extend(ak.to_numpy(piece[self.label_branch]).astype(np.float32) for piece in derived)
             elif self.labels is not None:
                 labels.append(np.full(len(entry), self.labels[i], dtype=np.float32))
         chunk = Chunk(
@@ -440,6 +443,8 @@ class ChunkReader:
     def names(self) -> list[str]:
         """The file branches each read takes: those asked for (or that the aliases need), and the label branch."""
         label = [self.label_branch] if self.label_branch and self.label_branch not in self.branches else []
+        if self.label_branch in self.selection.aliases:  # computed from self.branches
+            label = []
         return self.branches + label
 
     def _read_share(self, k: int, i: int, step: int) -> tuple[list[ak.Array], np.ndarray]:

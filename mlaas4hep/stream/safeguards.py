@@ -4,8 +4,11 @@ Each function raises (or warns) with a message that names the file, tree,
 branch or parameter at fault and says what would be right:
 
 * :func:`check_duplicates`: the same file and tree listed twice, under any name;
-* :func:`check_file`: a file against the specs, cut, aliases, labels, targets
-  and weights (kinds, and dtypes where the specs describe that very file);
+* :func:`check_outputs` and :func:`check_file`: a file against the cut,
+  aliases, labels, targets and weights, then the specs (kinds, and dtypes
+  where the specs describe that very file);
+* :func:`check_leaks`: a label, target or weight computed from a branch that
+  is also a feature (through ``aliases``), unless ``allow_leaks`` names it;
 * :func:`finite_outputs` and :func:`check_finite`: labels, targets and weights
   that are NaN or infinite (or the events to drop for them);
 * :func:`check_split`: two parts of one split made with different splits,
@@ -17,6 +20,7 @@ branch or parameter at fault and says what would be right:
 from __future__ import annotations
 
 import filecmp
+import fnmatch
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -38,6 +42,8 @@ __all__ = [
     "check_duplicates",
     "check_file",
     "check_finite",
+    "check_leaks",
+    "check_outputs",
     "check_split",
     "finite_outputs",
     "keep_finite",
@@ -91,6 +97,25 @@ def _twice(infos: Sequence[FileInfo], first: int, second: int, what: str) -> NoR
     raise ParameterError(msg)
 
 
+def check_outputs(info: FileInfo, selection: Selection, outputs: Outputs) -> None:
+    """The file has entries, every branch the cut and aliases read, and the labels', targets' and weights' branches.
+
+    Checked before the first pass, which then never meets a missing label
+    branch among the names it leaves out. Each of those is an alias, or a
+    branch holding one number per event.
+    """
+    source, kinds = info.source, info.kinds
+    if info.entries == 0:
+        msg = f"{source.what} has 0 entries"
+        raise TreeError(msg)
+    selection.check(kinds, str(source))
+    for what, name in _output_names(outputs):
+        if name not in selection.aliases and kinds.get(name) != "flat":
+            found = f"is {kinds[name]}, not one number per event" if name in kinds else "not found"
+            msg = f"{what} branch {name!r} {found} in {source}"
+            raise BranchError(msg)
+
+
 def check_file(info: FileInfo, specs: Specs, selection: Selection, outputs: Outputs) -> None:
     """The file has entries and every branch the specs, cut, aliases, labels, targets and weights need.
 
@@ -98,22 +123,7 @@ def check_file(info: FileInfo, specs: Specs, selection: Selection, outputs: Outp
     branch's dtype must be the file's too: specs edited by hand are refused.
     """
     source, kinds = info.source, info.kinds
-    if info.entries == 0:
-        msg = f"{source.what} has 0 entries"
-        raise TreeError(msg)
-    selection.check(kinds, str(source))
-    weights = [outputs.weights] if outputs.weights else []
-    label = [outputs.label_branch] if outputs.label_branch else []
-    for what, names, derived in (
-        ("targets", outputs.targets, selection.aliases),
-        ("weights", weights, selection.aliases),
-        ("label", label, {}),  # read with the chunk, from the file
-    ):
-        for name in names:
-            if name not in derived and kinds.get(name) != "flat":
-                found = f"is {kinds[name]}, not one number per event" if name in kinds else "not found"
-                msg = f"{what} branch {name!r} {found} in {source}"
-                raise BranchError(msg)
+    check_outputs(info, selection, outputs)
     missing = [name for name in selection.branches(specs.names, cut=False) if name not in kinds]
     if missing:
         msg = f"{source} lacks the branches {missing} that the specs use"
@@ -176,8 +186,14 @@ def finite_outputs(
         with open_table(source, timeout) as table:
             for arrays in table.iterate(read, "100 MB"):
                 derived = selection.derive(arrays, names, len(arrays))
-                for name in names:
+                for what, name in _output_names(outputs):
                     values = derived[name] if name in derived else arrays[name]
+                    if name in derived and isinstance(values, ak.Array) and values.ndim > 1:
+                        msg = (
+                            f"{what} {name!r} = {selection.aliases[name]!r} gives a list per event in {source}, not "
+                            "one number: reduce it to one, e.g. with sum(...), any(...) or max(...)"
+                        )
+                        raise BranchError(msg)
                     parts[name].append(np.isfinite(_numbers(values)))
         out.append({name: np.concatenate(p) if p else np.zeros(0, bool) for name, p in parts.items()})
     return out
@@ -215,6 +231,64 @@ def keep_finite(finite: list[dict[str, np.ndarray]], selected: Sequence[np.ndarr
             log.info("leaving out %d events with a non-finite label, target or weight in file %d", dropped, i)
         kept.append(entries)
     return tuple(kept)
+
+
+def check_leaks(features: Sequence[str], selection: Selection, outputs: Outputs, allowed: Sequence[str] = ()) -> None:
+    """Raise :class:`BranchError` if a label, target or weight is computed from a branch that is also a feature.
+
+    A label, target or weight that is a branch is never a feature itself;
+    one computed by ``aliases`` (through other aliases, maybe) reads branches
+    that may be: the model would then learn the answer from its inputs. Each
+    branch it reads leaks when a feature is that branch or is an alias
+    computed from it. The cut is no leak (it only chooses events). Branches
+    that match ``allowed`` (names or glob patterns: ``allow_leaks``) may feed both.
+
+    Parameters
+    ----------
+    features : sequence of str
+        The features: branches, and aliases that are features (the specs' names).
+    selection : Selection
+        The aliases.
+    outputs : Outputs
+        The label branch, targets and weights.
+    allowed : sequence of str
+        Branches allowed to feed both (``allow_leaks``).
+
+    Examples
+    --------
+    >>> outputs = Outputs(1, targets="two_mu")
+    >>> selection = Selection(aliases={"two_mu": "NMuon >= 2"})
+    >>> check_leaks(["MET_pt"], selection, outputs)
+    >>> check_leaks(["MET_pt", "NMuon"], selection, outputs, allowed=["NMuon"])
+    >>> check_leaks(["MET_pt", "NMuon"], selection, outputs)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mlaas4hep.errors.BranchError: targets 'two_mu' is computed from 'NMuon', which is also a feature: ...
+    """
+    carriers: dict[str, str] = {}  # each branch the features read -> a feature that carries it (itself, first)
+    for feature in features:
+        for branch in selection.branches([feature], cut=False):
+            carriers.setdefault(branch, feature)
+    carriers.update({f: f for f in features if f in carriers})
+    clauses, drop, allow = [], [], []
+    for what, name in _output_names(outputs):
+        for branch in selection.branches([name], cut=False):
+            carrier = carriers.get(branch)
+            if carrier is None or any(fnmatch.fnmatchcase(branch, p) for p in allowed):
+                continue
+            via = "" if carrier == branch else f" through the alias {carrier!r} = {selection.aliases[carrier]!r}"
+            if branch == name:
+                clauses.append(f"{what} branch {name!r} is also a feature{via}")
+            else:
+                clauses.append(f"{what} {name!r} is computed from {branch!r}, which is also a feature{via}")
+            drop.append(carrier)
+            allow.append(branch)
+    if clauses:
+        msg = (
+            f"{'; '.join(clauses)}: leave {'it' if len(clauses) == 1 else 'them'} out of the features "
+            f"(exclude={list(dict.fromkeys(drop))}), or pass allow_leaks={list(dict.fromkeys(allow))} if it is meant"
+        )
+        raise BranchError(msg)
 
 
 def split_record(options: Any) -> dict[str, Any]:

@@ -54,6 +54,16 @@ def test_include_globs_and_exclude(two_files):
         SpecBuilder(two_files, exclude=["*"]).build()
 
 
+def test_an_exclude_that_matches_no_branch_nor_alias_is_an_error(two_files):
+    """A typo in ``exclude`` left the branch a feature, silently; the default identifiers may be missing."""
+    with pytest.raises(BranchError, match=r"exclude 'met_pt' matches no branch of any of the 2 files .*'MET_pt'"):
+        SpecBuilder(two_files, exclude=["met_pt"]).build()
+    with pytest.raises(BranchError, match=r"exclude 'Muon_\*' \(and 1 more: \['nope'\]\) matches no branch"):
+        SpecBuilder(two_files, exclude=["Jet_eta", "Muon_*", "nope"]).build()
+    specs = SpecBuilder(two_files, exclude=["event", "luminosityBlock", "Jet_*", "HT"], aliases={"HT": "sum(Jet_pt)"})
+    assert specs.build().names == ["MET_pt", "flag", "nJet", "nPV", "run", "uid"]
+
+
 def test_json_round_trip(two_files, tmp_path):
     specs = SpecBuilder(two_files).build()
     specs.save(tmp_path / "specs.json")
