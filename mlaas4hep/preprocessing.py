@@ -112,6 +112,11 @@ class Preprocessing:
     collections : mapping of str to tuple of str
         With the collections layout, each collection's branches (each branch's
         width in ``widths`` is its collection's).
+    folds, fold, fold_by : int, int, str, or None
+        With k-fold by event number (:mod:`mlaas4hep.inputs.folds`), the
+        number of folds, the fold the model did not train on (its test
+        fold) and the expression giving each event's fold; None when the
+        model was trained without folds.
 
     Examples
     --------
@@ -131,6 +136,9 @@ class Preprocessing:
     tree: str = DEFAULT_TREE
     layout: str = "flat"
     collections: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    folds: int | None = None
+    fold: int | None = None
+    fold_by: str | None = None
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -147,6 +155,12 @@ class Preprocessing:
             raise SpecsError(msg)
         object.__setattr__(self, "aliases", dict(self.aliases))
         Selection(self.cut, self.aliases)  # the expressions parse and the aliases have no cycle
+        folding = (self.folds, self.fold, self.fold_by)
+        if folding != (None, None, None) and not (
+            isinstance(self.folds, int) and isinstance(self.fold, int) and 0 <= self.fold < self.folds
+        ):
+            msg = f"folds, fold and fold_by must all be None or give a fold in [0, folds), got {folding}"
+            raise SpecsError(msg)
 
     # -- making one -------------------------------------------------------------------------------
     @classmethod
@@ -165,7 +179,8 @@ class Preprocessing:
         widths = dict(flattener.widths)
         widths = {name: widths[name] for name in specs.jagged}
         collections = {g.name: tuple(g.branches) for g in flattener.collections}
-        cut = prepared.selection.cut
+        folds = getattr(options, "folds", None)  # datasets made before folds were an option have none
+        cut = prepared.selection.cut if folds is None else options.cut  # the user's cut, without the folds'
         aliases = _aliases_needed(prepared.selection.aliases, [*specs.names, *_cut_names(cut)])
         return cls(
             specs,
@@ -178,6 +193,9 @@ class Preprocessing:
             tree=options.tree,
             layout=layout,
             collections=collections,
+            folds=folds,
+            fold=options.fold if folds is not None else None,
+            fold_by=options.fold_by if folds is not None else None,
         )
 
     # -- what it makes ----------------------------------------------------------------------------
@@ -298,6 +316,7 @@ class Preprocessing:
             "mask_output": self.mask_output,
             "num_features": self.num_features,
             "feature_names": self.feature_names,
+            **({"folds": self.folds, "fold": self.fold, "fold_by": self.fold_by} if self.folds is not None else {}),
             "specs": self.specs.to_dict(),
         }
 
@@ -322,6 +341,9 @@ class Preprocessing:
             tree=str(data.get("tree", DEFAULT_TREE)),
             layout=str(data["layout"]),
             collections={k: tuple(v) for k, v in dict(data.get("collections") or {}).items()},
+            folds=data.get("folds"),
+            fold=data.get("fold"),
+            fold_by=data.get("fold_by"),
         )
         if list(data["branches"]) != loaded.branches or int(data["num_features"]) != loaded.num_features:
             msg = (

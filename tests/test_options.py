@@ -42,6 +42,9 @@ BAD: list[tuple[str, Any]] = [
     ("file_weights", [1.0, -1.0]),
     ("file_weights", [math.nan]),
     ("file_weights", "1, 2"),
+    ("cross_sections", [1.0, -1.0]),
+    ("cross_sections", [1.0, 2.0]),  # without luminosity
+    ("luminosity", 10.0),  # without cross_sections
     ("balance_classes", 1),
     ("one_hot", "no"),
     ("num_classes", 1),
@@ -58,6 +61,10 @@ BAD: list[tuple[str, Any]] = [
     ("validation_split", 1.0),
     ("test_split", -0.1),
     ("subset", "testing"),
+    ("folds", 1),
+    ("folds", 2.5),
+    ("fold", 0),  # without folds
+    ("fold_by", "event"),  # without folds
     ("normalization", "minmx"),
     ("pad_value", math.inf),
     ("pad_value", "0"),

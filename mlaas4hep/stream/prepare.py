@@ -29,6 +29,8 @@ import numpy as np
 from ..errors import BranchError, ParameterError, SpecsError
 from ..inputs.contents import FileInfo, inspect_file
 from ..inputs.executors import map_files
+from ..inputs.folds import check_fold_values, fold_selections
+from ..inputs.generator import generator_options
 from ..inputs.selection import Selection, decode_mask
 from ..inputs.sources import FileSource, expand_sources, names_trees, per_entry
 from ..options import Options
@@ -180,19 +182,21 @@ def prepare(
     sizes = [len(group) for group in groups]  # files per entry given: a pattern's label and weight go to each
     if options.file_weights is not None and len(groups) != len(sources):
         options = replace(options, file_weights=tuple(per_entry(options.file_weights, sizes, "file_weights")))
+    options = replace(options, **generator_options(groups, options))  # cross sections x luminosity: file weights
     per_file, label_branch = _labels(labels, sizes)
-    selection = Selection(options.cut, options.aliases or {})
+    statistics, selection = fold_selections(options)  # the specs' (with folds, the training folds') and the served
     outputs = _outputs(options, len(sources), per_file, label_branch)
     not_features = ([label_branch] if label_branch else []) + outputs.branches
     infos = map_files(inspect_file, sources, options.timeout, desc="files")
     check_duplicates(infos)
+    check_fold_values(sources, infos, options)  # before the first pass, which the folds' condition cuts
     for info in infos:  # before the first pass, which leaves the outputs' branches out of the features
         check_outputs(info, selection, outputs)
     _check_patterns(options, infos, selection)
-    specs = _feature_specs(sources, infos, options, selection, not_features)
+    specs = _feature_specs(sources, infos, options, statistics, not_features)
     for info in infos:
         check_file(info, specs, selection, outputs)
-    checked = check_split(specs, options)
+    checked = check_split(specs, replace(options, cut=statistics.cut) if options.folds else options)  # and the folds
     if checked.split != specs.split and isinstance(options.specs, (str, os.PathLike)) and options.subset == "training":
         checked.save(own_specs_path(options.specs))  # the split it records, for the other parts made from the file
     specs = checked
@@ -426,7 +430,8 @@ def _ranges(events: list[int], options: Options) -> list[tuple[int, int]]:
     total = sum(events)
     if options.nevts > total:
         warnings.warn(f"nevts={options.nevts} is more than the {total} events in the files; using all", stacklevel=5)
-    return subset_ranges(events, options.nevts, options.validation_split, options.test_split, options.subset)
+    subset = None if options.folds and options.subset == "test" else options.subset  # folds: all of the test fold
+    return subset_ranges(events, options.nevts, options.validation_split, options.test_split, subset)
 
 
 def _class_totals(prepared: PreparedData) -> np.ndarray:

@@ -1,26 +1,19 @@
-"""The options of the faces, declared once (:class:`Options`), and what the faces make of them.
-
-:class:`Options` checks every option when made, before any file is opened,
-and each step of the data path reads its own options from it.
-:func:`takes_options` gives a face the signature and documentation of its
-options (``inspect.signature``, ``help()``), :class:`OptionView` an
-attribute per option (``seq.batch_size``).
-"""
+"""The options of the faces, declared once: :class:`Options` checks every option when made, before any file is opened,
+and each step of the data path reads its own options from it."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
-from ._checks import (
+from .._checks import (
     check_choice,
     check_file_weights,
     check_finite,
@@ -30,19 +23,19 @@ from ._checks import (
     check_names,
     check_number,
     check_shard,
-    check_split,
     check_text,
     check_widths,
     known_names,
 )
-from ._docstrings import docstring_parameters, with_parameters
-from .errors import ParameterError
-from .inputs.selection import Selection
-from .inputs.sources import DEFAULT_TREE
-from .specs.values import Specs
-from .transform.flatten import NORMALIZATIONS
+from ..errors import ParameterError
+from ..inputs.folds import check_folding
+from ..inputs.generator import check_generator
+from ..inputs.selection import Selection
+from ..inputs.sources import DEFAULT_TREE
+from ..specs.values import Specs
+from ..transform.flatten import NORMALIZATIONS
 
-__all__ = ["FACES", "LAYOUTS", "SUBSETS", "OptionView", "Options", "option_docs", "takes_options"]
+__all__ = ["FACES", "LAYOUTS", "SUBSETS", "Options"]
 
 SUBSETS = ("training", "validation", "test")
 """Values of ``subset``."""
@@ -61,8 +54,6 @@ _NO_FACE = MappingProxyType({"faces": ()})  # set by a saved preprocessing, not 
 
 _EXPRESSION = functools.partial(check_text, what="an expression (a non-empty string)")
 _MEMBERS = functools.partial(check_names, lone=False, empty=False)  # the branches of a collection
-
-C = TypeVar("C", bound=type)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +104,10 @@ class Options:
     file_weights : sequence of float, optional
         A finite, non-negative factor per entry of ``files`` (a pattern's goes to every file it matches) multiplying
         its events' weights (e.g. cross-section x luminosity / generated events); batches become ``(x, y, w)``.
+    cross_sections : sequence of float, optional
+        Per entry of ``files``: its events weigh this x ``luminosity`` x ``weights`` / the entry's generator sum.
+    luminosity : float, optional
+        Integrated luminosity of ``cross_sections`` (see :mod:`mlaas4hep.inputs.generator`; not with file_weights).
     balance_classes : bool
         Scale the weights so that every class carries the same total weight over the epoch (the mean weight stays
         1); batches become ``(x, y, w)``.
@@ -154,6 +149,12 @@ class Options:
         cut in order: training, then validation, then test. Requires ``subset``.
     subset : {"training", "validation", "test"}, optional
         Which part of the split is served; only with a split.
+    folds : int, optional
+        k-fold by event number (:mod:`mlaas4hep.inputs.folds`): each event's fold is ``fold_by % folds``. Needs subset.
+    fold : int, optional
+        The fold in ``[0, folds)`` that ``subset="test"`` serves; ``"training"`` the others (and ``validation_split``).
+    fold_by : str, optional
+        Branch, alias or expression of integer value giving each event's fold (default ``"event"``; ``-1 % 5`` is 4).
     normalization : {"minmax", "standard", None}
         ``"minmax"`` maps ``[min, max]`` to ``[0, 1]`` (the original's), ``"standard"`` gives mean 0 and standard
         deviation 1, None keeps raw values (see :class:`~mlaas4hep.JaggedFlattener`).
@@ -239,6 +240,8 @@ class Options:
     weights: str | None = None
     allow_leaks: Sequence[str] = ()
     file_weights: Sequence[float] | None = None
+    cross_sections: Sequence[float] | None = None
+    luminosity: float | None = None
     balance_classes: bool = False
     one_hot: bool = False
     num_classes: int | None = None
@@ -252,6 +255,9 @@ class Options:
     validation_split: float | None = None
     test_split: float | None = None
     subset: str | None = None
+    folds: int | None = None
+    fold: int | None = None
+    fold_by: str | None = None
     normalization: str | None = "minmax"
     pad_value: float = 0.0
     max_lengths: int | Mapping[str, int] | None = None
@@ -277,9 +283,8 @@ class Options:
         for name in _FLAGS:
             check_flag(getattr(self, name), name)
         self._check_sizes()
-        split = check_split(self.validation_split, self.test_split, self.subset, SUBSETS)
-        self._set("validation_split", split[0])
-        self._set("test_split", split[1])
+        for name, value in check_folding(self, SUBSETS).items():  # the split, and the folds (none without folds)
+            self._set(name, value)
         if self.shuffle is None:  # validation and test sets are served in order: predictions line up with files
             self._set("shuffle", self.subset not in ("validation", "test"))
         if not isinstance(self.shuffle, (bool, np.bool_)):
@@ -352,6 +357,7 @@ class Options:
         self._set("allow_leaks", check_names(self.allow_leaks, "allow_leaks"))
         if self.file_weights is not None:
             self._set("file_weights", check_file_weights(self.file_weights))
+        self._set("cross_sections", check_generator(self))
         if self.num_classes is not None:
             self._set("num_classes", check_int(self.num_classes, "num_classes", minimum=2))
 
@@ -427,66 +433,3 @@ class Options:
 
 def _faces(option: dataclasses.Field[Any]) -> tuple[str, ...]:
     return tuple(option.metadata.get("faces", FACES))
-
-
-# -- what the faces make of the declaration ------------------------------------------------------
-
-
-@functools.cache
-def option_docs() -> dict[str, tuple[str, list[str]]]:
-    """Each option's type and lines of text, from the docstring of :class:`Options` (none with ``python -OO``)."""
-    return docstring_parameters(Options.__doc__)
-
-
-def takes_options(cls: C) -> C:
-    """Class decorator of a face whose ``__init__`` takes ``**options``: the signature and docs of its options.
-
-    ``inspect.signature(cls)``, ``help(cls)`` and Jupyter then show every option the face takes, by keyword, with its
-    default, type and documentation from :class:`Options`; ``__init__`` makes them with :meth:`Options.for_face`.
-    """
-    names, docs = Options.names(cls.__name__), option_docs()
-    init = cls.__init__  # type: ignore[misc]  # a face defines its own
-    own = [p for p in inspect.signature(init).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    options = [
-        inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default, annotation=option.type)
-        for option in dataclasses.fields(Options)
-        if option.name in names
-    ]
-    init.__signature__ = inspect.Signature([*own, *options])
-    cls.__doc__ = with_parameters(cls.__doc__, "**options", {name: docs[name] for name in names if name in docs})
-    return cls
-
-
-class OptionView:
-    """A face's read-only attribute that is one of its options, documented with it.
-
-    The attribute's name is the option's: ``batch_size = OptionView()`` in a
-    face's class body makes ``seq.batch_size`` read ``seq.options.batch_size``.
-
-    Examples
-    --------
-    >>> class Face:
-    ...     batch_size = OptionView()
-    ...     options = Options(batch_size=64)
-    >>> Face().batch_size
-    64
-    """
-
-    name = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        if name not in Options.names():
-            msg = f"{owner.__name__}.{name}: no option is named {name!r}"
-            raise TypeError(msg)
-        self.name = name
-        kind, text = option_docs().get(name, ("", []))
-        self.__doc__ = " ".join([f"{kind}:", *text]) if kind else None
-
-    def __get__(self, instance: object | None, owner: type | None = None) -> Any:
-        if instance is None:
-            return self
-        return getattr(instance.options, self.name)  # type: ignore[attr-defined]  # a face holds its options
-
-    def __set__(self, instance: object, value: Any) -> None:
-        msg = f"{self.name} is an option, fixed when the face is made; make another with {self.name}={value!r}"
-        raise AttributeError(msg)
