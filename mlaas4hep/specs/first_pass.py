@@ -23,16 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from .._arrays import flat_values, jagged_parts
 from ..errors import BranchError, ParameterError, SkippedBranchWarning, SpecsMismatchWarning, TreeError
 from ..inputs.contents import FileInfo, describe_file, inspect_file
 from ..inputs.executors import map_files
 from ..inputs.formats import DEFAULT_TIMEOUT, BranchInfo, open_table
-from ..inputs.selection import Selection, encode_mask, kind_of
+from ..inputs.selection import Selection, encode_mask
 from ..inputs.sources import DEFAULT_TREE, FileSource, parse_sources
 from .branches import check_kinds
 from .kinds import WHY_NOT, is_usable
 from .patterns import check_patterns
+from .steps import apply_selection, step_specs, steps_until
 from .values import DEFAULT_EXCLUDE, BranchSpec, FileSpec, Specs
 
 __all__ = ["SpecBuilder", "check_selection", "describe_skipped", "own_specs_path", "scan_selection", "select_branches"]
@@ -153,6 +153,11 @@ class SpecBuilder:
         bar, progress is logged at INFO level.
     timeout : float
         Seconds to wait for the server of a remote file, to connect and for each read (default 30).
+    stops : sequence of int, optional
+        Per file, the entry before which to read: the statistics (and the cut's
+        count and mask) cover entries ``[0, stop)`` only, e.g. a sequence's
+        training events (see :func:`mlaas4hep.stream.training.training_stops`).
+        Recorded in :attr:`selection`, so specs over other entries are not reused.
 
     Notes
     -----
@@ -184,12 +189,17 @@ class SpecBuilder:
         cut: str | None = None,
         aliases: Mapping[str, str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        stops: Sequence[int] | None = None,
     ) -> None:
         self.cuts = Selection(cut, aliases or {})
         self.timeout = float(timeout)
         self.sources = parse_sources(files, tree, redirector, format)
         if not self.sources:
             msg = "no input files given"
+            raise ParameterError(msg)
+        self.stops = None if stops is None else [int(stop) for stop in stops]
+        if self.stops is not None and len(self.stops) != len(self.sources):
+            msg = f"stops holds {len(self.stops)} entries for {len(self.sources)} files"
             raise ParameterError(msg)
         self.branches = None if branches is None else ([branches] if isinstance(branches, str) else list(branches))
         self.exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
@@ -277,6 +287,10 @@ class SpecBuilder:
         reason = cached.mismatch(fingerprints)
         if reason:
             return f"does not match the input files: {reason}"
+        stops = self.selection.get("stops")
+        if cached.selection.get("stops") != stops:
+            over = "all entries" if stops is None else f"the entries before {stops} (a split's training events)"
+            return f"covers other entries than {over}: {cached.selection.get('stops') or 'all'}"
         if cached.selection != self.selection:
             return f"was made with another branch selection ({dict(cached.selection)} instead of {self.selection})"
         return None
@@ -288,6 +302,8 @@ class SpecBuilder:
         if self.common_branches:
             selection["common_branches"] = True
         selection.update(self.cuts.to_dict())  # specs made without the cut are not reused with it
+        if self.stops is not None:  # specs over other entries (all, or another split's) are not reused
+            selection["stops"] = self.stops
         return selection
 
     def scan(self, files: Sequence[FileInfo] | None = None) -> Specs:
@@ -367,8 +383,8 @@ class SpecBuilder:
         )
         return common
 
-    def scan_file(self, source: FileSource, include: Sequence[str] | None) -> Specs:
-        """The specs of one file: the unit of work of the first pass, merged in file order afterwards."""
+    def scan_file(self, source: FileSource, include: Sequence[str] | None, stop: int | None = None) -> Specs:
+        """The specs of one file, of its entries before ``stop`` (all: None); merged in file order afterwards."""
         t0 = time.perf_counter()
         with open_table(source, self.timeout) as table:
             info = describe_file(source, table)
@@ -378,17 +394,17 @@ class SpecBuilder:
             read = list(dict.fromkeys([*kinds, *self.cuts.branches(derived)]))
             masks: list[np.ndarray] = []
             parts: dict[str, BranchSpec] = {}
-            for arrays in table.iterate(read, self.step_size):
+            for arrays in steps_until(table.iterate(read, self.step_size), stop):
                 step_kinds = kinds
                 if self.cuts:
-                    arrays, step_kinds, keep = _apply_selection(self.cuts, arrays, kinds, derived)
+                    arrays, step_kinds, keep = apply_selection(self.cuts, arrays, kinds, derived)
                     masks.append(keep)
-                for name, step in _step_specs(arrays, step_kinds):
+                for name, step in step_specs(arrays, step_kinds):
                     parts[name] = parts[name].merge(step) if name in parts else step
         log.debug(
             "scanned %s: %d entries, %d branches in %.2f s", source, info.entries, len(kinds), time.perf_counter() - t0
         )
-        described = FileSpec.from_info(info)
+        described = replace(FileSpec.from_info(info), stop=stop)
         if self.cuts.cut is not None:
             mask = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
             described = replace(described, selected=int(np.count_nonzero(mask)), mask=encode_mask(mask))
@@ -417,16 +433,6 @@ def own_specs_path(path: str | os.PathLike[str]) -> Path:
             stacklevel=4,
         )
     return beside
-
-
-def _step_specs(arrays: Any, kinds: Mapping[str, BranchInfo]) -> Iterable[tuple[str, BranchSpec]]:
-    """The statistics of one step of the first pass, branch by branch."""
-    for name, info in kinds.items():
-        if info.kind == "jagged":
-            counts, values = jagged_parts(arrays[name])
-            yield name, BranchSpec.from_values(name, "jagged", info.dtype, values, counts)
-        else:  # flat, or a fixed-size array: the statistics of all its numbers
-            yield name, BranchSpec.from_values(name, info.kind, info.dtype, flat_values(arrays[name]))
 
 
 def scan_selection(
@@ -460,23 +466,8 @@ def check_selection(cuts: Selection, infos: Sequence[BranchInfo], where: str) ->
         raise BranchError(msg)
 
 
-def _apply_selection(
-    cuts: Selection, arrays: Any, kinds: Mapping[str, BranchInfo], derived: Sequence[str]
-) -> tuple[dict[str, Any], dict[str, BranchInfo], np.ndarray]:
-    """One step of the first pass after the cut, with the derived branches: (arrays, kinds, mask)."""
-    n = len(arrays)
-    keep = cuts.mask(arrays, n)
-    everything = keep.all()
-    kept: dict[str, Any] = {name: arrays[name] if everything else arrays[name][keep] for name in kinds}
-    step_kinds = dict(kinds)
-    for name, values in cuts.derive(arrays, derived, n).items():
-        kind, dtype = kind_of(name, values)
-        kept[name] = values if everything else values[keep]
-        step_kinds[name] = BranchInfo(name, kind, dtype)
-    return kept, step_kinds, keep
-
-
 # -- per-file task: a top-level function, so that Dask and process pools can pickle it ---------------
 def _scan_task(source: FileSource, builder: SpecBuilder, include: Sequence[str] | None) -> Specs:
     """Specs of one file (see :meth:`SpecBuilder.scan_file`)."""
-    return builder.scan_file(source, include)
+    stop = None if builder.stops is None else builder.stops[builder.sources.index(source)]
+    return builder.scan_file(source, include, stop)

@@ -271,7 +271,10 @@ class FileSpec:
 
     With a cut, ``selected`` counts the entries that pass it and ``mask`` says
     which ones they are (see :func:`mlaas4hep.inputs.selection.encode_mask`); both are
-    None without a cut.
+    None without a cut. With a ``stop`` (the first pass of a split sequence: the
+    entry after the file's last training event), the statistics cover the
+    entries before it only, and ``selected`` and ``mask`` those entries too;
+    ``entries`` and the fingerprint stay those of the whole file.
     """
 
     path: str
@@ -282,6 +285,7 @@ class FileSpec:
     uuid: str | None = None
     selected: int | None = None
     mask: str | None = None
+    stop: int | None = None
 
     @classmethod
     def from_info(cls, info: FileInfo) -> FileSpec:
@@ -290,8 +294,10 @@ class FileSpec:
 
     @property
     def events(self) -> int:
-        """Events this file contributes: those passing the cut, or all its entries."""
-        return self.entries if self.selected is None else self.selected
+        """Events the statistics count: those passing the cut, or all its entries (before ``stop``, when given)."""
+        if self.selected is not None:
+            return self.selected
+        return self.entries if self.stop is None else min(self.stop, self.entries)
 
     def mismatch(self, other: FileSpec) -> str | None:
         """Why ``other`` (the file as it is now) is not the file these specs describe, or None."""

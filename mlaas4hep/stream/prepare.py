@@ -53,6 +53,7 @@ from .safeguards import (
     keep_finite,
     warn_data,
 )
+from .training import check_recorded_split, statistics_from_training, training_stops
 
 __all__ = ["PreparedData", "labeled", "prepare"]
 
@@ -193,7 +194,7 @@ def prepare(
     for info in infos:  # before the first pass, which leaves the outputs' branches out of the features
         check_outputs(info, selection, outputs)
     _check_patterns(options, infos, selection)
-    specs = _feature_specs(sources, infos, options, statistics, not_features)
+    specs, early = _specs_and_events(sources, infos, options, (statistics, selection), outputs, not_features)
     for info in infos:
         check_file(info, specs, selection, outputs)
     checked = check_split(specs, replace(options, cut=statistics.cut) if options.folds else options)  # and the folds
@@ -201,7 +202,7 @@ def prepare(
         checked.save(own_specs_path(options.specs))  # the split it records, for the other parts made from the file
     specs = checked
     check_leaks(specs.names, selection, outputs, options.allow_leaks)
-    events, selected = _events(sources, infos, specs, selection, outputs, options)
+    events, selected = early or _events(sources, infos, specs, selection, outputs, options)
     ranges = _ranges(events, options)
     plan = ChunkPlan.build(ranges, options.chunk_size, files_per_chunk=options.files_per_chunk)
     if plan.n_events == 0:
@@ -329,14 +330,42 @@ def _match(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def _specs_and_events(
+    sources: Sequence[FileSource],
+    infos: Sequence[FileInfo],
+    options: Options,
+    selections: tuple[Selection, Selection],
+    outputs: Outputs,
+    not_features: list[str],
+) -> tuple[Specs, tuple[list[int], tuple[np.ndarray, ...] | None] | None]:
+    """The specs of the features, and with a split the events to serve (else None: found after the specs).
+
+    With a split (:func:`~mlaas4hep.stream.training.statistics_from_training`)
+    the events are found first: the first pass reads the training ones only.
+    ``selections`` are those of the specs and of the served events.
+    """
+    statistics, selection = selections
+    if not statistics_from_training(options):
+        return _feature_specs(sources, infos, options, statistics, not_features), None
+    check_recorded_split(options)
+    given = options.specs if isinstance(options.specs, Specs) else None
+    early = _events(sources, infos, given, selection, outputs, options)
+    stops = training_stops(*early, options)
+    return _feature_specs(sources, infos, options, statistics, not_features, stops), early
+
+
 def _feature_specs(
     sources: Sequence[FileSource],
     infos: Sequence[FileInfo],
     options: Options,
     selection: Selection,
     not_features: list[str],
+    stops: Sequence[int] | None = None,
 ) -> Specs:
-    """The specs of the features: a ready Specs narrowed by ``branches`` and ``exclude``, or the first pass."""
+    """The specs of the features: a ready Specs narrowed by ``branches`` and ``exclude``, or the first pass.
+
+    The first pass reads each file before its entry of ``stops`` (all of it: None): the training events.
+    """
     given = options.specs
     if not isinstance(given, Specs):
         builder = SpecBuilder(
@@ -347,6 +376,7 @@ def _feature_specs(
             cut=selection.cut,
             aliases=selection.aliases,
             timeout=options.timeout,
+            stops=stops,
         )
         return builder.build(cache=given, files=infos)
     specs = given
@@ -379,7 +409,7 @@ def _expand(specs: Specs, patterns: Sequence[str]) -> list[str]:
 def _events(
     sources: Sequence[FileSource],
     infos: Sequence[FileInfo],
-    specs: Specs,
+    specs: Specs | None,
     selection: Selection,
     outputs: Outputs,
     options: Options,
@@ -402,19 +432,25 @@ def _events(
 
 
 def _selected(
-    sources: Sequence[FileSource], infos: Sequence[FileInfo], specs: Specs, selection: Selection, timeout: float
+    sources: Sequence[FileSource],
+    infos: Sequence[FileInfo],
+    specs: Specs | None,
+    selection: Selection,
+    timeout: float,
 ) -> tuple[np.ndarray, ...] | None:
     """The entries of each file that pass the cut (None without a cut).
 
     The cut's result comes from the specs when they recorded the same cut for
-    these very files; otherwise from a pass over the branches the cut reads.
+    these very files, over whole files (no ``stop``); otherwise from a pass over the branches the cut reads.
     """
     if selection.cut is None:
         return None
-    files = specs.files
-    recorded = specs.selection
+    files = () if specs is None else specs.files
+    recorded = {} if specs is None else specs.selection
     if (
-        [(f.path, f.tree) for f in files] == [(s.location, s.tree) for s in sources]
+        files
+        and all(f.stop is None for f in files)
+        and [(f.path, f.tree) for f in files] == [(s.location, s.tree) for s in sources]
         and recorded.get("cut") == selection.cut
         and dict(recorded.get("aliases") or {}) == dict(selection.aliases)
         and all(f.mask is not None for f in files)
