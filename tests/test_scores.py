@@ -468,7 +468,7 @@ def test_an_error_in_a_later_tree_leaves_no_output(
     trained: Trained, one_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first tree written, the second fails: no output file, no temporary, an existing output untouched."""
-    import mlaas4hep.scores as scores
+    import mlaas4hep.scores.write as scores
 
     original = scores._predictions
     calls: list[str] = []

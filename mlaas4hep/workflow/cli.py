@@ -240,10 +240,11 @@ def _predict(args: argparse.Namespace) -> int:
 
     files = [f for value in args.files for f in read_list(value, "FILE")]
     import_keras(args.verbose)
+    one = len(args.model) == 1 and len(args.preprocessing) == 1  # one model; several: the models of k folds
     written = write_scores(
-        args.model,
+        args.model[0] if one else args.model,
         files,
-        preprocessing=args.preprocessing,
+        preprocessing=args.preprocessing[0] if one else args.preprocessing,
         output_dir=args.output_dir,
         name=args.name,
         tree=args.tree,
@@ -262,8 +263,18 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "files", nargs="+", metavar="FILE", help="ROOT files (file.root or file.root:tree), or list files"
     )
-    parser.add_argument("--model", required=True, help="the trained model (.keras)")
-    parser.add_argument("--preprocessing", required=True, help="its preprocessing (model.preprocessing.json)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="the trained model (.keras); once per fold for the k models of a k-fold training",
+    )
+    parser.add_argument(
+        "--preprocessing",
+        required=True,
+        action="append",
+        help="its preprocessing (model.preprocessing.json); once per --model, in the same order",
+    )
     parser.add_argument("--output-dir", required=True, help="where to write one friend file per input file")
     parser.add_argument("--name", default="score", help="the scores' branch, and the files' suffix (default score)")
     parser.add_argument("--cut", default=None, help="entries where this is false get NaN (default: score every entry)")
