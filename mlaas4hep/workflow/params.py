@@ -47,6 +47,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "seed": DEFAULT_SEED,
     "normalization": "minmax",
     "layout": "flat",
+    "folds": None,
+    "fold_by": None,
 }
 """Every key params.json may hold, with its default (the first twelve are the original's)."""
 
@@ -72,6 +74,8 @@ class WorkflowParams:
     seed: int | None = DEFAULT_SEED
     normalization: str | None = "minmax"
     layout: str = "flat"
+    folds: int | None = None
+    fold_by: str | None = None
 
     @property
     def exclude(self) -> list[str]:
@@ -119,6 +123,7 @@ class WorkflowParams:
         shuffle = _flag(merged, "shuffle", where)
         seed = _seed(merged, where)
         normalization = _normalization(merged, where)
+        folding = _folding(data, merged, where)  # with folds, test_split is 0 (each fold is the test part in turn)
         params = cls(
             nevts=_integer(merged, "nevts", where, 1, allow_minus_one=True),
             shuffle=shuffle,
@@ -133,10 +138,11 @@ class WorkflowParams:
             redirector=_text(merged, "redirector", where),
             verbose=_integer(merged, "verbose", where, 0),
             validation_split=_fraction(merged, "validation_split", where),
-            test_split=_fraction(merged, "test_split", where),
+            test_split=0.0 if folding else _fraction(merged, "test_split", where),
             seed=seed,
             normalization=normalization,
             layout=_layout(merged, where),
+            **folding,
         )
         if params.validation_split + params.test_split >= 1:
             msg = (
@@ -288,6 +294,36 @@ def _normalization(merged: Mapping[str, Any], where: str) -> str | None:
         msg = f'{where}: \'normalization\' must be "minmax", "standard" or null, got {normalization!r}'
         raise ParameterError(msg)
     return normalization
+
+
+def _folding(data: Mapping[str, Any], merged: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``folds`` (an integer >= 2) and ``fold_by`` (``"event"`` by default) by name; empty without folds.
+
+    With folds the test part is each fold in turn: a ``test_split`` that
+    params.json gives (other than 0) is refused, naming both keys.
+    """
+    folds = merged["folds"]
+    fold_by = merged["fold_by"]
+    if folds is None:
+        if fold_by is not None:
+            msg = f"{where}: 'fold_by' ({fold_by!r}) needs 'folds', the number of folds (an integer >= 2)"
+            raise ParameterError(msg)
+        return {}
+    if not is_int(folds) or folds < 2:
+        msg = f"{where}: 'folds' must be an integer >= 2 (or null for no folds), got {folds!r}"
+        raise ParameterError(msg)
+    if data.get("test_split"):
+        msg = (
+            f"{where}: 'test_split' ({data['test_split']!r}) does not go with 'folds' ({folds}): "
+            "each fold in turn is the test part; leave test_split out"
+        )
+        raise ParameterError(msg)
+    if fold_by is None:
+        fold_by = "event"
+    elif not isinstance(fold_by, str) or not fold_by.strip():
+        msg = f"{where}: 'fold_by' must be a branch name or an expression (a non-empty string), got {fold_by!r}"
+        raise ParameterError(msg)
+    return {"folds": int(folds), "fold_by": fold_by.strip()}
 
 
 def _layout(merged: Mapping[str, Any], where: str) -> str:

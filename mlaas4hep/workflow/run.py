@@ -32,6 +32,7 @@ from ..errors import ParameterError
 from ..preprocessing import preprocessing_path
 from ..specs.values import Specs
 from .evaluation import evaluate, plot_results
+from .folds import FoldResult, log_predict_command, plot_pooled_roc, summarize, train_fold
 from .lists import load_model_function
 from .params import DEFAULT_PARAMS, WorkflowParams, load_params, params_path, save_params
 from .plots import plot_sequence_features
@@ -50,6 +51,15 @@ class WorkflowResult:
     ``params`` are those the run used, its ``seed`` filled in (drawn when
     params.json said ``"seed": null``); ``model_path``, ``preprocessing_path``
     and ``params_path`` are None unless the model was saved (``fout``).
+
+    With params' ``folds`` (k), ``folds`` holds each fold's
+    :class:`~mlaas4hep.workflow.folds.FoldResult` (its model, metrics on its
+    test fold, saved paths); ``model`` is the list of the k models, ``specs``
+    fold 0's, ``history`` empty, ``metrics`` each metric's mean over the folds
+    (``spreads`` their standard deviation) plus ``pooled_roc_auc``, which is
+    also ``roc_auc``: the ROC AUC of every event, scored by its fold's model.
+    ``model_path`` and ``preprocessing_path`` stay None (each fold has its
+    own); ``params_path`` is the one params file of the run.
     """
 
     model: Any
@@ -62,6 +72,8 @@ class WorkflowResult:
     preprocessing_path: Path | None = None
     params: WorkflowParams = field(default_factory=WorkflowParams)
     params_path: Path | None = None
+    folds: list[FoldResult] = field(default_factory=list)
+    spreads: dict[str, float] = field(default_factory=dict)
 
     @property
     def seed(self) -> int | None:
@@ -132,6 +144,13 @@ def run_workflow(
     (Python's, NumPy's and the backend's generators) before the model is built,
     so the same params repeat a run.
 
+    With params' ``folds`` (k) the run trains k models instead
+    (:mod:`~mlaas4hep.workflow.folds`): model j on every fold but j, less
+    ``validation_split``, tested on fold j; ``fout`` ``model.keras`` saves
+    ``model_fold{j}.keras`` and ``model_fold{j}.preprocessing.json`` for each
+    fold and one ``model.params.json``, and ``specs`` ``specs.json`` becomes
+    ``specs_fold{j}.json``.
+
     Examples
     --------
     >>> result = run_workflow(["sig.root", "bkg.root"], [1, 0], seed_model,
@@ -151,6 +170,8 @@ def run_workflow(
     _log_seed(used.seed, drawn=given.seed is None)
     import keras
 
+    if used.folds is not None:
+        return _run_folds(files, labels, model_function, used, specs, fout, preproc)
     keras.utils.set_random_seed(used.seed)
     sequences: list[Any] = []
     try:
@@ -226,6 +247,31 @@ def _make_sequences(
     the caller to close even when a later one fails.
     """
     t0 = time.perf_counter()
+    common, training = _sequence_options(files, labels, params, preproc)
+    fractions = (params.validation_split, params.test_split)
+    train_seq = _make_sequence("training", fractions, specs=specs, shuffle=params.shuffle, **training, **common)
+    opened.append(train_seq)
+    log.info("--- first pass: %s (the inputs per event, jagged branches padded)", train_seq.specs.summary())
+    val = test = None
+    if params.validation_split:
+        val = _make_sequence("validation", fractions, specs=train_seq.specs, shuffle=False, **common)
+        opened.append(val)
+    if params.test_split:
+        test = _make_sequence("test", fractions, specs=train_seq.specs, shuffle=False, **common)
+        opened.append(test)
+    log.debug("sequences made in %.2f s", time.perf_counter() - t0)
+    n_val, n_test = (None if seq is None else seq.n_events for seq in (val, test))
+    log.info("%s", split_line(params, train_seq.n_events, len(train_seq), n_val, n_test))
+    return train_seq, val, test
+
+
+def _sequence_options(
+    files: Sequence[str | os.PathLike[str]],
+    labels: Sequence[float] | str,
+    params: WorkflowParams,
+    preproc: Preproc | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The keyword arguments of every sequence of the run, and those of the training one only (its branches)."""
     common: dict[str, Any] = {
         "files": list(files),
         "labels": labels,
@@ -240,29 +286,11 @@ def _make_sequences(
         "cut": preproc.cut if preproc is not None else None,
         "aliases": dict(preproc.aliases) if preproc is not None else None,
     }
-    fractions = (params.validation_split, params.test_split)
-    train_seq = _make_sequence(
-        "training",
-        fractions,
-        branches=list(params.selected_branches) or None,
-        exclude=params.exclude + (list(preproc.exclude) if preproc is not None else []),
-        specs=specs,
-        shuffle=params.shuffle,
-        **common,
-    )
-    opened.append(train_seq)
-    log.info("--- first pass: %s (the inputs per event, jagged branches padded)", train_seq.specs.summary())
-    val = test = None
-    if params.validation_split:
-        val = _make_sequence("validation", fractions, specs=train_seq.specs, shuffle=False, **common)
-        opened.append(val)
-    if params.test_split:
-        test = _make_sequence("test", fractions, specs=train_seq.specs, shuffle=False, **common)
-        opened.append(test)
-    log.debug("sequences made in %.2f s", time.perf_counter() - t0)
-    n_val, n_test = (None if seq is None else seq.n_events for seq in (val, test))
-    log.info("%s", split_line(params, train_seq.n_events, len(train_seq), n_val, n_test))
-    return train_seq, val, test
+    training = {
+        "branches": list(params.selected_branches) or None,
+        "exclude": params.exclude + (list(preproc.exclude) if preproc is not None else []),
+    }
+    return common, training
 
 
 def _make_sequence(part: str, fractions: tuple[float, float], **kwargs: Any) -> Any:
@@ -296,6 +324,42 @@ def split_line(params: WorkflowParams, n_train: int, n_batches: int, n_val: int 
     else:
         parts.append(f"the last {100 * params.test_split:.3g}% are the test set ({n_test} events; test_split)")
     return f"split of {scope}, in order: " + ", ".join(parts)
+
+
+def _run_folds(
+    files: Sequence[str | os.PathLike[str]],
+    labels: Sequence[float] | str,
+    model_function: Callable[[Any], Any],
+    params: WorkflowParams,
+    specs: str | os.PathLike[str] | Specs | None,
+    fout: str | os.PathLike[str] | None,
+    preproc: Preproc | None,
+) -> WorkflowResult:
+    """params' ``folds``: k models, model j trained on the other folds and tested on fold j; the summary."""
+    assert params.folds is not None
+    options = _sequence_options(files, labels, params, preproc)
+    hist_dir = Path(params.hist) if params.hist else None
+    if hist_dir is not None:
+        hist_dir.mkdir(parents=True, exist_ok=True)
+    model_path = Path(fout) if fout is not None else None
+    folds = [
+        train_fold(j, model_function, params, options, specs=specs, model_path=model_path, hist_dir=hist_dir)
+        for j in range(params.folds)
+    ]
+    means, spreads, pooled = summarize(folds)
+    plots = [path for fold in folds for path in fold.plots]
+    if hist_dir is not None:
+        plots.append(plot_pooled_roc(hist_dir, folds))
+        log.info("plots: %s", ", ".join(map(str, plots)))
+    metrics = {**means, "pooled_roc_auc": pooled}
+    models = [fold.model for fold in folds]
+    result = WorkflowResult(models, folds[0].specs, {}, metrics, pooled, plots, params=params, folds=folds)
+    result.spreads = spreads
+    if model_path is not None:
+        result.params_path = save_params(params, params_path(model_path))
+        log.info("saved the run's params (seed %s, %d folds) to %s", params.seed, params.folds, result.params_path)
+        log_predict_command(files, folds, model_path.parent / "scores")
+    return result
 
 
 def _save(result: WorkflowResult, model_path: Path, train_seq: Any) -> None:

@@ -58,6 +58,12 @@ def test_params_defaults_and_seed_example(tmp_path: Path) -> None:
         ({"test_split": 1}, r"'test_split' must be a number in \[0, 1\)"),
         ({"verbose": -1}, "'verbose' must be an integer >= 0, got -1"),
         ({"layout": "sets"}, "'layout' must be one of \\('flat', 'collections'\\), got 'sets'"),
+        ({"folds": 1}, "'folds' must be an integer >= 2"),
+        ({"folds": 2.5}, "'folds' must be an integer >= 2"),
+        ({"folds": True}, "'folds' must be an integer >= 2"),
+        ({"folds": 5, "test_split": 0.2}, "'test_split' \\(0.2\\) does not go with 'folds' \\(5\\)"),
+        ({"fold_by": "event"}, "'fold_by' \\('event'\\) needs 'folds'"),
+        ({"folds": 3, "fold_by": ""}, "'fold_by' must be a branch name or an expression"),
     ],
 )
 def test_params_errors_name_the_key(tmp_path: Path, data: dict[str, Any], match: str) -> None:
@@ -74,3 +80,11 @@ def test_params_file_errors(tmp_path: Path) -> None:
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ParameterError, match="not a JSON object"):
         load_params(tmp_path / "list.json")
+
+
+def test_folds_params() -> None:
+    params = WorkflowParams.from_dict({"folds": 5, "validation_split": 0.1, "test_split": 0})
+    assert (params.folds, params.fold_by, params.test_split, params.validation_split) == (5, "event", 0, 0.1)
+    assert WorkflowParams.from_dict({"folds": 2, "fold_by": "evrun"}).fold_by == "evrun"
+    assert WorkflowParams.from_dict(params.to_dict()) == params  # a saved run's params repeat it
+    assert (WorkflowParams().folds, WorkflowParams().fold_by) == (None, None)
