@@ -181,7 +181,8 @@ class Preprocessing:
         collections = {g.name: tuple(g.branches) for g in flattener.collections}
         folds = getattr(options, "folds", None)  # datasets made before folds were an option have none
         cut = prepared.selection.cut if folds is None else options.cut  # the user's cut, without the folds'
-        aliases = _aliases_needed(prepared.selection.aliases, [*specs.names, *_cut_names(cut)])
+        fold_by = _cut_names(f"({options.fold_by}) % 2") if folds is not None else []  # scoring computes the folds
+        aliases = _aliases_needed(prepared.selection.aliases, [*specs.names, *_cut_names(cut), *fold_by])
         return cls(
             specs,
             widths,

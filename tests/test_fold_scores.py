@@ -204,3 +204,29 @@ def test_the_cli_scores_with_the_three_models(folds: Folds, tmp_path: Path, caps
     with pytest.raises(SystemExit) as exited:  # a preprocessing short
         main([*argv[:-2], "--overwrite"])
     assert exited.value.code == 2 and "got 3 models and 2 preprocessings" in capsys.readouterr().err
+
+
+def test_a_fold_by_alias_is_saved_and_scores_each_entry_by_its_fold(folds: Folds, tmp_path: Path) -> None:
+    """An alias that only fold_by uses is saved with each preprocessing (it was dropped: scoring failed)."""
+    models, recipes = [], []
+    for j in range(2):
+        seq = RootSequence(
+            folds.files,
+            [1, 0],
+            branches=["x", "y"],
+            aliases={"evt": "event + 40"},
+            folds=2,
+            fold=j,
+            fold_by="evt",
+            subset="training",
+            chunk_size=100,
+        )
+        recipes.append(seq.save_preprocessing(tmp_path / f"alias{j}.preprocessing.json"))
+        seq.close()
+        assert Preprocessing.load(recipes[-1]).aliases == {"evt": "event + 40"}
+        models.append(folds.models[j])
+    written = write_scores(models, folds.files, preprocessing=recipes, output_dir=tmp_path / "out")
+    for path, friend in zip(folds.files, written, strict=True):
+        with uproot.open(path) as f, uproot.open(friend) as g:
+            event = f["Events"]["event"].array(library="np")
+            np.testing.assert_array_equal(g["Events"]["fold"].array(library="np"), (event + 40) % 2)
