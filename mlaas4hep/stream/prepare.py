@@ -344,14 +344,18 @@ def _specs_and_events(
     the events are found first: the first pass reads the training ones only.
     ``selections`` are those of the specs and of the served events.
     """
-    statistics, selection = selections
-    if not statistics_from_training(options):
+    statistics = selections[0]  # without folds, the served events' selection too
+    folded = bool(options.folds) and (bool(options.validation_split) or options.nevts != -1)
+    if not statistics_from_training(options) and not folded:
         return _feature_specs(sources, infos, options, statistics, not_features), None
-    check_recorded_split(options)
+    if not options.folds:
+        check_recorded_split(options)
     given = options.specs if isinstance(options.specs, Specs) else None
-    early = _events(sources, infos, given, selection, outputs, options)
+    # with folds, the training folds' events (those subset="training" cuts its parts from), whatever the subset
+    early = _events(sources, infos, given, statistics, outputs, options)
     stops = training_stops(*early, options)
-    return _feature_specs(sources, infos, options, statistics, not_features, stops), early
+    served = None if options.folds and options.subset == "test" else early  # the test fold: found later
+    return _feature_specs(sources, infos, options, statistics, not_features, stops), served
 
 
 def _feature_specs(

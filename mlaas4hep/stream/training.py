@@ -9,8 +9,10 @@ arguments compute the same specs. The training events of a file are the first
 of its used events, so the first pass reads each file up to the entry after
 its last training event (:func:`training_stops`) and no further.
 
-Folded sequences (``folds``) keep their own rule: the specs of every part of
-fold ``j`` are made over the training folds (see :mod:`mlaas4hep.inputs.folds`).
+Folded sequences (``folds``) compute the specs of every part of fold ``j``
+over the training events of the training folds (see :mod:`mlaas4hep.inputs.folds`):
+with ``validation_split`` or ``nevts``, the same stops, found among the
+training folds' events.
 A sequence without a split (``subset`` None) keeps statistics over all events.
 """
 
