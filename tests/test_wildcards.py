@@ -175,3 +175,20 @@ def test_without_the_xrootd_client_a_root_url_pattern_says_what_to_install(monke
         parse_sources("root://host//store/sig_*.root")
     (plain,) = parse_sources("root://host//store/sig_1.root")  # no pattern: nothing to list
     assert plain.path == "root://host//store/sig_1.root"
+
+
+def test_a_pattern_in_files_txt_takes_its_line_of_labels_txt(samples: Path, tmp_path: Path) -> None:
+    """The workflow's files.txt may hold patterns: each line is one entry, labelled by its line of labels.txt."""
+    from mlaas4hep.workflow.lists import parse_labels, read_list
+    from mlaas4hep.workflow.models import seed_model
+    from mlaas4hep.workflow.run import run_workflow
+
+    (tmp_path / "files.txt").write_text(f"{samples}/sig_*.root\n{samples}/bkg_*.root  # two backgrounds\n")
+    (tmp_path / "labels.txt").write_text("1\n0\n")
+    files, labels = read_list(str(tmp_path / "files.txt")), parse_labels(str(tmp_path / "labels.txt"))
+    assert files == [f"{samples}/sig_*.root", f"{samples}/bkg_*.root"] and labels == [1.0, 0.0]
+    params = {"epochs": 1, "chunk_size": -1, "verbose": 0, "test_split": 0, "validation_split": 0.5, "seed": 1}
+    result = run_workflow(files, labels, seed_model, params)
+    assert result.specs.n_events == sum(n - n // 2 for _, n in FILES.values())  # every file's training half
+    _, uids, y, _ = served(files, labels=labels)
+    np.testing.assert_array_equal(y, np.where(uids // ID <= 2, 1.0, 0.0))  # file ids 1, 2 are the sig_* files
