@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -110,3 +111,16 @@ def zmumu() -> Path:
     if not path.exists():
         pytest.skip(f"{path} not found")
     return path
+
+
+@pytest.fixture(params=["in-process", "helper"])
+def xrootd_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Reach root:// in this process, or through the helper process used once TensorFlow is loaded."""
+    from mlaas4hep.inputs import remote
+
+    if request.param == "helper":
+        monkeypatch.setattr(remote, "_xrootd_in_process", lambda: False)
+    elif "XRootD.client" not in sys.modules:
+        pytest.skip("TensorFlow was imported first here: XRootD can only be reached through the helper")
+    mode: str = request.param
+    return mode

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,15 +133,6 @@ def xrootd(samples: Path) -> Iterator[XRootDServer]:
     server = start_xrootd(samples)
     yield server
     server.stop()
-
-
-@pytest.fixture(params=["in-process", "helper"])
-def xrootd_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "helper":
-        monkeypatch.setattr(_remote, "_xrootd_in_process", lambda: False)
-    elif "XRootD.client" not in sys.modules:
-        pytest.skip("TensorFlow was imported first here: XRootD can only list through the helper")
-    return str(request.param)
 
 
 def test_a_root_url_pattern_lists_its_folder(xrootd: XRootDServer, xrootd_mode: str) -> None:

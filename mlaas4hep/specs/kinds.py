@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import re
 
+from ..inputs.formats.table import fixed_kind  # where the formats name their kinds
+
 __all__ = ["WHY_NOT", "fixed_kind", "fixed_shape", "fixed_width", "is_usable"]
 
 WHY_NOT = {
@@ -27,11 +29,6 @@ WHY_NOT = {
 """What a branch of each unusable kind holds, for the messages."""
 
 _FIXED = re.compile(r"fixed((?:\[[1-9][0-9]*\])+)")
-
-
-def fixed_kind(shape: tuple[int, ...]) -> str:
-    """The kind of a fixed-size array of numbers of ``shape``: ``fixed_kind((2, 3)) == "fixed[2][3]"``."""
-    return "fixed" + "".join(f"[{int(n)}]" for n in shape)
 
 
 def fixed_shape(kind: str) -> tuple[int, ...] | None:

@@ -17,7 +17,6 @@ import logging
 import os
 import shlex
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +25,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ParameterError
-from ..preprocessing import preprocessing_path
 from ..specs.values import Specs
 from .evaluation import ESTIMATES, evaluate
 from .params import WorkflowParams
 from .plots import auc_score, plot_history, plot_roc, plot_sequence_features, roc_curve
-from .training import build_model, train
+from .training import build_model, save_model, train
 
 __all__ = ["FoldResult", "fold_path", "fold_split_line", "predict_command", "summarize", "train_fold"]
 
@@ -209,11 +207,8 @@ def fold_split_line(
 
 def _save_fold(result: FoldResult, model_path: Path, train_seq: Any) -> None:
     """Save fold ``result.fold``'s model and its preprocessing (which records the fold); paths into ``result``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # Keras' notes on saving subclassed models
-        result.model.save(model_path)
     result.model_path = model_path
-    result.preprocessing_path = train_seq.save_preprocessing(preprocessing_path(model_path))
+    result.preprocessing_path = save_model(result.model, model_path, train_seq)
     log.info(
         "saved fold %d's model to %s and its preprocessing to %s", result.fold, model_path, result.preprocessing_path
     )

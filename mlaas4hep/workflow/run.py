@@ -22,14 +22,12 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ParameterError
-from ..preprocessing import preprocessing_path
 from ..specs.values import Specs
 from .evaluation import evaluate, plot_results
 from .folds import FoldResult, log_predict_command, plot_pooled_roc, summarize, train_fold
@@ -37,7 +35,7 @@ from .lists import load_model_function
 from .params import DEFAULT_PARAMS, WorkflowParams, load_params, params_path, save_params
 from .plots import plot_sequence_features
 from .preproc import Preproc, load_preproc, translate_preproc
-from .training import build_model, train
+from .training import build_model, save_model, train
 
 __all__ = ["WorkflowResult", "run_workflow", "split_line"]
 
@@ -364,11 +362,8 @@ def _run_folds(
 
 def _save(result: WorkflowResult, model_path: Path, train_seq: Any) -> None:
     """Save the model, its preprocessing and the run's params beside each other; their paths go into ``result``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # Keras' notes on saving subclassed models
-        result.model.save(model_path)
     result.model_path = model_path
-    result.preprocessing_path = train_seq.save_preprocessing(preprocessing_path(model_path))
+    result.preprocessing_path = save_model(result.model, model_path, train_seq)
     result.params_path = save_params(result.params, params_path(model_path))
     log.info(
         "saved the model to %s, its preprocessing to %s and the run's params (seed %s) to %s",

@@ -14,13 +14,16 @@ import inspect
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..errors import ParameterError, reraise
+from ..preprocessing import preprocessing_path
 from .params import WorkflowParams
 
-__all__ = ["build_model", "epoch_line", "fit_model", "train"]
+__all__ = ["build_model", "epoch_line", "fit_model", "save_model", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -233,3 +236,11 @@ def train(ml_model: Any, train: Any, val: Any | None, params: WorkflowParams) ->
     log.info("trained %d epoch%s in %.1f s", params.epochs, "" if params.epochs == 1 else "s", time.perf_counter() - t1)
     history: dict[str, list[float]] = epoch_log.history or dict(getattr(returned, "history", None) or {})
     return history
+
+
+def save_model(model: Any, model_path: Path, train_seq: Any) -> Path:
+    """Save ``model`` to ``model_path`` and the training sequence's preprocessing beside it; the latter's path."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Keras' notes on saving subclassed models
+        model.save(model_path)
+    return Path(train_seq.save_preprocessing(preprocessing_path(model_path)))

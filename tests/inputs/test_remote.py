@@ -71,17 +71,6 @@ def http(served: Path) -> Iterator[HTTPServer]:
     server.stop()
 
 
-@pytest.fixture(params=["in-process", "helper"])
-def xrootd_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Read root:// in this process, or through the helper process used once TensorFlow is loaded."""
-    if request.param == "helper":
-        monkeypatch.setattr(_remote, "_xrootd_in_process", lambda: False)
-    elif "XRootD.client" not in sys.modules:
-        pytest.skip("TensorFlow was imported first here: XRootD can only be read through the helper")
-    mode: str = request.param
-    return mode
-
-
 def sequence(files: list[str], **kw: Any) -> RootSequence:
     args = dict(labels=[1, 0], branches=["uid", "MET_pt", "Jet_pt"], normalization=None, batch_size=50)
     args.update(chunk_size=300, seed=3, prefetch=0, retry_backoff=0.2)

@@ -22,7 +22,7 @@ import awkward as ak
 import numpy as np
 
 from .extras import require
-from .table import BranchInfo, no_branches
+from .table import BranchInfo, fixed_kind, no_branches
 
 __all__ = [
     "branch_infos",
@@ -82,7 +82,7 @@ def _fixed_kind(pa: Any, t: Any) -> tuple[str, str]:
         t = t.value_type
     if not _is_number(pa, t) or 0 in shape:
         return "fixed-size array", "object"
-    return "fixed" + "".join(f"[{n}]" for n in shape), _dtype(t)
+    return fixed_kind(shape), _dtype(t)
 
 
 def _records(pa: Any, t: Any) -> Any:

@@ -14,7 +14,7 @@ import uproot
 from ...errors import FileAccessError, TreeError
 from ..remote import open_options
 from .decompression import default_zlib
-from .table import DEFAULT_TIMEOUT, BranchInfo, Table, check_local, check_ranges
+from .table import DEFAULT_TIMEOUT, BranchInfo, Table, check_local, check_ranges, fixed_kind
 
 if TYPE_CHECKING:
     from ..sources import FileSource
@@ -155,7 +155,7 @@ def _numbers_kind(form: ak.forms.Form) -> tuple[str, str]:
         return "flat", form.primitive
     if 0 in shape:
         return "fixed-size array", form.primitive
-    return "fixed" + "".join(f"[{n}]" for n in shape), form.primitive
+    return fixed_kind(shape), form.primitive
 
 
 def describe_branches(obj: Any) -> list[BranchInfo]:

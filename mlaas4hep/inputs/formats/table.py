@@ -29,7 +29,16 @@ if TYPE_CHECKING:
 
     from ..sources import FileSource
 
-__all__ = ["DEFAULT_TIMEOUT", "BranchInfo", "Table", "check_local", "check_ranges", "no_branches", "step_rows"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "BranchInfo",
+    "Table",
+    "check_local",
+    "check_ranges",
+    "fixed_kind",
+    "no_branches",
+    "step_rows",
+]
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds to wait for a remote server, to connect and for each read."""
@@ -124,6 +133,17 @@ class Table(abc.ABC):
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
+
+
+def fixed_kind(shape: Sequence[int]) -> str:
+    """The kind of a fixed-size array of numbers of ``shape`` (ROOT's ``double[2][3]``, nested Arrow fixed-size lists).
+
+    Examples
+    --------
+    >>> fixed_kind((2, 3))
+    'fixed[2][3]'
+    """
+    return "fixed" + "".join(f"[{int(n)}]" for n in shape)
 
 
 def step_rows(step_size: int | str, bytes_per_row: float) -> int:
