@@ -38,8 +38,8 @@ test: setup system-deps
 	cd tests && ../$(BIN)/python -m pytest -c ../pyproject.toml --rootdir .. $(PYTEST_ARGS) .
 
 # The core tests (exactly once through model.fit, shards, splits, the batch contract, the notebook's
-# training) on Keras' JAX and PyTorch backends too; `make test` runs everything on TensorFlow.
-CORE_TESTS := test_exactly_once.py test_sharding.py test_sequence.py test_notebook.py
+# training, a fit killed and resumed) on Keras' JAX and PyTorch backends too; `make test` runs everything on TensorFlow.
+CORE_TESTS := test_exactly_once.py test_sharding.py test_sequence.py test_notebook.py test_resume.py
 test-backends: setup $(BACKENDS_STAMP)
 	@for backend in jax torch; do \
 	  echo "KERAS_BACKEND=$$backend"; \

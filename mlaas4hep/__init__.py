@@ -5,7 +5,7 @@
 >>> model.fit(train, epochs=5)  # doctest: +SKIP
 
 Importing the package is light: Keras (and TensorFlow) load only when
-:class:`RootSequence` or :class:`LoaderStats` is first used.
+:class:`RootSequence`, :class:`LoaderStats` or :class:`BackupAndRestore` is first used.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from .workflow.preproc import load_preproc, translate_preproc
 __version__ = "0.2.0"  # the one place the version is written: pyproject.toml reads it
 
 __all__ = [
+    "BackupAndRestore",
     "BranchError",
     "BranchSpec",
     "ChunkPlan",
@@ -82,6 +83,10 @@ def __getattr__(name: str) -> Any:
         from .sequence import RootSequence
 
         return RootSequence
+    if name == "BackupAndRestore":  # a Keras callback
+        from .resume import BackupAndRestore
+
+        return BackupAndRestore
     if name == "LoaderStats":  # a Keras callback
         from .loader_stats import LoaderStats
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
+import types
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import keras
 
 from ._checks import is_int
-from .errors import MLaaS4HEPError, reraise_from
+from .errors import MLaaS4HEPError, ParameterError, reraise_from
 from .inputs.selection import Selection
 from .inputs.sources import FileSource
 from .options import Options, OptionView, takes_options
@@ -21,12 +23,22 @@ from .stream.epochs import EpochTracker, OrderWatch
 from .stream.pipeline import Pipeline
 from .stream.prepare import PreparedData, labeled, prepare
 from .stream.reader import ChunkReader
+from .stream.state import fingerprint, make_state, place
 from .transform.flatten import JaggedFlattener
 from .transform.outputs import Outputs
 
 __all__ = ["RootSequence"]
 
 log = logging.getLogger(__name__)
+
+try:  # the code of Keras' calls of on_epoch_end, to tell a pass's end from a new fit's beginning (Keras 3)
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+    from keras.src.trainers.epoch_iterator import EpochIterator
+
+    _ADAPTER_END: types.CodeType | None = PyDatasetAdapter.on_epoch_end.__code__
+    _ITERATOR_RESET: types.CodeType | None = EpochIterator.reset.__code__
+except (ImportError, AttributeError):  # pragma: no cover - another Keras: every call begins anew
+    _ADAPTER_END = _ITERATOR_RESET = None
 
 
 @takes_options
@@ -43,14 +55,19 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
 
     **The batch contract.** Within an epoch ``seq[i]`` is stable: the same ``i``
     gives the same events, from any thread, in any order, and the epoch's
-    ``len(seq)`` indices cover every selected event exactly once, whatever an
-    unfinished epoch before asked for (Keras' probe, a loop that broke off, an
-    interrupted ``fit``). With ``shuffle=False`` (the default for the
+    ``len(seq)`` indices cover every selected event exactly once. Once every
+    index of an epoch was asked for, an index asked again begins the next
+    epoch (Keras reading ahead, ``steps_per_epoch``). An epoch not served
+    whole (an interrupted ``fit``, Keras' probe, a loop that broke off) is
+    served again whole when Keras begins a ``fit`` or a loop calls
+    :meth:`on_epoch_end`. With ``shuffle=False`` (the default for the
     validation and test subsets) index ``i`` names the same events every
     epoch, in file order: ``model.predict(seq)`` lines up with the files. With
     ``shuffle=True`` an index names the batch whose turn it is when it is first
     asked for, so chunks are read one after another however ``fit`` orders its
     requests (see :mod:`mlaas4hep.stream.epochs` and the user guide).
+    :meth:`state_dict` and :meth:`load_state_dict` save and restore the place
+    reached in an epoch (:class:`~mlaas4hep.BackupAndRestore` does it for ``fit``).
 
     Events are read in chunks of ``chunk_size`` that mix all files in proportion
     to their entries, each read, flattened and cached once, the next one read
@@ -260,34 +277,98 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
 
     @property
     def num_batches(self) -> int:
-        """Batches per epoch (same as ``len``)."""
-        return self.epoch_plan.batches
+        """Batches of the epoch being served: ``len``, less those trained before the checkpoint in a resumed epoch.
+
+        Keras reads it when it begins an epoch's pass: an epoch resumed with
+        :meth:`load_state_dict` is a shorter pass, over the batches left.
+        """
+        return self._epochs.remaining
 
     def __len__(self) -> int:
         return self.epoch_plan.batches
 
     @property
     def epoch(self) -> int:
-        """Epochs completed: every batch index of the epoch has been asked for."""
-        return self._epochs.completed
+        """The epoch being served: epochs before it were served whole (every batch index asked for)."""
+        return self._epochs.epoch
 
     # -- Keras' hooks ---------------------------------------------------------------------------
     def on_epoch_begin(self) -> None:
-        """Mark the start of an epoch (Keras calls this; batches asked for before it are previews)."""
-        self._epochs.begin_epoch()
+        """Keras calls this as an epoch's pass begins; the batch contract needs nothing of it."""
 
     def on_epoch_end(self) -> None:
-        """End an epoch: if every index of it was asked for, the next one begins (reshuffled).
+        """End a pass (Keras), or an epoch of a hand-written loop.
 
-        Batches asked for outside ``on_epoch_begin``/``on_epoch_end`` that do
-        not complete an epoch (Keras' probe of batches 0 and 1, a look at
-        ``seq[0]`` in a notebook) are forgotten: the epoch starts again from its
-        first batch, and the chunk already read comes from the cache. An epoch
-        begun with ``on_epoch_begin`` and not served whole (``steps_per_epoch``,
-        an interrupted ``fit``) carries on: its indices keep naming the batches
-        they named, and the others the rest.
+        Called by Keras as a pass ends it changes nothing: an epoch ends when
+        every index of it was asked for, whatever Keras reads ahead. Called by
+        Keras as it begins a ``fit``, ``evaluate`` or ``predict``, or called by
+        hand, it forgets what was asked for in an epoch not served whole (an
+        interrupted ``fit``, Keras' probe of batches 0 and 1, a look at
+        ``seq[0]``, a loop that broke off): that epoch is served again whole.
         """
-        self._epochs.end_epoch()
+        if _keras_pass_end(sys._getframe(1)):
+            return
+        self._epochs.restart()
+
+    # -- the loader's state as a value ---------------------------------------------------------------
+    def _arrangement(self) -> dict[str, Any]:
+        return {
+            "data": fingerprint(self.prepared),
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "shuffle": bool(self.shuffle),
+            "num_shards": self.num_shards,
+            "shard_index": self.shard_index,
+            "batches": len(self),  # follows from the others: checked last
+        }
+
+    def state_dict(self, *, epoch: int | None = None, batches: int | None = None) -> dict[str, Any]:
+        """The sequence's place in its epochs, as a small dict of JSON types (no data).
+
+        ``epoch`` (default: the epoch being served) and ``position``, the
+        batches of its stream served before the place: by default every one
+        served so far, or the first ``batches`` (what a model trained on, when
+        Keras has read further ahead; :class:`mlaas4hep.BackupAndRestore`
+        gives them). A state can be loaded only by a sequence of the same data,
+        batches, seed, shuffling and shard (:meth:`load_state_dict`).
+
+        Raises :class:`~mlaas4hep.errors.ParameterError` when the place is not
+        the epoch's first batches, served in order (an epoch of ``shuffle=False``
+        asked for out of order), or more than were served.
+
+        >>> state = train.state_dict()  # doctest: +SKIP
+        >>> state["epoch"], state["position"]  # doctest: +SKIP
+        (3, 120)
+        """
+        epoch = self._epochs.epoch if epoch is None else int(epoch)
+        served, in_order = self._epochs.served(epoch)
+        position = served if batches is None else int(batches)
+        if not in_order or not 0 <= position <= served:
+            msg = (
+                f"batches={batches!r}: the first {position} batches of epoch {epoch} are not what was served "
+                f"({served} batches, {'in order' if in_order else 'out of order'}); a place in an epoch needs its "
+                "batches served in order: make the sequence with shuffle=True, or call fit with shuffle=False"
+            )
+            raise ParameterError(msg)
+        return make_state(type(self).__name__, self._arrangement(), epoch=epoch, position=position)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at the place of ``state`` (from :meth:`state_dict`): its epoch's other batches, then whole epochs.
+
+        Nothing before the place is read again: the epoch's pass serves the
+        ``len(seq) - position`` batches left (:attr:`num_batches`), reading from
+        the chunk of the first of them. Raises
+        :class:`~mlaas4hep.errors.ParameterError` for a state of other data or
+        another arrangement, naming the field and both values.
+
+        >>> train.load_state_dict(json.loads(Path("loader.json").read_text()))  # doctest: +SKIP
+        """
+        epoch, position = place(state, type(self).__name__, self._arrangement())
+        if position > len(self):
+            msg = f"the state's position {position} is beyond the {len(self)} batches of an epoch"
+            raise ParameterError(msg)
+        self._epochs.resume(epoch, position)
+        log.info("%r resumes epoch %d after its first %d batches", self, epoch, position)
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         """Batch ``index`` of the current epoch: ``(x, y)``, ``(x, y, sample_weight)``, or ``(x,)`` without labels."""
@@ -336,6 +417,18 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
             f"{self.batch_size}, {self.num_features} features, subset={self.subset!r}"
             + (f", shard {self.shard_index} of {self.num_shards})" if self.num_shards > 1 else ")")
         )
+
+
+def _keras_pass_end(frame: types.FrameType | None) -> bool:
+    """Whether ``frame``, the caller of :meth:`RootSequence.on_epoch_end`, is Keras ending an epoch's pass.
+
+    Keras' adapter calls ``on_epoch_end`` at the end of each pass, and also
+    from ``EpochIterator.reset``, as a ``fit``, ``evaluate`` or ``predict``
+    begins (before its first epoch): that call, and a call by hand, are no pass end.
+    """
+    if _ADAPTER_END is None or frame is None or frame.f_code is not _ADAPTER_END:
+        return False
+    return frame.f_back is None or frame.f_back.f_code is not _ITERATOR_RESET
 
 
 def _keras_queue_is_safe() -> bool:

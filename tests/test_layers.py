@@ -32,6 +32,7 @@ LAYERS = {
     "mlaas4hep.torch": 7,
     "mlaas4hep.scores": 7,
     "mlaas4hep.loader_stats": 7,
+    "mlaas4hep.resume": 7,
     "mlaas4hep.workflow": 8,
     "mlaas4hep": 9,
 }
