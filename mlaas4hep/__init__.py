@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .deploy import export
 from .errors import (
     BranchError,
     DataWarning,
@@ -62,6 +63,7 @@ __all__ = [
     "SpecsMismatchWarning",
     "TreeError",
     "__version__",
+    "export",
     "load_preproc",
     "reraise",
     "translate_preproc",

@@ -33,6 +33,7 @@ LAYERS = {
     "mlaas4hep.scores": 7,
     "mlaas4hep.loader_stats": 7,
     "mlaas4hep.resume": 7,
+    "mlaas4hep.deploy": 7,
     "mlaas4hep.workflow": 8,
     "mlaas4hep": 9,
 }

@@ -285,6 +285,50 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rntuple", action="store_true", help="write RNTuples instead of TTrees")
 
 
+# -- export ---------------------------------------------------------------------------------------
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..deploy import export
+    from .quiet import import_keras
+
+    import_keras(args.verbose)
+    name = args.name or None
+    written = export(args.model, args.preprocessing, args.output_dir, name=name, overwrite=args.overwrite)
+    print(f"wrote {written}: model.onnx, preprocess.json, README.md, triton/")
+    return 0
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="the trained model (.keras or .h5)")
+    parser.add_argument("--preprocessing", required=True, help="its preprocessing (model.preprocessing.json)")
+    parser.add_argument("--output-dir", required=True, help="the bundle's directory (new, empty, or a bundle)")
+    parser.add_argument("--name", default="", help="the model's name in triton/ (default: the model file's stem)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the bundle in --output-dir")
+
+
+# -- serve ----------------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..deploy.serve import serve
+
+    def announce(where: str) -> None:
+        print(f"{where}\nCtrl-C stops it.", flush=True)
+
+    serve(args.bundle, host=args.host, port=args.port, grpc_port=args.grpc_port, announce=announce)
+    return 0
+
+
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", metavar="BUNDLE", help="the directory `mlaas4hep export` wrote")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="where to listen (default 127.0.0.1; 0.0.0.0 for every interface)"
+    )
+    parser.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    parser.add_argument("--grpc-port", type=int, default=None, help="MLServer's gRPC port (default: --port + 1)")
+
+
 # -- workflow -------------------------------------------------------------------------------------
 
 
@@ -377,6 +421,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="write a trained model's scores of ROOT files as friend trees")
     _add_predict_arguments(predict)
     predict.set_defaults(func=_predict)
+
+    export = sub.add_parser(
+        "export", help="write a trained model as ONNX, weaver-style preprocess.json and a Triton repository"
+    )
+    _add_export_arguments(export)
+    export.set_defaults(func=_export)
+
+    serve = sub.add_parser(
+        "serve", help="serve an exported bundle over the Open Inference Protocol v2 (HTTP), on MLServer"
+    )
+    _add_serve_arguments(serve)
+    serve.set_defaults(func=_serve)
 
     workflow = sub.add_parser("workflow", help="the original MLaaS4HEP workflow (same flags as the workflow command)")
     _add_workflow_arguments(workflow)
