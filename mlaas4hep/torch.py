@@ -16,7 +16,6 @@ import multiprocessing
 import multiprocessing.context
 import os
 import sys
-import types
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -30,7 +29,7 @@ except ModuleNotFoundError as err:  # the one place the missing extra is explain
     msg = f"mlaas4hep.torch needs PyTorch ({err}): pip install 'mlaas4hep[torch]'"
     raise ModuleNotFoundError(msg, name=err.name) from err
 
-from ._checks import check_int, check_shard, is_int
+from ._checks import check_int, is_int
 from .errors import DataWarning, ParameterError
 from .inputs.formats.decompression import chosen_zlib, use_zlib
 from .inputs.sources import FileSource
@@ -40,51 +39,24 @@ from .stream.counters import LoaderCounters
 from .stream.pipeline import Pipeline
 from .stream.plan import EpochPlan
 from .stream.prepare import PreparedData, labeled, prepare
-from .transform.outputs import Outputs
+from .stream.state import fingerprint
+from .torch_support import (
+    Cursor,
+    batch_block,
+    check_not_batched_again,
+    check_state,
+    classes,
+    dataset_state,
+    processes,
+    rank_and_world_size,
+    resume_position,
+    share,
+    to_tensors,
+)
 
 __all__ = ["RootDataset", "to_tensors"]
 
 log = logging.getLogger(__name__)
-
-_NOT_WRITABLE = "The given NumPy array is not writable"  # the start of torch.from_numpy's UserWarning
-
-
-def to_tensors(value: Any, *, share: bool) -> Any:
-    """A batch's arrays as tensors: an array becomes a tensor, a dict or tuple of arrays one of tensors.
-
-    Parameters
-    ----------
-    value : numpy.ndarray, mapping or tuple of them
-        What a batch holds (``x`` may be a dict of named arrays).
-    share : bool
-        Make each tensor on the array's own memory (``torch.from_numpy``), as
-        in a DataLoader worker, whose tensors leave it as copies in shared
-        memory before anyone can write to them. Otherwise an array that is a
-        view into a chunk (which the pipeline caches and reuses) is copied, so
-        that the caller owns what it gets and may change it in place; an array
-        that owns its memory is never copied.
-
-    Examples
-    --------
-    >>> x = np.arange(6, dtype=np.float32).reshape(3, 2)
-    >>> to_tensors({"features": x[1:], "mask": np.ones(2)}, share=True)["features"].shape
-    torch.Size([2, 2])
-    """
-    if isinstance(value, Mapping):
-        return {key: to_tensors(item, share=share) for key, item in value.items()}
-    if isinstance(value, tuple):
-        return tuple(to_tensors(item, share=share) for item in value)
-    array = np.asarray(value)
-    if not share and array.base is not None:  # a view into a cached chunk's buffer: the caller gets its own copy
-        array = array.copy()
-    if array.flags.writeable:
-        return torch.from_numpy(array)
-    with warnings.catch_warnings():
-        # A read-only view of a chunk's buffer, shared only where the tensor is never written to
-        # (it leaves the DataLoader worker as a copy). The tensor holds the view, and so the buffer,
-        # which the pipeline reuses only once nothing refers to it (mlaas4hep.stream.buffers).
-        warnings.filterwarnings("ignore", message=_NOT_WRITABLE, category=UserWarning)
-        return torch.from_numpy(array)
 
 
 @takes_options
@@ -124,6 +96,13 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
     files' order. Each worker then reads every chunk of its rank, so more
     workers do not read faster there.
 
+    **Resuming mid-epoch.** :meth:`state_dict` says where this process's
+    part of the epoch stands (a small JSON-able dict, no data) and
+    :meth:`load_state_dict` resumes there, reading only the chunks from that
+    place on: the protocol of torchdata's ``StatefulDataLoader``, which saves
+    and restores each worker's part. A state is refused (ParameterError) for
+    other data, options, ranks or workers, or another epoch than the one set.
+
     Parameters
     ----------
     files, labels
@@ -131,7 +110,9 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
     rank, world_size : int, optional
         This process's rank among ``world_size`` data-parallel processes.
         Default: ``torch.distributed``'s, when its process group is initialized
-        (make the dataset after ``init_process_group``), else rank 0 of 1.
+        (make the dataset after ``init_process_group``), else rank 0 of 1; a
+        ParameterError when torchrun's ``WORLD_SIZE`` says more than one
+        process but no process group is initialized.
         Every rank needs the same files, options and ``seed`` (required with
         ``world_size > 1`` and shuffling: every rank must draw the same shuffling).
     **options
@@ -189,7 +170,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         **options: Any,
     ) -> None:
         super().__init__()
-        self.rank, self.world_size = _rank_and_world_size(rank, world_size)
+        self.rank, self.world_size = rank_and_world_size(rank, world_size)
         # the ranks are the shards of the options
         self.options = Options.for_face(
             "RootDataset", options, labeled=labeled(files, labels), num_shards=self.world_size, shard_index=self.rank
@@ -200,6 +181,9 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         self._pipeline: Pipeline | None = None
         self.stats = LoaderCounters()  # what this process's pipelines do (mlaas4hep.LoaderStats reads it)
         self._pipeline_key: tuple[int, int, int] | None = None  # (process, workers, worker) it serves
+        self._cursor: Cursor | None = None  # where this process's part of the epoch stands (state_dict)
+        self._loaded: dict[str, Any] | None = None  # a state loaded, not yet resumed
+        self._fingerprint: str | None = None  # of the data, made once when a state is first asked for
 
     # -- what the dataset serves ---------------------------------------------------------------
     @property
@@ -238,14 +222,14 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         >>> train.epoch_plan(2, 1).batches, len(train)  # doctest: +SKIP
         (23, 47)
         """
-        workers = _processes(num_workers)
+        workers = processes(num_workers)
         if not is_int(worker) or not 0 <= int(worker) < workers:
             msg = f"worker must be an integer in [0, {workers}), got {worker!r}"
             raise ParameterError(msg)
         plan = self._rank_plan()
         if self._in_turns(num_workers) or workers == 1:  # in turns: every worker looks at the rank's whole stream
             return plan
-        return _batch_block(plan, *_share(plan.batches, workers, int(worker)))
+        return batch_block(plan, *share(plan.batches, workers, int(worker)))
 
     def _rank_plan(self) -> EpochPlan:
         """This rank's block of each epoch's stream and its batches, whatever the workers."""
@@ -265,12 +249,12 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         """
         batches = self.epoch_plan(num_workers, worker).batches
         if self._in_turns(num_workers):
-            return range(worker, batches, _processes(num_workers))
+            return range(worker, batches, processes(num_workers))
         return range(batches)
 
     def _in_turns(self, num_workers: int) -> bool:
         """Whether the DataLoader's workers take the batches in turn (in the files' order) rather than blocks."""
-        return not self.shuffle and _processes(num_workers) > 1
+        return not self.shuffle and processes(num_workers) > 1
 
     @property
     def num_batches(self) -> int:
@@ -289,7 +273,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
 
     def num_events(self, num_workers: int = 0) -> int:
         """Events this rank serves per epoch: :attr:`n_events`, the same for any ``num_workers`` (kept for 0.x)."""
-        _processes(num_workers)
+        processes(num_workers)
         return self.n_events
 
     @property
@@ -311,7 +295,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
             return torch.float32
         if outputs.labels is None and outputs.label_branch is None:
             return None
-        return torch.int64 if _classes(outputs) > 2 else torch.float32
+        return torch.int64 if classes(outputs) > 2 else torch.float32
 
     @property
     def chunk_reads(self) -> int:
@@ -325,7 +309,14 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
         return int(self._epoch.value)
 
     def set_epoch(self, epoch: int) -> None:
-        """Serve ``epoch`` from the next iteration on: its shuffling, the same in every rank and worker."""
+        """Serve ``epoch`` from the next iteration on: its shuffling, the same in every rank and worker.
+
+        After :meth:`load_state_dict`, set the state's epoch: the next
+        iteration serves the rest of it (or, for a state of an epoch served
+        whole, set the next epoch, served whole).
+
+        >>> train.set_epoch(3)  # doctest: +SKIP
+        """
         self._epoch.value = check_int(epoch, "epoch", minimum=0)
         self._served[0] = -1  # told: serving this epoch (again) is meant
 
@@ -342,25 +333,121 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
             )
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        """The batches of this rank (or, in a DataLoader worker, of this worker) in the current epoch."""
-        _check_not_batched_again(sys._getframe(1))
+        """The batches of this rank (or, in a DataLoader worker, of this worker) in the current epoch.
+
+        From the loaded state's place (:meth:`load_state_dict`) if there is
+        one, else from the epoch's start; both taken when the first batch is asked for.
+        """
+        check_not_batched_again(sys._getframe(1))
+        cursor = self._part(self.epoch)
+        slots = self.worker_slots(cursor.num_workers, cursor.worker)
+        if self._loaded is not None:
+            cursor.position = resume_position(self._loaded, cursor, self.rank, self.world_size)
+            self._loaded = None  # resumed: the next iteration starts its epoch from the start
+        self._cursor = cursor
+        yield from self._serve(cursor, slots, share=get_worker_info() is not None)
+
+    def _serve(self, cursor: Cursor, slots: range, *, share: bool) -> Iterator[tuple[Any, ...]]:
+        """Batches ``slots[cursor.position:]`` of ``cursor.epoch``, moving the cursor on before each leaves."""
+        if cursor.position < len(slots):
+            pipeline = self._worker_pipeline(cursor.num_workers, cursor.worker)
+            if cursor.worker == 0 and cursor.position == 0:
+                self._check_new_epoch(cursor.epoch)
+            indices = self.y_dtype == torch.int64
+            for slot in slots[cursor.position :]:
+                batch = pipeline.batch(cursor.epoch, slot).as_tuple(self.prepared.outputs)
+                if indices:  # class indices, for CrossEntropyLoss: a new array, owned by the tensor
+                    batch = (batch[0], batch[1].astype(np.int64), *batch[2:])
+                cursor.position += 1  # served once it is fetched: a state taken now counts it
+                yield to_tensors(batch, share=share)
+        if cursor.worker == 0 and slots:
+            self._served[0] = cursor.epoch  # served whole (a look at its first batches is no epoch)
+
+    # -- the loader's state: where each part of the epoch stands -----------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where this process's part of the epoch stands, as a small JSON-able dict (no data).
+
+        The protocol of torchdata's ``StatefulDataLoader``, which calls it in
+        each DataLoader worker after each batch (so that each worker's part
+        is saved), and of ``torch.distributed.checkpoint``. A state not yet
+        resumed (loaded, no iteration since) is given back as loaded.
+
+        Returns
+        -------
+        dict
+            ``version`` and ``kind`` (``"RootDataset"``) of the format;
+            ``epoch``; ``position``, the batches of this part served in the
+            epoch (the one being yielded included), of its ``batches``; the
+            part (``num_workers``, ``worker``, ``rank``, ``world_size``); and
+            what names the data: ``seed``, ``shuffle``, ``batch_size``,
+            ``events`` and ``data`` (a hash of the files' names, trees and
+            entries, the cut and aliases, the split and the chunks).
+
+        Examples
+        --------
+        >>> it = iter(train)  # doctest: +SKIP
+        >>> _ = next(it), next(it)  # doctest: +SKIP
+        >>> {k: train.state_dict()[k] for k in ("epoch", "position", "batches")}  # doctest: +SKIP
+        {'epoch': 0, 'position': 2, 'batches': 47}
+        """
+        if self._loaded is not None:
+            return dict(self._loaded)
+        cursor = self._part(self.epoch) if self._cursor is None else self._cursor  # none yet: the epoch's start
+        return dataset_state(cursor, self._identity(), self.rank, self.world_size)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume at ``state``'s place: the next iteration serves the rest of its part of the epoch.
+
+        Only the chunks from there on are read. Set the state's epoch before
+        iterating (``for epoch in range(saved_epoch, epochs): ds.set_epoch(epoch)``);
+        a state whose part of the epoch was served whole resumes into the next one too.
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` gave, loaded where the same part is
+            served: the same rank of ``world_size``, and the same worker of
+            ``num_workers`` (``StatefulDataLoader`` loads each worker's state in
+            that worker; in the main process the part is that of
+            ``num_workers=0``). A state whose part was served whole resumes
+            with any of them.
+
+        Raises
+        ------
+        ParameterError
+            A state of other data (files, entries, cut, split, chunks), seed,
+            shuffling, batch size, ranks or workers, naming both values; when
+            iterating, one of an epoch other than the one set (or the one
+            before it, served whole), naming both epochs.
+
+        Examples
+        --------
+        >>> loader = StatefulDataLoader(train, batch_size=None, num_workers=2)  # doctest: +SKIP
+        >>> loader.load_state_dict(checkpoint["loader"])  # each worker's part, loaded there  # doctest: +SKIP
+        >>> train.set_epoch(checkpoint["epoch"])  # doctest: +SKIP
+        >>> rest = list(loader)  # the batches of the epoch not served before the checkpoint  # doctest: +SKIP
+        """
+        loaded = check_state(state, self._identity(), self.rank, self.world_size)
+        resume_position(loaded, self._part(loaded["epoch"]), self.rank, self.world_size)  # this process's part?
+        self._loaded = loaded
+
+    def _part(self, epoch: int) -> Cursor:
+        """The start of ``epoch`` for the part of it this process serves (this worker's, in a DataLoader worker)."""
         info = get_worker_info()
         num_workers, worker = (0, 0) if info is None else (info.num_workers, info.id)
-        slots = self.worker_slots(num_workers, worker)
-        if not slots:  # more workers than batches: this one has none
-            return
-        pipeline = self._worker_pipeline(num_workers, worker)
-        epoch = self.epoch
-        if worker == 0:
-            self._check_new_epoch(epoch)
-        indices = self.y_dtype == torch.int64
-        for slot in slots:
-            batch = pipeline.batch(epoch, slot).as_tuple(self.prepared.outputs)
-            if indices:  # class indices, for CrossEntropyLoss: a new array, owned by the tensor
-                batch = (batch[0], batch[1].astype(np.int64), *batch[2:])
-            yield to_tensors(batch, share=info is not None)
-        if worker == 0:
-            self._served[0] = epoch  # served whole (a look at its first batches is no epoch)
+        return Cursor(epoch, 0, len(self.worker_slots(num_workers, worker)), num_workers, worker)
+
+    def _identity(self) -> dict[str, Any]:
+        """What a state must match to be of this dataset: its data, seed, shuffling and batch size."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.prepared)
+        return {
+            "data": self._fingerprint,
+            "events": self.total_events,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "batch_size": self.batch_size,
+        }
 
     def _worker_pipeline(self, num_workers: int, worker: int) -> Pipeline:
         """The pipeline of this process's shard, made on first use in each process (a worker's own)."""
@@ -386,7 +473,7 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
     # -- pickling: to spawned DataLoader workers, or anywhere --------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_pipeline"] = state["_pipeline_key"] = None  # every process makes its own
+        state["_pipeline"] = state["_pipeline_key"] = state["_cursor"] = None  # every process makes its own
         if multiprocessing.context.get_spawning_popen() is None:  # not to a process being started: the value
             state["_epoch"], state["_served"] = self.epoch, list(self._served)
         state["_zlib"] = chosen_zlib()  # a spawned worker decompresses as the user chose here
@@ -409,92 +496,3 @@ class RootDataset(IterableDataset[tuple[Any, ...]]):
             f"{self.batch_size}, {self.num_features} features, subset={self.subset!r}, "
             f"rank {self.rank} of {self.world_size})"
         )
-
-
-def _processes(num_workers: int) -> int:
-    """The processes that serve a rank through a DataLoader with ``num_workers`` workers (0: the rank's own)."""
-    return max(check_int(num_workers, "num_workers", minimum=0), 1)
-
-
-def _share(batches: int, workers: int, worker: int) -> tuple[int, int]:
-    """The batches ``[first, stop)`` of a rank's ``batches`` that ``worker`` of ``workers`` serves, shuffled.
-
-    Consecutive batches, the first ``batches % workers`` workers one more than
-    the others: the rank's batches whatever the workers.
-
-    >>> _share(47, 2, 1)
-    (24, 47)
-    """
-    small, extra = divmod(batches, workers)
-    first = worker * small + min(worker, extra)
-    return first, first + small + (worker < extra)
-
-
-def _batch_block(plan: EpochPlan, first: int, stop: int) -> EpochPlan:
-    """Batches ``[first, stop)`` of ``plan`` as a plan of their own, whose shard is their events only.
-
-    The same stream (chunks, order, shuffling): the pipeline of the block reads
-    its chunks only, and its slot ``s`` is the rank's batch ``first + s``.
-    """
-    kw = {"num_shards": plan.num_shards, "shard_index": plan.shard_index}
-    block = EpochPlan(plan.sizes, batch_size=plan.batch_size, shuffle=plan.shuffle, seed=plan.seed, **kw)
-    bounds = (plan.bounds(first)[0], plan.bounds(stop - 1)[1]) if stop > first else (plan.shard[1],) * 2
-    block.shard, block.batches = bounds, stop - first
-    return block
-
-
-def _classes(outputs: Outputs) -> int:
-    """How many classes the labels are the indices of: 0 for one-hot rows, or labels that may not be classes."""
-    if outputs.one_hot:
-        return 0
-    if outputs.num_classes is not None:  # given, or found with one_hot, balance_classes: checked to be classes
-        return int(outputs.num_classes)
-    labels = outputs.labels
-    if labels is None or not np.all((labels == np.round(labels)) & (labels >= 0)):  # a branch's, or not whole
-        return 0
-    return int(labels.max()) + 1
-
-
-def _check_not_batched_again(frame: types.FrameType | None) -> None:
-    """Raise :class:`ParameterError` when a ``DataLoader`` that batches (``batch_size`` not None) iterates.
-
-    ``frame`` is the caller of ``__iter__``'s body: the ``DataLoader``'s fetcher,
-    in the main process or a worker. Its ``auto_collation`` is True when the
-    ``DataLoader`` has a ``batch_size`` (1 by default), which would stack our
-    batches into a silent leading axis ``(batch_size, batch, ...)``. PyTorch
-    tells a dataset nothing of its loader, so a fetcher that is not found (a
-    plain ``for`` loop, another loader) is no error.
-    """
-    for _ in range(3):
-        if frame is None:
-            return
-        fetcher = frame.f_locals.get("self")
-        if type(fetcher).__name__ == "_IterableDatasetFetcher" and getattr(fetcher, "auto_collation", False):
-            msg = (
-                "give the DataLoader batch_size=None: RootDataset serves whole batches (its own batch_size), "
-                "which a DataLoader with a batch_size (1 by default) would stack into a leading axis"
-            )
-            raise ParameterError(msg)
-        frame = frame.f_back
-
-
-def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """The rank and world size given, or torch.distributed's, or 0 and 1."""
-    if rank is None and world_size is None:
-        distributed = torch.distributed
-        if distributed.is_available() and distributed.is_initialized():
-            return distributed.get_rank(), distributed.get_world_size()
-        launched = os.environ.get("WORLD_SIZE", "1")
-        if launched.isdigit() and int(launched) > 1:  # torchrun's ranks, before init_process_group
-            warnings.warn(
-                f"WORLD_SIZE={launched} (RANK={os.environ.get('RANK')!s}) but torch.distributed is not initialized: "
-                "this dataset serves every event in this rank; make it after init_process_group, or give rank= "
-                "and world_size=",
-                DataWarning,
-                stacklevel=3,
-            )
-        return 0, 1
-    if rank is None or world_size is None:
-        msg = f"give rank and world_size together, or neither (got rank={rank!r}, world_size={world_size!r})"
-        raise ParameterError(msg)
-    return check_shard(rank, world_size, ("rank", "world_size"))

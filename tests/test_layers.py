@@ -30,6 +30,7 @@ LAYERS = {
     "mlaas4hep.preprocessing": 6,
     "mlaas4hep.sequence": 7,
     "mlaas4hep.torch": 7,
+    "mlaas4hep.torch_support": 7,
     "mlaas4hep.scores": 7,
     "mlaas4hep.loader_stats": 7,
     "mlaas4hep.resume": 7,

@@ -369,12 +369,16 @@ def test_a_dataset_without_labels_is_served_in_the_files_order(two_files):
     assert (np.diff(ids[ids < ID]) == 1).all() and (np.diff(ids[ids >= ID]) == 1).all()  # each file in order
 
 
-def test_torchruns_environment_without_a_process_group_is_warned_about(two_files, monkeypatch):
+def test_torchruns_environment_without_a_process_group_is_refused(two_files, monkeypatch):
+    """Every rank would serve every event: DDP would train on each event world_size times per epoch."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    with pytest.warns(DataWarning, match=r"WORLD_SIZE=2 .* not initialized: this dataset serves every event"):
-        ds = _make(two_files)
-    assert (ds.rank, ds.world_size) == (0, 1)
+    with pytest.raises(ParameterError, match=r"WORLD_SIZE=2 and RANK=1 are set \(torchrun\) but .* no process group"):
+        _make(two_files)
+    ds = _make(two_files, rank=0, world_size=1)  # told: this process serves every event
+    assert (ds.rank, ds.world_size) == (0, 1) and ds.n_events == 3000
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: nothing to refuse
+    assert _make(two_files).world_size == 1
 
 
 def test_a_forgotten_set_epoch_is_warned_about_once(two_files):

@@ -15,7 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from pathlib import PurePosixPath
 from typing import Any
+
+import numpy as np
 
 from ..errors import ParameterError
 from .prepare import PreparedData
@@ -29,25 +32,26 @@ _PLACE = ("epoch", "position")
 
 
 def fingerprint(prepared: PreparedData) -> str:
-    """A short digest of the events an epoch serves: the files (names, trees, entries), the cut, the subset.
+    """A short digest of the events an epoch serves and of their chunks: the same for the same data anywhere.
 
+    It covers each file's name (not its directory: files copied to a batch
+    node's scratch are the same data), tree and entries, the cut and aliases,
+    the subset's entry ranges and the chunk plan. Cheap: no file is opened.
     Two loaders whose fingerprints differ serve other events, or the same
-    events in other batches; a state of one is refused by the other.
+    events in other chunks; a state of one is refused by the other.
 
     >>> fingerprint(prepared)  # doctest: +SKIP
     '5f3c0d9a1b2e4c67'
     """
-    o = prepared.options
-    described = {
-        "files": [[s.path, s.tree, entries] for s, entries in zip(prepared.sources, prepared.entries, strict=True)],
-        "events": prepared.n_events,
-        "ranges": [list(r) for r in prepared.ranges],
-        "cut": o.cut,
-        "subset": o.subset,
-        "chunk_size": o.chunk_size,
-    }
-    text = json.dumps(described, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    files = [
+        [PurePosixPath(source.path.replace("\\", "/")).name, source.tree, int(entries)]
+        for source, entries in zip(prepared.sources, prepared.entries, strict=True)
+    ]
+    selection = {"cut": prepared.selection.cut, "aliases": sorted(dict(prepared.selection.aliases).items())}
+    head = {"files": files, "selection": selection, "ranges": [list(r) for r in prepared.ranges]}
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode())
+    digest.update(np.ascontiguousarray(prepared.plan.counts, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def make_state(kind: str, arrangement: Mapping[str, Any], *, epoch: int, position: int) -> dict[str, Any]:
