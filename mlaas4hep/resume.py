@@ -73,7 +73,8 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]  # keras
     save_freq : "epoch" or int
         Save at each epoch's end, or every ``save_freq`` batches.
     double_checkpoint : bool
-        Keep the previous checkpoint too, used if the latest cannot be loaded.
+        Keep the previous checkpoint too, restored if the latest cannot be
+        read or its weights cannot be loaded.
     delete_checkpoint : bool
         Delete ``backup_dir`` when ``fit`` completes.
 
@@ -134,17 +135,13 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]  # keras
                 f"but the sequence has {len(self.sequence)} batches"
             )
             raise ParameterError(msg)
-        metadata = self._read_metadata(METADATA)
-        if metadata is None and self.double_checkpoint:
-            metadata = self._read_metadata(METADATA + ".bkp")
-        if metadata is not None:
-            self._restore(metadata)
+        self._restore_latest()
         state = self.sequence.state_dict()
         self._restored = (state["epoch"], state["position"])
         self._first, self._unsaved = None, 0
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        self._epoch = int(epoch)
+        self._epoch, self._trained = int(epoch), 0
         if self._first is None:
             self._first = (self._epoch, *self._restored)
             if self._restored[1]:  # a shorter pass, which Keras reports as running out of data
@@ -153,15 +150,17 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]  # keras
                 warnings.filterwarnings("ignore", message=_RAN_OUT, category=UserWarning)
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
-        self._unsaved += 1
-        self._trained = int(batch) + 1
+        trained = int(batch) + 1  # Keras' batch ends a step of steps_per_execution batches
+        self._unsaved += trained - self._trained
+        self._trained = trained
+        state = self._place(trained)  # checked at every batch: a place out of order is refused at once
         if self.save_freq != "epoch" and self._unsaved >= int(self.save_freq):
-            self._save(self._trained)
+            self._save(trained, state)
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._end_quiet()
         if self.save_freq == "epoch":
-            self._save(None)
+            self._save(None, self._place(None))
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         self._end_quiet()
@@ -184,13 +183,18 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]  # keras
             return self._epoch + 1, self.sequence.state_dict(epoch=loader_epoch + 1, batches=0)
         return self._epoch, self.sequence.state_dict(epoch=loader_epoch, batches=done)
 
-    def _save(self, trained: int | None) -> None:
-        """Write the weights to a new file, then the metadata that names it (atomically), then drop old weights."""
-        keras_epoch, state = self._place(trained)
+    def _save(self, trained: int | None, place: tuple[int, dict[str, Any]]) -> None:
+        """Write the weights to a new file, then the metadata that names it (atomically), then drop old weights.
+
+        Both files reach the disk (fsync) before the metadata replaces the
+        last: a crash of the node, not only of the process, leaves a whole checkpoint.
+        """
+        keras_epoch, state = place
         self._unsaved = 0
         self.backup_dir.mkdir(parents=True, exist_ok=True)
         weights = f"weights-{uuid.uuid4().hex[:12]}.weights.h5"
         self.model.save_weights(str(self.backup_dir / weights))
+        _sync(self.backup_dir / weights)
         path = self.backup_dir / METADATA
         keep = {weights}
         if self.double_checkpoint and path.exists():
@@ -204,7 +208,9 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]  # keras
             "loader": state,
             "weights": weights,
         }
-        write_json(path, metadata, "checkpoint metadata")
+        _sync(write_json(path.with_name(f".{METADATA}.new"), metadata, "checkpoint metadata"))
+        os.replace(path.with_name(f".{METADATA}.new"), path)
+        _sync(self.backup_dir)
         for old in self.backup_dir.glob("weights-*.weights.h5"):
             if old.name not in keep:
                 old.unlink(missing_ok=True)
@@ -223,6 +229,20 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]  # keras
             raise ParameterError(msg)
         return metadata
 
+    def _restore_latest(self) -> None:
+        """Restore the latest checkpoint, or with ``double_checkpoint`` the previous one if the latest is unreadable."""
+        names = [METADATA, METADATA + ".bkp"] if self.double_checkpoint else [METADATA]
+        for n, name in enumerate(names):
+            try:
+                metadata = self._read_metadata(name)
+                if metadata is not None:
+                    self._restore(metadata)
+                    return
+            except (OSError, ValueError) as err:  # a ParameterError is a ValueError
+                if n == len(names) - 1:
+                    raise
+                log.warning("%s: %s; restoring the previous checkpoint", self.backup_dir / name, err)
+
     def _restore(self, metadata: dict[str, Any]) -> None:
         """Load the weights, Keras' epoch and the sequence's place of ``metadata``."""
         if not self.model.built:
@@ -240,3 +260,12 @@ class BackupAndRestore(keras.callbacks.Callback):  # type: ignore[misc]  # keras
             metadata["loader"]["epoch"],
             metadata["loader"]["position"],
         )
+
+
+def _sync(path: Path) -> None:
+    """Have the file or directory at ``path`` reach the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -161,6 +161,8 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         self._epochs = EpochTracker(len(self), by_arrival=bool(self.options.shuffle), shared=shared)
         self._order = OrderWatch()
         self.last_error: MLaaS4HEPError | None = None
+        self._data: str | None = None  # the digest of the data, in states (stream.state.fingerprint)
+        self._loaded: tuple[int, int] | None = None  # the last state loaded mid-epoch
 
     # -- what the sequence serves ----------------------------------------------------------------
     @property
@@ -301,19 +303,40 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
 
         Called by Keras as a pass ends it changes nothing: an epoch ends when
         every index of it was asked for, whatever Keras reads ahead. Called by
-        Keras as it begins a ``fit``, ``evaluate`` or ``predict``, or called by
-        hand, it forgets what was asked for in an epoch not served whole (an
-        interrupted ``fit``, Keras' probe of batches 0 and 1, a look at
-        ``seq[0]``, a loop that broke off): that epoch is served again whole.
+        Keras as it begins a ``fit`` or ``evaluate``, or called by hand, it
+        forgets what was asked for in an epoch not served whole (an interrupted
+        ``fit``, Keras' probe of batches 0 and 1, a look at ``seq[0]``, a loop
+        that broke off): that epoch is served again whole.
+
+        Raises :class:`~mlaas4hep.errors.ParameterError` when Keras begins a
+        ``fit`` or ``evaluate`` over a state loaded mid-epoch with
+        :meth:`load_state_dict` before it: Keras gives every epoch of a ``fit``
+        as many batches as it finds when it begins, so it cannot serve the rest
+        of an epoch first.
+        :class:`mlaas4hep.BackupAndRestore` loads the state as ``fit`` begins.
         """
-        if _keras_pass_end(sys._getframe(1)):
+        caller = _keras_caller(sys._getframe(1))
+        if caller == "pass":
+            return
+        if caller == "reset":
+            if self._loaded is not None and self._epochs.epoch == self._loaded[0]:  # the resumed epoch not served
+                msg = (
+                    f"a state loaded with load_state_dict (epoch {self._loaded[0]}, after its first "
+                    f"{self._loaded[1]} batches) cannot begin a Keras fit or evaluate, which gives every epoch "
+                    "len(seq) batches: give fit mlaas4hep.BackupAndRestore(backup_dir, sequence=seq), which "
+                    "restores the state as fit begins, or serve the rest of the epoch in a loop of your own"
+                )
+                raise ParameterError(msg)
+            self._epochs.restart(keep_offset=False)  # a new fit: Keras' epochs are whole
             return
         self._epochs.restart()
 
     # -- the loader's state as a value ---------------------------------------------------------------
     def _arrangement(self) -> dict[str, Any]:
+        if self._data is None:  # the data's digest, made once
+            self._data = fingerprint(self.prepared)
         return {
-            "data": fingerprint(self.prepared),
+            "data": self._data,
             "batch_size": self.batch_size,
             "seed": self.seed,
             "shuffle": bool(self.shuffle),
@@ -368,6 +391,7 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
             msg = f"the state's position {position} is beyond the {len(self)} batches of an epoch"
             raise ParameterError(msg)
         self._epochs.resume(epoch, position)
+        self._loaded = (epoch, position) if position else None  # a Keras fit cannot begin in this epoch
         log.info("%r resumes epoch %d after its first %d batches", self, epoch, position)
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
@@ -419,16 +443,21 @@ class RootSequence(keras.utils.PyDataset):  # type: ignore[misc]  # keras ships 
         )
 
 
-def _keras_pass_end(frame: types.FrameType | None) -> bool:
-    """Whether ``frame``, the caller of :meth:`RootSequence.on_epoch_end`, is Keras ending an epoch's pass.
+def _keras_caller(frame: types.FrameType | None) -> str | None:
+    """Who called :meth:`RootSequence.on_epoch_end` (``frame`` is its caller's frame, or a subclass's override's).
 
-    Keras' adapter calls ``on_epoch_end`` at the end of each pass, and also
-    from ``EpochIterator.reset``, as a ``fit``, ``evaluate`` or ``predict``
-    begins (before its first epoch): that call, and a call by hand, are no pass end.
+    ``"pass"``: Keras' adapter ending an epoch's pass; ``"reset"``: Keras'
+    ``EpochIterator.reset``, as a ``fit`` or ``evaluate`` begins (the adapter's
+    ``on_epoch_end`` again, before the first epoch); None: anyone else.
     """
-    if _ADAPTER_END is None or frame is None or frame.f_code is not _ADAPTER_END:
-        return False
-    return frame.f_back is None or frame.f_back.f_code is not _ITERATOR_RESET
+    for _ in range(8):  # the adapter's frame, above a subclass's on_epoch_end calling super()
+        if _ADAPTER_END is None or frame is None:
+            return None
+        if frame.f_code is _ADAPTER_END:
+            caller = frame.f_back
+            return "reset" if caller is not None and caller.f_code is _ITERATOR_RESET else "pass"
+        frame = frame.f_back
+    return None
 
 
 def _keras_queue_is_safe() -> bool:

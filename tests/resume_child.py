@@ -2,7 +2,8 @@
 
 Every batch the model trains on is logged as it reaches the model (an eager
 layer): ``<keras epoch> <batch> <uid,uid,...>``, one line each, flushed. Run as
-``python resume_child.py LOG BACKUP EPOCHS SAVE_FREQ FILE...``.
+``python resume_child.py LOG BACKUP EPOCHS SAVE_FREQ FILE...`` (SAVE_FREQ a number of batches, or
+``epoch`` for a checkpoint at each epoch's end, kept double). A validation sequence is evaluated after each epoch.
 """
 
 from __future__ import annotations
@@ -18,15 +19,9 @@ from mlaas4hep import RootSequence
 
 def main(argv: list[str]) -> int:
     log_path, backup, epochs, save_freq, *files = argv
-    seq = RootSequence(
-        files,
-        labels=[1.0, 0.0],
-        branches=["uid", "MET_pt", "Jet_pt"],
-        normalization=None,
-        batch_size=100,
-        chunk_size=700,
-        seed=7,
-    )
+    options = {"branches": ["uid", "MET_pt", "Jet_pt"], "normalization": None, "batch_size": 100, "chunk_size": 700}
+    seq = RootSequence(files, labels=[1.0, 0.0], seed=7, **options)
+    val = RootSequence(files, labels=[1.0, 0.0], seed=8, specs=seq.specs, nevts=500, **options)  # validated each epoch
     col = seq.feature_names.index("uid")
     log = open(log_path, "a", buffering=1)  # open for the process's life: it is killed at any time
     where = {"epoch": -1, "batch": 0}
@@ -38,22 +33,28 @@ def main(argv: list[str]) -> int:
         def on_train_batch_end(self, batch, logs=None):
             where["batch"] = batch + 1
 
-    def record(x):
-        if x.shape[0] is None:  # the symbolic tensor of building the model
+    class Record(keras.layers.Layer):
+        """Notes the uids of each batch trained on (not those validated)."""
+
+        def call(self, x, training=None):
+            if not training or x.shape[0] is None:  # validation, or the symbolic tensor of building the model
+                return x
+            try:
+                ids = np.asarray(keras.ops.convert_to_numpy(x))[:, col].astype(np.int64)
+            except Exception:  # noqa: BLE001 - JAX traces the model to build it: no values, no batch
+                return x
+            log.write(f"{where['epoch']} {where['batch']} {','.join(map(str, ids))}\n")
             return x
-        try:
-            ids = np.asarray(keras.ops.convert_to_numpy(x))[:, col].astype(np.int64)
-        except Exception:  # noqa: BLE001 - JAX traces the model to build it: no values, no batch
-            return x
-        log.write(f"{where['epoch']} {where['batch']} {','.join(map(str, ids))}\n")
-        return x
 
     inputs = keras.Input((seq.num_features,))
-    hidden = keras.layers.Lambda(record, output_shape=(seq.num_features,))(inputs)
+    hidden = Record()(inputs)
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Rescaling(1e-6)(hidden)))
     model.compile(optimizer="adam", loss="binary_crossentropy", run_eagerly=True)
-    backup_cb = mlaas4hep.BackupAndRestore(backup, sequence=seq, save_freq=int(save_freq), delete_checkpoint=False)
-    model.fit(seq, epochs=int(epochs), verbose=0, callbacks=[Where(), backup_cb])
+    every = save_freq if save_freq == "epoch" else int(save_freq)
+    backup_cb = mlaas4hep.BackupAndRestore(
+        backup, sequence=seq, save_freq=every, double_checkpoint=every == "epoch", delete_checkpoint=False
+    )
+    model.fit(seq, validation_data=val, epochs=int(epochs), verbose=0, callbacks=[Where(), backup_cb])
     log.write("done\n")
     return 0
 

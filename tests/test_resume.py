@@ -89,11 +89,77 @@ def test_backup_and_restore_refuses_what_it_cannot_resume_exactly(two_files, tmp
         model.fit(seq, epochs=1, steps_per_epoch=10, verbose=0, callbacks=[backup])
 
 
+def _recording_model(seq: RootSequence, seen: list[list[int]]) -> keras.Model:
+    """A model whose eager first layer notes the uids of each batch it trains on."""
+    col = seq.feature_names.index("uid")
+
+    def record(x):
+        if x.shape[0] is not None:
+            try:
+                seen.append(np.asarray(keras.ops.convert_to_numpy(x))[:, col].astype(np.int64).tolist())
+            except Exception:  # noqa: BLE001 - JAX traces the model to build it: no values
+                pass
+        return x
+
+    inputs = keras.Input((seq.num_features,))
+    hidden = keras.layers.Lambda(record, output_shape=(seq.num_features,))(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Rescaling(1e-6)(hidden)))
+    model.compile(optimizer="adam", loss="binary_crossentropy", run_eagerly=True)
+    return model
+
+
+EVERYTHING = Counter(u for f, n in ((0, 1200), (1, 1800)) for u in range(f * 1_000_000, f * 1_000_000 + n))
+
+
+def test_a_state_loaded_before_a_plain_fit_is_refused_not_cut_short(two_files):
+    """Keras gives every epoch of a fit as many batches as it read when the fit began: a state loaded before it
+    would make every epoch of the fit as short as the rest of the resumed one (1,200 events missing in each)."""
+    seq = _sequence(two_files)
+    state = {**seq.state_dict(epoch=1, batches=0), "position": 12}  # a place saved elsewhere
+    fresh = _sequence(two_files)
+    fresh.load_state_dict(state)
+    model = keras.Sequential([keras.Input((seq.num_features,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    with pytest.raises(ParameterError, match=r"epoch 1, after its first 12 batches.*mlaas4hep.BackupAndRestore"):
+        model.fit(fresh, epochs=2, verbose=0)
+
+
+def test_a_subclass_calling_super_on_epoch_end_keeps_the_contract(two_files):
+    """Keras' pass ends are told from a new fit through a subclass's override too: with steps_per_epoch=10 of
+    30 batches, three Keras epochs are one loader epoch, each event once (1,900 served twice when they were not)."""
+
+    class Sub(RootSequence):
+        def on_epoch_end(self) -> None:
+            super().on_epoch_end()
+
+    options = {"batch_size": 100, "chunk_size": 700, "seed": 7, "branches": ["uid", "MET_pt", "Jet_pt"]}
+    seq = Sub(two_files, labels=[1.0, 0.0], normalization=None, **options)
+    seen: list[list[int]] = []
+    _recording_model(seq, seen).fit(seq, epochs=3, steps_per_epoch=10, verbose=0)
+    assert Counter(u for ids in seen for u in ids) == EVERYTHING
+
+
+def test_backup_and_restore_refuses_batches_out_of_order_at_the_first_batches(two_files, tmp_path):
+    seq = _sequence(two_files, shuffle=False)
+    trained: list[int] = []
+
+    class Count(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            trained.append(batch)
+
+    model = keras.Sequential([keras.Input((seq.num_features,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    backup = mlaas4hep.BackupAndRestore(tmp_path, sequence=seq, save_freq="epoch")
+    with pytest.raises(ParameterError, match="served in order"):
+        model.fit(seq, epochs=1, verbose=0, callbacks=[Count(), backup])  # fit's default shuffle=True
+    assert len(trained) <= 3  # refused at once, not at the first save (never, with save_freq="epoch")
+
+
 # -- a training killed (SIGKILL) at random batches and run again ---------------------------------------------
-def _run(files, log: Path, backup: Path, kill_after: int | None) -> bool:
+def _run(files, log: Path, backup: Path, kill_after: int | None, save_freq: int | str) -> bool:
     """Run the training; kill it once ``kill_after`` batches were logged. True if it completed."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(mlaas4hep.__file__).parents[1]), str(CHILD.parent)])}
-    args = [sys.executable, str(CHILD), str(log), str(backup), str(EPOCHS), str(SAVE_FREQ), *map(str, files)]
+    args = [sys.executable, str(CHILD), str(log), str(backup), str(EPOCHS), str(save_freq), *map(str, files)]
     start = len(_lines(log))
     with open(log.with_suffix(".err"), "ab") as err:
         child = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -134,8 +200,10 @@ def _trained(lines: list[str], checkpoint: dict | None) -> list[tuple[int, list[
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
-def test_a_fit_killed_at_random_batches_and_rerun_trains_each_event_once_per_epoch(two_files, tmp_path, seed):
+@pytest.mark.parametrize(("seed", "save_freq"), [(1, SAVE_FREQ), (2, "epoch")])
+def test_a_fit_killed_at_random_batches_and_rerun_trains_each_event_once_per_epoch(
+    two_files, tmp_path, seed, save_freq
+):
     rng = np.random.default_rng(seed)
     log, backup = tmp_path / "batches.log", tmp_path / "backup"
     counted: list[tuple[int, list[int]]] = []
@@ -143,7 +211,7 @@ def test_a_fit_killed_at_random_batches_and_rerun_trains_each_event_once_per_epo
     before = None
     for kill in [kills[0], kills[1] - kills[0], None]:  # twice killed, then completed
         start = len(_lines(log))
-        done = _run(two_files, log, backup, kill)
+        done = _run(two_files, log, backup, kill, save_freq)
         after = _checkpoint(backup)
         new = after is not None and (before is None or after["weights"] != before["weights"])
         if done:

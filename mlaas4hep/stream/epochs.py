@@ -112,17 +112,18 @@ class EpochTracker:
         self._slots[row, index] = slot
         return slot
 
-    def restart(self) -> None:
-        """Forget the requests of the epoch being served: it is served again whole (after its offset, if resumed).
+    def restart(self, *, keep_offset: bool = True) -> None:
+        """Forget the requests of the epoch being served: it is served again whole.
 
         The epoch being served is the first with slots left; the epochs before
-        it were given whole and stay so.
+        it were given whole and stay so. A resumed epoch keeps its offset (its
+        first slots stay trained), unless ``keep_offset`` is False.
         """
         with self._lock:
             epoch = self._first_open()
             row = self._row(epoch)
             self._scalars[_LOWEST] = epoch
-            self._open(epoch, offset=int(self._headers[row]["offset"]))
+            self._open(epoch, offset=int(self._headers[row]["offset"]) if keep_offset else 0)
             self._headers[1 - row]["epoch"] = -1
 
     def resume(self, epoch: int, served: int) -> None:
