@@ -114,15 +114,23 @@ class Server:
         command += ["--port", str(self.port), "--grpc-port", str(grpc_port)]
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            self._wait_ready(name)
+        except BaseException:  # not ready, exited, or Ctrl-C while waiting: the server does not outlive the call
+            self.__exit__()
+            raise
+        return self
+
+    def _wait_ready(self, name: str) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 msg = f"mlaas4hep serve exited with {self.process.returncode}: {self.log.read_text()[-3000:]}"
                 raise RuntimeError(msg)
             if request(self.port, "GET", f"/v2/models/{name}/ready", timeout=2.0)[0] == 200:
-                return self
+                return
             time.sleep(0.2)
-        self.__exit__()
         msg = f"mlaas4hep serve not ready after {self.ready_timeout:.0f} s: {self.log.read_text()[-3000:]}"
         raise RuntimeError(msg)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..errors import FileAccessError, ParameterError
 from .layout import InputPlan
 
-__all__ = ["BUNDLE_FILES", "check_output_dir", "readme", "triton_config", "write_bundle"]
+__all__ = ["BUNDLE_FILES", "check_output_dir", "cpp_program", "readme", "triton_config", "write_bundle"]
 
 BUNDLE_FILES = ("model.onnx", "preprocess.json", "README.md", "triton")
 """What an exported bundle holds (``triton`` is a directory)."""
@@ -53,30 +53,70 @@ def triton_config(name: str, plan: InputPlan, output_names: list[str]) -> str:
 
 _CPP = """\
 #include <onnxruntime_cxx_api.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <iterator>
+#include <vector>
 
 // one variable's numbers, read from preprocess.json: var_infos[var]
-struct VarInfo { float median, norm_factor, replace_inf_value, lower_bound, upper_bound, pad; };
+struct VarInfo {{
+  float median, norm_factor, replace_inf_value, lower_bound, upper_bound, pad;
+}};
 
 // element j of a variable of one event: the raw branch value (1 for <collection>_mask)
-float input_value(float x, const VarInfo& info) {
+float input_value(float x, const VarInfo& info) {{
   if (!std::isfinite(x) || std::abs(x) > 1e32f) x = info.replace_inf_value;
   return std::clamp((x - info.median) * info.norm_factor, info.lower_bound, info.upper_bound);
-}
+}}
 
-// group g: data[(event * n_vars + v) * var_length + j]; elements past an event's list stay info.pad
-std::vector<float> data(batch * n_vars * var_length);
-// ... fill every group, then:
-Ort::Env env;
-Ort::Session session(env, "model.onnx", Ort::SessionOptions{});
-auto memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-std::vector<Ort::Value> tensors;  // one per input_names entry, in that order
-int64_t shape[3] = {batch, n_vars, var_length};
-tensors.push_back(Ort::Value::CreateTensor<float>(memory, data.data(), data.size(), shape, 3));
-auto scores = session.Run(Ort::RunOptions{}, input_names, tensors.data(), tensors.size(),
-                          output_names, n_outputs);  // each (batch, 1)
+int main() {{
+  const int64_t batch = 1;  // events to score
+  const char* input_names[] = {{{inputs}}};
+  const int64_t n_vars[] = {{{n_vars}}};
+  const int64_t var_length[] = {{{var_length}}};
+  const char* output_names[] = {{{outputs}}};
+  const size_t n_inputs = std::size(input_names), n_outputs = std::size(output_names);
+
+  Ort::Env env;
+  Ort::Session session(env, "model.onnx", Ort::SessionOptions{{}});
+  auto memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+  std::vector<std::vector<float>> data(n_inputs);  // the inputs' numbers, alive while the session runs
+  std::vector<Ort::Value> tensors;
+  for (size_t g = 0; g < n_inputs; ++g) {{
+    data[g].assign(batch * n_vars[g] * var_length[g], 0.0f);
+    // fill data[g][(event * n_vars[g] + v) * var_length[g] + j] with input_value(element j of variable v,
+    // its VarInfo), or its pad where the event's list has no element j
+    const int64_t shape[3] = {{batch, n_vars[g], var_length[g]}};
+    tensors.push_back(Ort::Value::CreateTensor<float>(memory, data[g].data(), data[g].size(), shape, 3));
+  }}
+  auto scores = session.Run(Ort::RunOptions{{nullptr}}, input_names, tensors.data(), tensors.size(),
+                            output_names, n_outputs);  // each (batch, 1)
+  for (size_t k = 0; k < n_outputs; ++k) {{
+    std::printf("%s of event 0: %g\\n", output_names[k], scores[k].GetTensorMutableData<float>()[0]);
+  }}
+  return 0;
+}}
 """
+
+
+def cpp_program(plan: InputPlan, output_names: list[str]) -> str:
+    """The README's C++: a ``main`` that feeds ONNX Runtime this model's inputs (to be filled) and prints its scores.
+
+    Examples
+    --------
+    >>> print(cpp_program(plan, ["score"]))  # doctest: +SKIP
+    #include <onnxruntime_cxx_api.h>
+    ...
+    """
+    return _CPP.format(
+        inputs=", ".join(f'"{g.name}"' for g in plan.groups),
+        n_vars=", ".join(str(len(g.var_names)) for g in plan.groups),
+        var_length=", ".join(str(g.var_length) for g in plan.groups),
+        outputs=", ".join(f'"{o}"' for o in output_names),
+    )
 
 
 def readme(name: str, plan: InputPlan, output_names: list[str], source: str) -> str:
@@ -114,13 +154,14 @@ preprocess.json[group]["var_infos"][v]`: `x` is the raw value of branch `v` (ele
 for a collection; `1` for the variable `<collection>_mask`); a NaN or inf `x` becomes
 `info.replace_inf_value`; the input is `clip((x - median) * norm_factor, lower_bound, upper_bound)`,
 and `pad` where the event's list has no element `j`. Variables listed in
-`preprocess.json["mlaas4hep"]["new_variables"]` are computed from the branches by their expressions
-first (element by element, in that order).
+`preprocess.json["mlaas4hep"]["new_variables"]` are computed from the branches by their C++
+expressions first (element by element, in that order; they need `<cmath>` alone, and `/` divides as
+doubles).
 
 ## C++ with ONNX Runtime
 
 ```cpp
-{_CPP}```
+{cpp_program(plan, output_names)}```
 
 ## Triton
 

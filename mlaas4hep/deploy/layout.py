@@ -44,15 +44,25 @@ from ..preprocessing import Preprocessing
 from ..specs.values import BranchSpec
 from ..transform.columns import scaling
 from ..transform.tensors import EVENT, collection_name
-from .aliases import check_aliases, ordered_aliases
+from .aliases import check_aliases, cpp_aliases, ordered_aliases
 
-__all__ = ["NO_BOUND", "PRECISION", "RESERVED", "InputGroup", "InputPlan", "VarInfo", "plan_inputs", "preprocess_json"]
+__all__ = [
+    "NO_BOUND",
+    "PRECISION",
+    "RESERVED",
+    "InputGroup",
+    "InputPlan",
+    "VarInfo",
+    "cancellation_error",
+    "plan_inputs",
+    "preprocess_json",
+]
 
 NO_BOUND = 1e32
 """weaver-core's bounds of a variable that is not clipped (``lower_bound = -NO_BOUND``)."""
 
 PRECISION = 1e-6
-"""The largest error of a normalized input that float32 arithmetic may make in a consumer before export refuses."""
+"""The largest error float32 arithmetic in a consumer may add to a normalized input (:func:`cancellation_error`)."""
 
 RESERVED = ("input_names", "output_names", "mlaas4hep")
 """The keys of ``preprocess.json`` that are not input groups."""
@@ -125,6 +135,33 @@ class InputPlan:
         return [g.name for g in self.groups]
 
 
+def cancellation_error(spec: BranchSpec, offset: float, scale: float) -> float:
+    """The largest error float32 arithmetic adds to ``(x - offset) * scale`` beyond rounding the result to float32.
+
+    A consumer rounds ``x`` and ``offset`` to float32 (a relative error of
+    2**-24 each) before subtracting them; mlaas4hep subtracts in float64 and
+    rounds only the normalized value, as float32 rounds every number. What
+    remains is the cancellation: ``(|x| + |offset| - |x - offset|) * 2**-24 *
+    |scale|``, never negative, largest at the branch's ``min`` or ``max``, and
+    large only where the values sit far from 0 compared with their spread
+    about ``offset`` (a timestamp, not a standardized energy).
+
+    Examples
+    --------
+    >>> met = BranchSpec("MET_pt", "flat", "float32", count=10, min=0.0, max=1000.0)
+    >>> cancellation_error(met, offset=40.0, scale=1 / 40.0) < 1e-6
+    True
+    >>> stamp = BranchSpec("timestamp", "flat", "int64", count=10, min=1.7e9, max=1.7e9 + 99)
+    >>> round(cancellation_error(stamp, offset=1.7e9, scale=1 / 99.0), 2)
+    2.05
+    """
+    ends = [v for v in (spec.min, spec.max) if math.isfinite(v)]
+    if not math.isfinite(offset) or not ends:
+        return 0.0
+    worst = max(abs(x) + abs(offset) - abs(x - offset) for x in ends)
+    return worst * _EPSILON32 * abs(scale)
+
+
 def _var_info(spec: BranchSpec, normalization: str | None, pad: float) -> VarInfo:
     """The variable of branch ``spec``: its normalization, and the raw value that normalizes to ``pad``."""
     offset, scale, _, _ = scaling(spec, normalization)
@@ -139,14 +176,14 @@ def _var_info(spec: BranchSpec, normalization: str | None, pad: float) -> VarInf
             "normalized too); train with pad_value=0 or without the branch"
         )
         raise ParameterError(msg)
-    largest = max((abs(v) for v in (spec.min, spec.max, offset) if math.isfinite(v)), default=0.0)
-    error = largest * _EPSILON32 * abs(scale)
+    error = cancellation_error(spec, offset, scale)
     if error > PRECISION:
+        largest = max((abs(v) for v in (spec.min, spec.max) if math.isfinite(v)), default=0.0)
         msg = (
-            f"branch {spec.name!r} holds values up to {largest:.6g} over a range that normalizes them by "
-            f"{scale:.6g}: a consumer computing (x - median) * norm_factor in float32 would be off by up to "
-            f"{error:.3g} in the model's input (more than {PRECISION}); leave it out of the features "
-            "(exclude=) or derive a smaller variable from it"
+            f"branch {spec.name!r} holds values up to {largest:.6g}, normalized about {offset:.6g} by {scale:.6g}: "
+            f"a consumer computing (x - median) * norm_factor in float32 would be off by up to {error:.3g} in "
+            f"the model's input beyond float32's own rounding of it (more than {PRECISION}); leave it out of "
+            "the features (exclude=) or derive a smaller variable from it"
         )
         raise ParameterError(msg)
     return VarInfo(float(offset), float(scale), float(replace), pad)
@@ -272,10 +309,12 @@ def preprocess_json(plan: InputPlan, output_names: list[str], preprocessing: Pre
     """``preprocess.json`` in weaver-core's ``DataConfig.export_json`` form, and what a consumer needs beside it.
 
     One key is beyond weaver-core's (CMSSW's readers ignore it): ``mlaas4hep``,
-    with ``new_variables``, the aliases the variables are computed from
-    (name -> uproot expression, element by element, in an order where each
-    uses only branches and the aliases before it), ``tree``, the tree trained
-    on, and the ``layout`` and ``normalization`` exported.
+    with ``new_variables``, the aliases the variables are computed from, in
+    C++ (name -> expression of :func:`~mlaas4hep.deploy.aliases.cpp_expression`,
+    element by element, in an order where each uses only branches and the
+    aliases before it), ``aliases``, the same as mlaas4hep evaluates them
+    (uproot's syntax, numpy's meaning), ``tree``, the tree trained on, and the
+    ``layout`` and ``normalization`` exported.
 
     Examples
     --------
@@ -292,7 +331,8 @@ def preprocess_json(plan: InputPlan, output_names: list[str], preprocessing: Pre
             "var_length": g.var_length,
         }
     out["mlaas4hep"] = {
-        "new_variables": ordered_aliases(preprocessing.selection().aliases),
+        "new_variables": cpp_aliases(preprocessing.selection().aliases),
+        "aliases": ordered_aliases(preprocessing.selection().aliases),
         "tree": preprocessing.tree,
         "layout": preprocessing.layout,
         "normalization": preprocessing.normalization,

@@ -18,6 +18,7 @@ MLServer imports it when :func:`~mlaas4hep.deploy.serve.serve` starts a server.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,13 @@ except ModuleNotFoundError as err:  # the one place the missing extra is explain
 __all__ = ["BundleRuntime", "check_inputs", "check_tensor"]
 
 _NUMBERS = "fiu"  # numpy's kinds of real numbers: no bool, no string, no object
+_MAX_BATCH = 2**31 - 1  # events in one request: far beyond any that fits in memory, far below int64's range
 _KINDS = {"b": "booleans", "U": "strings", "S": "bytes", "O": "mixed values", "c": "complex numbers"}
+
+
+def _is_shape(shape: Sequence[Any]) -> bool:
+    """Three integers (not booleans)."""
+    return len(shape) == 3 and all(isinstance(d, int | np.integer) and not isinstance(d, bool) for d in shape)
 
 
 def _check_names(bundle: Bundle, names: Sequence[str]) -> None:
@@ -81,7 +88,7 @@ def check_tensor(group: BundleInput, datatype: str, shape: Sequence[int], data: 
     ------
     ParameterError
         Naming the input, when the datatype is not ``FP32``, the shape is not
-        the group's (or holds no event), the data are not numbers or do not
+        the group's (or holds no event, or more than 2**31 - 1), the data are not numbers or do not
         hold ``prod(shape)`` of them, or one is NaN or infinite in float32; for
         a non-finite value the message says which event and variable hold it.
 
@@ -100,8 +107,11 @@ def check_tensor(group: BundleInput, datatype: str, shape: Sequence[int], data: 
         msg = f"input {name!r} must be FP32 (float32), got {datatype}"
         raise ParameterError(msg)
     expected = [len(group.var_names), group.var_length]
-    if len(shape) != 3 or list(shape[1:]) != expected or shape[0] < 1:
-        msg = f"input {name!r} must have the shape [batch >= 1, {expected[0]}, {expected[1]}], got {list(shape)}"
+    if not _is_shape(shape) or list(shape[1:]) != expected or not 1 <= shape[0] <= _MAX_BATCH:
+        msg = (
+            f"input {name!r} must have the shape [batch, {expected[0]}, {expected[1]}] with 1 <= batch <= "
+            f"{_MAX_BATCH}, got {list(shape)}"
+        )
         raise ParameterError(msg)
     try:
         values = np.asarray(data)
@@ -114,12 +124,16 @@ def check_tensor(group: BundleInput, datatype: str, shape: Sequence[int], data: 
         got = _KINDS.get(values.dtype.kind, "other values")
         msg = f"input {name!r}: data must be numbers (FP32), got {got} such as {example!r}"
         raise ParameterError(msg)
-    size = int(np.prod(shape))
+    size = math.prod(int(d) for d in shape)  # Python's integers: np.prod wraps around beyond int64
     if values.size != size:
         msg = f"input {name!r}: the shape {list(shape)} holds {size} numbers, the data {values.size}"
         raise ParameterError(msg)
-    with np.errstate(over="ignore"):  # beyond float32's range is inf, refused below
-        tensor = values.astype(np.float32).reshape(shape)
+    try:
+        with np.errstate(over="ignore"):  # beyond float32's range is inf, refused below
+            tensor = values.astype(np.float32).reshape(shape)
+    except ValueError as err:  # the checks above leave none; a request is never answered 500
+        msg = f"input {name!r}: data of shape {values.shape} cannot take the shape {list(shape)} ({err})"
+        raise ParameterError(msg) from err
     bad = ~np.isfinite(tensor)
     if bad.any():
         event, var, position = (int(i[0]) for i in np.nonzero(bad))

@@ -11,6 +11,7 @@ request must be answered with 400 and a message naming the input at fault.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -313,7 +314,7 @@ MALFORMED = {
     "unknown input": (lambda r: r["inputs"].append({**r["inputs"][0], "name": "Muon"}), "Muon", "unknown input"),
     "missing input": (lambda r: r["inputs"].pop(0), "event", "is missing"),
     "input twice": (lambda r: r["inputs"].append(r["inputs"][1]), "Jet", "given 2 times"),
-    "wrong shape": (_set(1, shape=[2, 4, 2]), "Jet", "must have the shape [batch >= 1, 2, 4]"),
+    "wrong shape": (_set(1, shape=[2, 4, 2]), "Jet", "must have the shape [batch, 2, 4] with 1 <= batch <= 2147483647"),
     "wrong rank": (_set(1, shape=[2, 8]), "Jet", "must have the shape"),
     "no event": (_set(0, shape=[0, 3, 1], data=[]), "event", "must have the shape"),
     "INT64": (_set(0, datatype="INT64"), "event", "must be FP32"),
@@ -321,6 +322,8 @@ MALFORMED = {
     "strings": (_set(0, data=["1.0"] * 6), "event", "data must be numbers (FP32), got strings"),
     "booleans": (_set(0, data=[True] * 6), "event", "got booleans"),
     "uneven nesting": (_set(0, data=[[1.0], [2.0, 3.0], 4.0, 5.0, 6.0]), "event", "data must be numbers"),
+    # (2**64 + 5) // 3 events of 3 numbers: 5 numbers modulo 2**64, the data's count
+    "shape beyond int64": (_set(0, shape=[(2**64 + 5) // 3, 3, 1], data=[0.5] * 5), "event", "with 1 <= batch <="),
     "too few numbers": (_set(0, data=[1.0] * 5), "event", "holds 6 numbers, the data 5"),
     "batches differ": (_set(1, shape=[3, 2, 4], data=[0.5] * 24), "Jet", "holds 3 events, input 'event' 2"),
     "beyond float32": (_set(1, data=[0.5] * 9 + [1e39] + [0.5] * 6), "Jet", "variable 'Jet_pt', position 1"),
@@ -335,6 +338,22 @@ def test_a_malformed_request_is_answered_400_naming_the_input(server: Served, ca
     status, answer = _http(server.port, "POST", f"/v2/models/{NAME}/infer", _case(change))
     assert status == 400, answer
     assert f"'{name}'" in answer["error"] and words in answer["error"], answer["error"]
+
+
+def test_a_shape_whose_size_overflows_int64_is_refused_naming_the_input() -> None:
+    """Sizes are Python's integers: [(2**64 + 5) // 3, 3, 1] does not hold 5 numbers, though int64 says so."""
+    _require("mlserver")
+    from mlaas4hep.deploy.runtime import check_tensor
+    from mlaas4hep.deploy.serve import BundleInput
+
+    group = BundleInput("event", ("MET_pt", "nJet", "PV_npvs"), 1)
+    assert int(np.prod([(2**64 + 5) // 3, 3, 1])) == 5  # what numpy makes of it
+    for batch in [(2**64 + 5) // 3, 2**31]:
+        with pytest.raises(ParameterError, match=r"input 'event' must have the shape \[batch, 3, 1\] with 1 <= batch"):
+            check_tensor(group, "FP32", [batch, 3, 1], [0.5] * 5)
+    with pytest.raises(ParameterError, match=r"input 'event' must have the shape"):
+        check_tensor(group, "FP32", [True, 3, 1], [0.5] * 3)
+    assert check_tensor(group, "FP32", [np.int64(1), 3, 1], [0.5] * 3).shape == (1, 3, 1)
 
 
 def test_a_nan_is_answered_invalid_argument_naming_the_input_over_grpc(server: Served) -> None:
@@ -374,6 +393,33 @@ def test_sigterm_stops_the_server_and_frees_its_ports(bundle: Path, start: Calla
     assert served.stop() == 0, served.tail()
     with pytest.raises(OSError):
         _http(served.port, "GET", "/v2/health/live", timeout=2.0)
+
+
+def test_the_load_tests_server_is_stopped_when_interrupted_while_it_starts(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while benchmarks/serve.py waits for the server to be ready (here: at its first request) stops it."""
+    _require("mlserver")
+    spec = importlib.util.spec_from_file_location("serve_benchmark", ROOT / "benchmarks" / "serve.py")
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "serve_benchmark", benchmark)
+    spec.loader.exec_module(benchmark)
+
+    def interrupted(*args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmark, "request", interrupted)
+    server = benchmark.Server(bundle, tmp_path / "serve.log")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.__enter__()
+        assert server.process is not None
+        assert server.process.poll() is not None, "the server outlived the interrupted start"
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(timeout=15)
 
 
 def test_the_load_test_runs_and_reports_every_level(bundle: Path) -> None:
