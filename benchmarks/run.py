@@ -31,6 +31,7 @@ from benchmarks.common import DATA_DIR, Config, Result, format_result, print_tab
 from benchmarks.first_pass import bench_first_pass
 from benchmarks.formats import bench_formats
 from benchmarks.memory import bench_memory
+from benchmarks.resume import bench_resume
 from benchmarks.scores import bench_scores
 from benchmarks.throughput import bench_collections, bench_parallel, bench_throughput
 from benchmarks.training import bench_training
@@ -45,6 +46,7 @@ BENCHMARKS: dict[str, Callable[[Config], list[Result]]] = {
     "parallel": bench_parallel,  # 6
     "collections": bench_collections,  # 8
     "scores": bench_scores,  # 9
+    "resume": bench_resume,  # 13
     "formats": bench_formats,  # Parquet copies against the ROOT files, for the record
 }
 

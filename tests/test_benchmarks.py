@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
-TARGETS = ("1", "1f", "2b", "3", "4", "5a", "5b", "6", "8", "9", "10", "11")
+TARGETS = ("1", "1f", "2b", "3", "4", "5a", "5b", "6", "8", "9", "10", "11", "13")
 LINE = re.compile(r"^\[(?P<key>\w+)\] .+ target (>=|<=|>|<) [\d.]+\S* +(?P<verdict>MET|NOT MET) +median of \[")
 
 
