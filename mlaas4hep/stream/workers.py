@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -38,6 +39,27 @@ log = logging.getLogger(__name__)
 
 Reply = tuple[Any, Any, tuple[float, float, float]]
 """A worker's answer for a chunk: ``(y, w, (read_s, decompress_s, flatten_s))``."""
+
+
+_GUARDED: list[bool] = []  # the fork hook below, registered once per process
+
+
+def _fork_safe_uproot() -> None:
+    """Fork only while no thread holds uproot's module lock around every read's baskets (registered once).
+
+    uproot guards the baskets read in any thread with one module-level lock
+    (``uproot.behaviors.TBranch._basket_arrays_lock``). A fork while another
+    thread (another sequence's read-ahead) held it gave the child a copy that
+    stays held forever: the worker's first read, and the parent waiting for it,
+    hung. Taking the lock before each fork and releasing it on both sides makes
+    the fork wait for the read instead.
+    """
+    import uproot.behaviors.TBranch as tbranch
+
+    lock = getattr(tbranch, "_basket_arrays_lock", None)
+    if not _GUARDED and lock is not None and hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=lock.acquire, after_in_parent=lock.release, after_in_child=lock.release)
+        _GUARDED.append(True)
 
 
 def fork_supported() -> bool:
@@ -104,6 +126,7 @@ class WorkerPool:
         self._procs: list[Any] = []
         self._locks = [threading.Lock() for _ in groups]  # one thread at a time talks to a worker
         self._replies: dict[tuple[int, int], tuple[Any, ...]] = {}
+        _fork_safe_uproot()
         context = multiprocessing.get_context("fork")
         gc.freeze()  # the children's garbage collector then leaves the parent's objects (and their pages) alone
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from conftest import write_tree
 
 from mlaas4hep import RootSequence
 from mlaas4hep.errors import FileAccessError, MLaaS4HEPError
+from mlaas4hep.stream.workers import fork_supported
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes are forked")
 
@@ -162,3 +165,45 @@ def test_batches_kept_from_shared_buffers_stay_intact(two_files):
     finally:
         seq.close()
         reference.close()
+
+
+_HELD_LOCK_CHILD = """
+import sys, threading, time
+import uproot.behaviors.TBranch as tbranch
+from mlaas4hep import RootSequence
+
+files = sys.argv[1:]
+seq = RootSequence(files, labels=[1, 0], batch_size=100, chunk_size=700, seed=3, workers=2)
+held = threading.Event()
+
+def hold():  # another thread in the middle of an uproot read while the workers are forked
+    with tbranch._basket_arrays_lock:
+        held.set()
+        time.sleep(1.0)
+
+threading.Thread(target=hold).start()
+held.wait()
+n = sum(len(seq[i][0]) for i in range(len(seq)))
+seq.close()
+print("served", n, "workers", seq.pipeline.worker_processes)
+"""
+
+
+@pytest.mark.skipif(not fork_supported(), reason="worker processes are forked on Linux only")
+def test_workers_forked_while_another_thread_reads_do_not_hang(two_files):
+    """uproot's module lock held by another thread at the fork stayed held in the child: its first read hung."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HELD_LOCK_CHILD, *map(str, two_files)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its worker processes too are stopped if it hangs
+    )
+    try:
+        out, err = child.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        pytest.fail("the sequence hung: a worker forked while another thread held uproot's lock")
+    assert child.returncode == 0, err[-2000:]
+    assert "served 3000 workers 2" in out
