@@ -36,7 +36,7 @@ from .counters import LoaderCounters
 from .plan import EpochPlan, balance, chunk_permutation
 from .prepare import PreparedData
 from .reader import Chunk, ChunkReader
-from .workers import ChunkJob, WorkerPool, fork_supported
+from .workers import ChunkJob, WorkerPool, fork_safe_uproot, fork_supported
 
 __all__ = ["Batch", "Pipeline"]
 
@@ -329,6 +329,7 @@ class Pipeline:
     def _start_threads(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         """The reader and flattener threads (and the worker processes), started once (caller holds the lock)."""
         if self._executor is None or self._flatten_executor is None:
+            fork_safe_uproot()  # these threads read with uproot: a fork (anyone's) then waits for its lock
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="mlaas4hep-reader")
             # with worker processes, two threads hand out chunks, so that a worker is asked for the
             # next chunk before the other has finished this one

@@ -33,7 +33,7 @@ from ..transform.outputs import Outputs
 from .buffers import mapped
 from .reader import ChunkReader
 
-__all__ = ["ChunkJob", "WorkerPool", "fork_supported"]
+__all__ = ["ChunkJob", "WorkerPool", "fork_safe_uproot", "fork_supported"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ Reply = tuple[Any, Any, tuple[float, float, float]]
 _GUARDED: list[bool] = []  # the fork hook below, registered once per process
 
 
-def _fork_safe_uproot() -> None:
+def fork_safe_uproot() -> None:
     """Fork only while no thread holds uproot's module lock around every read's baskets (registered once).
 
     uproot guards the baskets read in any thread with one module-level lock
@@ -52,7 +52,9 @@ def _fork_safe_uproot() -> None:
     thread (another sequence's read-ahead) held it gave the child a copy that
     stays held forever: the worker's first read, and the parent waiting for it,
     hung. Taking the lock before each fork and releasing it on both sides makes
-    the fork wait for the read instead.
+    the fork wait for the read instead: this process's worker processes, and
+    anyone's (a DataLoader's workers, Keras' ``use_multiprocessing``), once a
+    pipeline reads in background threads.
     """
     import uproot.behaviors.TBranch as tbranch
 
@@ -126,7 +128,7 @@ class WorkerPool:
         self._procs: list[Any] = []
         self._locks = [threading.Lock() for _ in groups]  # one thread at a time talks to a worker
         self._replies: dict[tuple[int, int], tuple[Any, ...]] = {}
-        _fork_safe_uproot()
+        fork_safe_uproot()
         context = multiprocessing.get_context("fork")
         gc.freeze()  # the children's garbage collector then leaves the parent's objects (and their pages) alone
         try:
