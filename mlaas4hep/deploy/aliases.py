@@ -29,6 +29,7 @@ import math
 from collections.abc import Mapping
 
 from ..errors import ParameterError
+from ..inputs.selection import dotted_name
 
 __all__ = ["CONSTANTS", "ELEMENTWISE", "check_aliases", "cpp_aliases", "cpp_expression", "ordered_aliases"]
 
@@ -71,15 +72,6 @@ _CPP_KEYWORDS = frozenset(
 )
 
 
-def _dotted(node: ast.AST) -> str | None:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        head = _dotted(node.value)
-        return None if head is None else f"{head}.{node.attr}"
-    return None
-
-
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -88,7 +80,7 @@ def _problem(tree: ast.AST) -> str | None:
     """What in a parsed expression a consumer cannot compute element by element, or None."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
-            name = _dotted(node.func)
+            name = dotted_name(node.func)
             if name not in ELEMENTWISE:
                 return f"calls {name or ast.unparse(node.func)!r}"
             arity = 2 if ELEMENTWISE[name] in _BINARY_FUNCTIONS else 1
@@ -112,7 +104,7 @@ def _cpp(node: ast.expr) -> str:
         value = node.value
         return "INFINITY" if value == math.inf else repr(value)  # 1e999 parses as inf
     if isinstance(node, (ast.Name, ast.Attribute)):
-        name = _dotted(node)
+        name = dotted_name(node)
         assert name is not None, "check_aliases refuses any other attribute"
         return CONSTANTS.get(name, name)
     if isinstance(node, ast.UnaryOp):
@@ -125,7 +117,7 @@ def _cpp(node: ast.expr) -> str:
             return f"pow({left}, {right})"
         return f"({left} {_CPP_BINARY[type(node.op)]} {right})"
     if isinstance(node, ast.Call):
-        return f"{ELEMENTWISE[_dotted(node.func) or '']}({', '.join(_cpp(a) for a in node.args)})"
+        return f"{ELEMENTWISE[dotted_name(node.func) or '']}({', '.join(_cpp(a) for a in node.args)})"
     msg = f"no C++ form for {ast.unparse(node)!r}"  # check_aliases lets nothing else through
     raise ParameterError(msg)
 
@@ -166,7 +158,7 @@ def _reads(tree: ast.AST) -> set[str]:
     functions = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     for node in ast.walk(tree):
         if isinstance(node, (ast.Name, ast.Attribute)) and id(node) not in functions:
-            name = _dotted(node)
+            name = dotted_name(node)
             if name is not None:
                 names.add(name)
     # an attribute's inner names (``a`` of ``a.b``) are not read on their own; a constant's name is read

@@ -40,7 +40,7 @@ import uproot.language.python
 
 from ..errors import BranchError, ParameterError
 
-__all__ = ["FUNCTIONS", "REDUCERS", "Selection", "decode_mask", "encode_mask", "kind_of"]
+__all__ = ["FUNCTIONS", "REDUCERS", "Selection", "decode_mask", "dotted_name", "encode_mask", "kind_of"]
 
 
 def _reducer(name: str, function: Callable[..., Any], empty: float | None = None) -> Callable[[Any], Any]:
@@ -110,12 +110,12 @@ def _to_numpy(values: Any) -> Any:
     return values
 
 
-def _dotted(node: ast.AST) -> str | None:
-    """``a.b.c`` as one name, as uproot reads branch names with dots."""
+def dotted_name(node: ast.AST) -> str | None:
+    """``a.b.c`` as one name, as uproot reads branch names with dots; None for anything but names and attributes."""
     if isinstance(node, ast.Name):
         return node.id
     if isinstance(node, ast.Attribute):
-        head = _dotted(node.value)
+        head = dotted_name(node.value)
         return None if head is None else f"{head}.{node.attr}"
     return None
 
@@ -133,7 +133,7 @@ def _parse(expression: str, what: str) -> ast.expr:
     for node in ast.walk(tree):
         problem = None
         if isinstance(node, ast.Call):
-            name = _dotted(node.func)
+            name = dotted_name(node.func)
             if name not in FUNCTIONS:
                 problem = f"calls {name or ast.unparse(node.func)!r}, which is not one of {sorted(FUNCTIONS)}"
             elif node.keywords:
@@ -163,7 +163,7 @@ def _parse(expression: str, what: str) -> ast.expr:
             ),
         ):
             problem = f"contains {type(node).__name__} ({ast.unparse(node)!r}), which is not supported"
-        elif isinstance(node, ast.Attribute) and _dotted(node) is None:
+        elif isinstance(node, ast.Attribute) and dotted_name(node) is None:
             problem = f"takes the attribute {ast.unparse(node)!r}; only dotted branch names are allowed"
         if problem:
             msg = f"{what} {expression!r} {problem}"
@@ -183,7 +183,7 @@ def _names(tree: ast.AST) -> list[str]:
                 skip.add(id(sub))
             continue
         if isinstance(node, (ast.Name, ast.Attribute)):
-            name = _dotted(node)
+            name = dotted_name(node)
             if name is not None:
                 for sub in ast.walk(node):
                     skip.add(id(sub))
@@ -197,7 +197,7 @@ def _evaluate(node: ast.AST, get: Callable[[str], Any]) -> Any:
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, (ast.Name, ast.Attribute)):
-        name = _dotted(node)
+        name = dotted_name(node)
         assert name is not None
         return _CONSTANTS[name] if name in _CONSTANTS else get(name)
     if isinstance(node, ast.BinOp):
@@ -221,7 +221,7 @@ def _evaluate(node: ast.AST, get: Callable[[str], Any]) -> Any:
             left = right
         return out
     if isinstance(node, ast.Call):
-        function = FUNCTIONS[_dotted(node.func) or ""]
+        function = FUNCTIONS[dotted_name(node.func) or ""]
         return _to_numpy(function(*(_evaluate(a, get) for a in node.args)))
     msg = f"cannot evaluate {ast.unparse(node)!r}"  # _parse lets nothing else through
     raise ParameterError(msg)
