@@ -40,13 +40,14 @@ import importlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import uproot.compression
 
 from ...errors import ParameterError
 
-__all__ = ["ENVIRONMENT", "LIBRARIES", "chosen_zlib", "default_zlib", "use_zlib", "zlib_library"]
+__all__ = ["ENVIRONMENT", "LIBRARIES", "chosen_zlib", "default_zlib", "inflater", "use_zlib", "zlib_library"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,28 @@ def zlib_library() -> str:
     """
     decompressor = _decompressor()
     return "zlib" if decompressor is None else str(decompressor.library)
+
+
+def inflater() -> Callable[[Any, int], bytes]:
+    """A function inflating one ZLIB stream (bytes-like, with its header) of a known size, with :func:`zlib_library`.
+
+    It is what uproot would call for the stream in this process: mlaas4hep's
+    own basket reads (:mod:`~mlaas4hep.inputs.formats.baskets`) use the same
+    library, so that :func:`use_zlib` and :data:`ENVIRONMENT` hold for them too.
+
+    Examples
+    --------
+    >>> import zlib
+    >>> inflater()(zlib.compress(b"abc" * 3), 9)
+    b'abcabcabc'
+    """
+    library = zlib_library()
+    module: Any = importlib.import_module(_MODULES.get(library, "zlib"))
+    if library == "isal":
+        return lambda data, size: bytes(module.decompress(data, bufsize=max(size, 1)))
+    if library == "deflate":
+        return lambda data, size: bytes(module.zlib_decompress(data, size))
+    return lambda data, size: bytes(module.decompress(data, 15, max(size, 1)))
 
 
 def use_zlib(library: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -13,13 +14,28 @@ import uproot
 
 from ...errors import FileAccessError, TreeError
 from ..remote import open_options
+from .baskets import BasketReader, Unsupported
 from .decompression import default_zlib
 from .table import DEFAULT_TIMEOUT, BranchInfo, Table, check_local, check_ranges, fixed_kind
 
 if TYPE_CHECKING:
     from ..sources import FileSource
 
-__all__ = ["RootTable", "describe_branches", "file_uuid", "kind_of_form", "open_file", "open_tree", "opened_tree"]
+__all__ = [
+    "READER",
+    "RootTable",
+    "describe_branches",
+    "file_uuid",
+    "kind_of_form",
+    "open_file",
+    "open_tree",
+    "opened_tree",
+]
+
+log = logging.getLogger(__name__)
+
+READER = "MLAAS4HEP_READER"
+"""Environment variable: ``uproot`` has uproot read every branch (no :class:`BasketReader`), for comparisons."""
 
 _TREES = ("TTree", "ROOT::RNTuple", "ROOT::Experimental::RNTuple")
 
@@ -189,12 +205,20 @@ class RootTable(Table):
     ``file`` and ``tree`` are uproot's objects. :meth:`blocks` are the
     clusters, where every branch asked for starts a basket; :meth:`arrays`
     decompresses on the executor of :meth:`make_executor` (two threads).
+    The numeric branches of a local TTree are read by a
+    :class:`~mlaas4hep.inputs.formats.baskets.BasketReader` (the same arrays,
+    without uproot's Python around each basket) unless the environment
+    variable :data:`READER` is ``uproot``; every other branch by uproot.
     """
 
     def __init__(self, source: FileSource, file: Any, tree: Any) -> None:
         super().__init__(source)
         self.file = file
         self.tree = tree
+        self.baskets: BasketReader | None = None
+        if not source.is_remote and isinstance(tree, uproot.TTree) and os.environ.get(READER, "") != "uproot":
+            self.baskets = BasketReader(source.path.removeprefix("file://"), tree)
+        self._top: dict[str, int] | None = None  # the tree's top-level branches, in its order
 
     @classmethod
     def open(cls, source: FileSource, timeout: float = DEFAULT_TIMEOUT) -> RootTable:
@@ -217,6 +241,18 @@ class RootTable(Table):
         yield from self.tree.iterate(filter_name=list(names), step_size=step_size, library="ak")
 
     def arrays(self, names: Sequence[str], start: int, stop: int, executor: Any = None) -> ak.Array:
+        layouts = self._read_baskets(names, start, stop, executor)
+        rest = [name for name in names if name not in layouts]
+        if not layouts:
+            return self._uproot_arrays(rest, start, stop, executor)
+        if rest:
+            arrays = self._uproot_arrays(rest, start, stop, executor)
+            layouts.update((field, arrays.layout.content(field)) for field in arrays.fields)
+        assert self._top is not None
+        fields = sorted(layouts, key=self._top.__getitem__)  # uproot's order: the tree's
+        return ak.Array(ak.contents.RecordArray([layouts[f] for f in fields], fields, length=stop - start))
+
+    def _uproot_arrays(self, names: Sequence[str], start: int, stop: int, executor: Any) -> ak.Array:
         wanted = frozenset(names)
         return self.tree.arrays(
             filter_name=wanted.__contains__,  # a set look-up: a list of names is matched like globs
@@ -226,6 +262,28 @@ class RootTable(Table):
             decompression_executor=executor,
             array_cache=None,  # the file's default cache would hold up to 100 MB of arrays read once
         )
+
+    def _read_baskets(self, names: Sequence[str], start: int, stop: int, executor: Any) -> dict[str, Any]:
+        """The layouts of the branches :attr:`baskets` reads (on ``executor``, if any, a task per branch).
+
+        Nothing if any name is not a top-level branch (uproot then reads all of
+        them, as it names their fields), or the range is empty. A branch one of
+        whose baskets is :class:`Unsupported` is left to uproot from then on.
+        """
+        if self.baskets is None or not 0 <= start < stop:
+            return {}
+        if self._top is None:
+            self._top = {name: i for i, name in enumerate(self.tree.keys(recursive=False))}
+        if not all(name in self._top for name in names):
+            return {}
+        reader = self.baskets
+        ours = [name for name in names if reader.supports(name)]
+        if executor is None:
+            tasks = [_Done(_attempt(reader, name, start, stop)) for name in ours]
+        else:
+            tasks = [executor.submit(_attempt, reader, name, start, stop) for name in ours]
+        layouts = {name: task.result() for name, task in zip(ours, tasks, strict=True)}
+        return {name: layout for name, layout in layouts.items() if layout is not None}
 
     def blocks(self, names: Sequence[str]) -> np.ndarray | None:
         try:
@@ -237,4 +295,26 @@ class RootTable(Table):
         return uproot.source.futures.ThreadPoolExecutor(max_workers=2)
 
     def close(self) -> None:
+        if self.baskets is not None:
+            self.baskets.close()
         self.file.close()
+
+
+class _Done:
+    """A result already there, with a future's ``result()``."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+def _attempt(reader: BasketReader, name: str, start: int, stop: int) -> Any:
+    """Branch ``name``'s layout for ``[start, stop)``, or None (and the branch left to uproot) if unsupported."""
+    try:
+        return reader.read(name, start, stop)
+    except Unsupported as why:
+        log.debug("%s: %s; read with uproot", reader.path, why)
+        reader.forget(name)
+        return None
