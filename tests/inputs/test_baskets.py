@@ -217,3 +217,21 @@ def test_a_sequence_serves_the_same_batches_either_way(tmp_path: Path, monkeypat
     assert len(ours) == len(theirs)
     for (x1, y1), (x2, y2) in zip(ours, theirs, strict=True):
         assert x1.tobytes() == x2.tobytes() and y1.tobytes() == y2.tobytes()
+
+
+def test_the_seconds_spent_inflating_are_counted(tmp_path: Path) -> None:
+    """LoaderStats' decompress seconds still count the ZLIB blocks inflated here, in the reading thread."""
+    path = write_tree(tmp_path / "z.root", 3000, seed=4, basket=700)
+    table = _table(path)
+    try:
+        assert table.decompressed_seconds == 0.0
+        table.arrays(["MET_pt", "Jet_pt", "nJet"], 0, 3000)
+        assert table.decompressed_seconds > 0.0
+    finally:
+        table.close()
+    seq = RootSequence([str(path)], labels=[1], chunk_size=1000, batch_size=500)
+    try:
+        chunk = seq.pipeline.reader.read(0)
+        assert chunk.decompress_s > 0.0
+    finally:
+        seq.close()

@@ -37,6 +37,8 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,8 @@ from uproot.interpretation.jagged import AsJagged
 from uproot.interpretation.numerical import AsDtype
 
 from .decompression import inflater
+
+Inflate = Callable[[Any, int], bytes]
 
 __all__ = ["BasketReader", "Unsupported"]
 
@@ -120,6 +124,7 @@ class BasketReader:
         self._branches: dict[str, _Branch | None] = {}
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self.inflate_seconds = 0.0  # spent inflating ZLIB blocks, in the threads that read
 
     def supports(self, name: str) -> bool:
         """Whether branch ``name`` is read here (a top-level numeric branch whose baskets are all in the file)."""
@@ -159,20 +164,35 @@ class BasketReader:
             raise Unsupported(msg)
         first = int(np.searchsorted(branch.entries, start, side="right")) - 1
         last = int(np.searchsorted(branch.entries, stop, side="left"))
-        parts = [self._basket(branch, j, start, stop) for j in range(first, last)]
+        inflate = inflater()
+        seconds = [0.0]
+
+        def timed(data: Any, size: int) -> bytes:
+            t = time.perf_counter()
+            try:
+                return inflate(data, size)
+            finally:
+                seconds[0] += time.perf_counter() - t
+
+        try:
+            parts = [self._basket(branch, j, start, stop, timed) for j in range(first, last)]
+        finally:
+            with self._lock:
+                self.inflate_seconds += seconds[0]
         return _assemble(branch, parts, stop - start)
 
-    def _basket(self, branch: _Branch, j: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Basket ``j``'s numbers of entries ``[start, stop)`` (a view) and, if jagged, their counts."""
+    def _basket(
+        self, branch: _Branch, j: int, start: int, stop: int, inflate: Inflate
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Basket ``j``'s numbers of entries ``[start, stop)`` (a view) and, if jagged, their offsets from 0."""
         raw = os.pread(self._descriptor(), int(branch.sizes[j]), int(branch.seeks[j]))
         e0, e1 = int(branch.entries[j]), int(branch.entries[j + 1])
-        data, offsets = _unpack(raw, branch, e1 - e0)
+        values, offsets = _unpack(raw, branch, e1 - e0, inflate)
         a, b = max(start, e0) - e0, min(stop, e1) - e0
         if offsets is None:
-            return data.view(branch.source)[a:b], None
-        values = data.view(branch.source)
-        starts = offsets // branch.source.itemsize
-        return values[starts[a] : starts[b]], np.diff(starts[a : b + 1])
+            return values[a:b], None
+        lo = offsets[a]
+        return values[lo : offsets[b]], offsets[a : b + 1] - lo
 
     def close(self) -> None:
         """Close the file (it is opened again if read again)."""
@@ -182,8 +202,8 @@ class BasketReader:
                 self._fd = None
 
 
-def _unpack(raw: bytes, branch: _Branch, entries: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """A basket's data bytes and, for a jagged branch, its entries' byte offsets into them (``entries + 1``)."""
+def _unpack(raw: bytes, branch: _Branch, entries: int, inflate: Inflate) -> tuple[np.ndarray, np.ndarray | None]:
+    """A basket's numbers (big-endian) and, for a jagged branch, each entry's first number (``entries + 1``)."""
     if len(raw) < _KEY.size:
         msg = f"branch {branch.name!r}: a basket shorter than its key"
         raise Unsupported(msg)
@@ -197,31 +217,29 @@ def _unpack(raw: bytes, branch: _Branch, entries: int) -> tuple[np.ndarray, np.n
         msg = f"branch {branch.name!r}: a basket holds {nevbuf} entries, not {entries}"
         raise Unsupported(msg)
     body = memoryview(raw)[keylen:]
-    data = np.frombuffer(body if len(body) == objlen else _inflate(body, objlen, branch.name), dtype=np.uint8)
+    data = np.frombuffer(body if len(body) == objlen else _inflate(body, objlen, branch.name, inflate), np.uint8)
+    itemsize = branch.source.itemsize
     if not branch.jagged:
-        if border != len(data) or border != entries * branch.source.itemsize:
+        if border != len(data) or border != entries * itemsize:
             msg = f"branch {branch.name!r}: a basket's size is not its entries'"
             raise Unsupported(msg)
-        return data, None
-    if border == len(data) or (len(data) - border) % 4:
+        return data.view(branch.source), None
+    # after the numbers: the number of offsets stored (entries + 1), then each entry's first byte counted
+    # from the key, then one more, not the numbers' end
+    stored = data[border : border + 4 * (entries + 2)]
+    if border % itemsize or len(stored) < 4 * (entries + 2):
         msg = f"branch {branch.name!r}: a jagged basket without its entries' offsets"
         raise Unsupported(msg)
-    offsets = data[border:].view(_OFFSETS)[1:].astype(np.int64) - keylen
-    if len(offsets) < entries + 1:
-        msg = f"branch {branch.name!r}: a basket's offsets are too few"
-        raise Unsupported(msg)
-    offsets = offsets[: entries + 1]
-    offsets[-1] = border
-    counts = np.diff(offsets)
-    if offsets[0] != 0 or np.any(counts < 0) or np.any(counts % branch.source.itemsize):
+    offsets = stored.view(_OFFSETS)[1:] - np.int32(keylen)  # native int32 now
+    offsets[-1] = border  # the last offset is not stored: the numbers end at the border
+    if offsets[0] != 0 or np.any(offsets % itemsize) or np.any(offsets[1:] < offsets[:-1]):
         msg = f"branch {branch.name!r}: a basket's offsets do not fit its numbers"
         raise Unsupported(msg)
-    return data[:border], offsets
+    return data[:border].view(branch.source), offsets // itemsize
 
 
-def _inflate(body: memoryview, size: int, name: str) -> bytes:
+def _inflate(body: memoryview, size: int, name: str, inflate: Inflate) -> bytes:
     """The ZLIB blocks of a basket's body, inflated into one buffer of ``size`` bytes."""
-    inflate = inflater()
     blocks: list[bytes] = []
     done, pos = 0, 0
     while done < size:
@@ -246,14 +264,21 @@ def _inflate(body: memoryview, size: int, name: str) -> bytes:
 
 def _assemble(branch: _Branch, parts: list[tuple[np.ndarray, np.ndarray | None]], n: int) -> ak.contents.Content:
     """The baskets' parts as one native-endian layout, as uproot's ``library="ak"`` gives it."""
-    values = np.empty(sum(len(p[0]) for p in parts), dtype=branch.target)
-    at = 0
-    for part, _ in parts:
-        values[at : at + len(part)] = part
-        at += len(part)
+    if len(parts) == 1:
+        values = parts[0][0].astype(branch.target)
+    else:
+        values = np.empty(sum(len(p[0]) for p in parts), dtype=branch.target)
+        at = 0
+        for part, _ in parts:
+            values[at : at + len(part)] = part
+            at += len(part)
     content = ak.contents.NumpyArray(values)
     if not branch.jagged:
         return content
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.concatenate([c for _, c in parts if c is not None]), out=offsets[1:])
+    offsets = np.empty(n + 1, dtype=np.int64)
+    row, shift = 0, 0
+    for part, starts in parts:
+        assert starts is not None
+        offsets[row : row + len(starts)] = starts + shift  # each part's first offset is the last's end
+        row, shift = row + len(starts) - 1, shift + len(part)
     return ak.contents.ListOffsetArray(ak.index.Index64(offsets), content)

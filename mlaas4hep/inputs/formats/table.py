@@ -122,6 +122,11 @@ class Table(abc.ABC):
         """An executor that :meth:`arrays` decompresses on, shared by the tables of one reader (None: none)."""
         return None
 
+    @property
+    def decompressed_seconds(self) -> float:
+        """Seconds this table spent decompressing in its own thread so far (not on :meth:`make_executor`'s)."""
+        return 0.0
+
     @abc.abstractmethod
     def close(self) -> None:
         """Close the file."""
