@@ -89,6 +89,29 @@ def _raw_opened(cfg: Config, zlib: str = "zlib", files: list[int] | None = None)
     return dt
 
 
+def _raw_baskets(cfg: Config) -> float:
+    """Seconds of a raw single-threaded read with mlaas4hep's BasketReader (ISA-L), step ``chunk_size``."""
+    from mlaas4hep.inputs.formats.root import RootTable
+    from mlaas4hep.inputs.sources import FileSource
+
+    tables = [RootTable.open(FileSource(str(path), tree=TREE)) for path in cfg.files]
+    names = list(cfg.specs.names)
+    try:
+        gc.collect()
+        with zlib_as("isal"):
+            t0 = time.perf_counter()
+            n = 0
+            for table in tables:
+                for start in range(0, table.entries, cfg.chunk_size):
+                    n += len(table.arrays(names, start, min(start + cfg.chunk_size, table.entries)))
+            dt = time.perf_counter() - t0
+    finally:
+        for table in tables:
+            table.close()
+    assert n == cfg.specs.n_events
+    return dt
+
+
 def _raw_in_processes(cfg: Config) -> float:
     """Seconds of the raw read split over one forked process per file, started together: two cores' limit."""
     import multiprocessing
@@ -233,6 +256,7 @@ def bench_throughput(cfg: Config) -> list[Result]:
     contenders: dict[str, Callable[[], Any]] = {
         "raw": lambda: _raw_opened(cfg),
         "raw, ISA-L": lambda: _raw_opened(cfg, "isal"),
+        "raw, BasketReader": lambda: _raw_baskets(cfg),
         "ours": lambda: _epochs(cfg, epoch),
         "ours, fresh process": lambda: _fresh_process(cfg),
         "ours, random batch order": lambda: _epochs(cfg, random_epoch),
@@ -321,7 +345,25 @@ def _epoch_results(cfg: Config, times: dict[str, list[Any]]) -> list[Result]:
             info=True,
         ),
         _decompressor_result(cfg, raw, isal),
+        _baskets_result(cfg, isal, times["raw, BasketReader"], steady),
     ]
+
+
+def _baskets_result(cfg: Config, isal: list[float], baskets: list[float], steady: list[float]) -> Result:
+    """1''': the raw read with mlaas4hep's BasketReader against uproot's with ISA-L (the best raw read now)."""
+    r_baskets = ratios(isal, baskets)
+    r_steady = ratios(baskets, steady)
+    return Result(
+        "1'''",
+        "raw read with BasketReader / uproot's with ISA-L",
+        median(r_baskets),
+        ">=",
+        0.0,
+        r_baskets,
+        f"raw with mlaas4hep's BasketReader {_rate(cfg, baskets)} (one thread, ISA-L, no flattening); "
+        f"the steady epoch (1) against it: {median(r_steady):.3g}x",
+        info=True,
+    )
 
 
 def _decompressor_result(cfg: Config, raw: list[float], isal: list[float]) -> Result:
