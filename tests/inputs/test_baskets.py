@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlaas4hep import RootSequence
+from mlaas4hep.errors import ParameterError
 from mlaas4hep.inputs.formats.baskets import BasketReader, Unsupported
 from mlaas4hep.inputs.formats.root import READER, RootTable
 from mlaas4hep.inputs.sources import FileSource
@@ -192,6 +193,13 @@ def test_what_the_reader_leaves_to_uproot() -> None:
 
 
 def test_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(READER, "BASKETS ")
+    table = _table(SHARED_DATA / "uproot-HZZ.root", "events")
+    assert table.baskets is not None
+    table.close()
+    monkeypatch.setenv(READER, "uprot")
+    with pytest.raises(ParameterError, match="MLAAS4HEP_READER='uprot': must be 'baskets'"):
+        _table(SHARED_DATA / "uproot-HZZ.root", "events")
     monkeypatch.setenv(READER, "uproot")
     table = _table(SHARED_DATA / "uproot-HZZ.root", "events")
     try:

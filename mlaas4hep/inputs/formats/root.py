@@ -12,7 +12,7 @@ import awkward as ak
 import numpy as np
 import uproot
 
-from ...errors import FileAccessError, TreeError
+from ...errors import FileAccessError, ParameterError, TreeError
 from ..remote import open_options
 from .baskets import BasketReader, Unsupported
 from .decompression import default_zlib
@@ -35,7 +35,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 READER = "MLAAS4HEP_READER"
-"""Environment variable: ``uproot`` has uproot read every branch (no :class:`BasketReader`), for comparisons."""
+"""Environment variable: ``uproot`` has uproot read every branch (no :class:`BasketReader`); ``baskets``, or
+unset, the default. Another value is a :class:`~mlaas4hep.errors.ParameterError` at the first file opened."""
 
 _TREES = ("TTree", "ROOT::RNTuple", "ROOT::Experimental::RNTuple")
 
@@ -217,7 +218,7 @@ class RootTable(Table):
         self.file = file
         self.tree = tree
         self.baskets: BasketReader | None = None
-        if not source.is_remote and isinstance(tree, uproot.TTree) and os.environ.get(READER, "") != "uproot":
+        if not source.is_remote and isinstance(tree, uproot.TTree) and _reader() == "baskets":
             self.baskets = BasketReader(source.path.removeprefix("file://"), tree)
         self._top: dict[str, int] | None = None  # the tree's top-level branches, in its order
 
@@ -298,6 +299,15 @@ class RootTable(Table):
         if self.baskets is not None:
             self.baskets.close()
         self.file.close()
+
+
+def _reader() -> str:
+    """Who reads the numeric branches of local TTrees: :data:`READER`'s value, ``baskets`` by default."""
+    chosen = os.environ.get(READER, "").strip().lower() or "baskets"
+    if chosen not in ("baskets", "uproot"):
+        msg = f"{READER}={os.environ[READER]!r}: must be 'baskets' (the default) or 'uproot'"
+        raise ParameterError(msg)
+    return chosen
 
 
 def _attempt(reader: BasketReader, name: str, start: int, stop: int) -> Any:
