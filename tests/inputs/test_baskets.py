@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -14,6 +16,7 @@ import uproot
 from conftest import SHARED_DATA, write_tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from uproot.interpretation.numerical import AsDtype
 
 from mlaas4hep import RootSequence
 from mlaas4hep.errors import ParameterError
@@ -187,9 +190,51 @@ def test_what_the_reader_leaves_to_uproot() -> None:
             reader.read("E1", 5, 5)  # an empty range
         with pytest.raises(Unsupported, match="not read here"):
             reader.read("E1", 0, tree.num_entries + 1)
-        reader.close()
         assert reader.read("E1", 0, 2).to_list() == tree["E1"].array(entry_stop=2, library="np").tolist()
         reader.close()
+        with pytest.raises(Unsupported, match="closed"):  # uproot's to answer
+            reader.read("E1", 0, 2)
+        reader.close()
+
+
+def test_a_leaf_list_is_left_to_uproot(tmp_path: Path) -> None:
+    """A branch of several leaves ("a/I:b/I"): uproot reads it as numbers of a structured dtype, records."""
+    path = tmp_path / "leaves.root"
+    with uproot.recreate(path) as f:
+        f.mktree("T", {"x": "i8"}).extend({"x": np.arange(10, dtype="i8")})
+    with uproot.open(path)["T"] as tree:
+        tree["x"]._interpretation = AsDtype(np.dtype([("a", ">i4"), ("b", ">i4")]))  # as uproot makes for leaf lists
+        reader = BasketReader(str(path), tree)
+        assert not reader.supports("x")
+        reader.close()
+
+
+def test_the_file_is_the_one_uproot_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative path and a change of directory before the first read: still the file uproot opened."""
+    for name, value in (("a", 1.0), ("b", 2.0)):
+        (tmp_path / name).mkdir()
+        with uproot.recreate(tmp_path / name / "data.root", compression=None) as f:
+            f.mktree("Events", {"x": "f8"}).extend({"x": np.full(5, value)})
+    monkeypatch.chdir(tmp_path / "a")
+    table = _table("data.root")
+    try:
+        monkeypatch.chdir(tmp_path / "b")
+        assert table.arrays(["x"], 0, 5)["x"].to_list() == [1.0] * 5
+    finally:
+        table.close()
+
+
+def test_a_dropped_reader_closes_its_file() -> None:
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = descriptors()
+    for _ in range(20):
+        table = _table(SHARED_DATA / "uproot-HZZ.root", "events")
+        table.arrays(["NMuon"], 0, 10)
+        del table
+    gc.collect()
+    assert descriptors() <= before + 2
 
 
 def test_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,6 +38,7 @@ import os
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,11 @@ def _describe(branch: Any) -> _Branch | None:
     numbers = interpretation.content if jagged else interpretation
     if type(numbers) is not AsDtype or numbers.inner_shape != () or len(branch.branches):
         return None
+    source, target = np.dtype(numbers.from_dtype), np.dtype(numbers.to_dtype)
+    if source.names is not None or source.subdtype is not None or target.names is not None:  # leaf lists
+        return None
+    if target.kind not in "biuf" or not target.isnative or (source.kind != target.kind and target.kind != "f"):
+        return None
     if jagged and interpretation.header_bytes != 0:  # std::vector: no file to check its reading against
         return None
     normal = int(branch.num_baskets) - len(branch.embedded_baskets)
@@ -93,8 +99,8 @@ def _describe(branch: Any) -> _Branch | None:
         return None
     return _Branch(
         branch.name,
-        np.dtype(numbers.from_dtype),
-        np.dtype(numbers.to_dtype),
+        source,
+        target,
         jagged,
         entries,
         np.asarray(branch.member("fBasketSeek")[:normal], dtype=np.int64),
@@ -108,8 +114,9 @@ class BasketReader:
     Parameters
     ----------
     path : str
-        The file's local path (opened once, read with ``os.pread``: safe from
-        several threads and in forked processes).
+        The file's local path, opened here, as uproot has just opened it (read
+        with ``os.pread``: safe from several threads and in forked processes;
+        closed by :meth:`close`, or when the reader is dropped).
     tree : uproot.TTree
         The tree, opened with uproot (its metadata says where the baskets are).
 
@@ -119,11 +126,13 @@ class BasketReader:
     """
 
     def __init__(self, path: str, tree: Any) -> None:
-        self.path = path
+        self.path = os.path.abspath(path)
         self._tree = tree
+        self._entries = int(tree.num_entries)  # uproot reads no entry past the tree's, whatever a branch says
         self._branches: dict[str, _Branch | None] = {}
         self._lock = threading.Lock()
-        self._fd: int | None = None
+        self._fd: int | None = os.open(self.path, os.O_RDONLY)
+        self._closer = weakref.finalize(self, os.close, self._fd)
         self.inflate_seconds = 0.0  # spent inflating ZLIB blocks, in the threads that read
 
     def supports(self, name: str) -> bool:
@@ -144,10 +153,11 @@ class BasketReader:
             self._branches[name] = None
 
     def _descriptor(self) -> int:
-        with self._lock:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDONLY)
-            return self._fd
+        fd = self._fd
+        if fd is None:
+            msg = f"{self.path}: the reader is closed"
+            raise Unsupported(msg)
+        return fd
 
     def read(self, name: str, start: int, stop: int) -> ak.contents.Content:
         """Entries ``[start, stop)`` of branch ``name`` as uproot's awkward layout (``0 <= start < stop``).
@@ -159,7 +169,7 @@ class BasketReader:
             headers disagree with the tree's metadata.
         """
         branch = self._branches.get(name)
-        if branch is None or not 0 <= start < stop <= int(branch.entries[-1]):
+        if branch is None or not 0 <= start < stop <= min(int(branch.entries[-1]), self._entries):
             msg = f"branch {name!r}, entries {start}-{stop}: not read here"
             raise Unsupported(msg)
         first = int(np.searchsorted(branch.entries, start, side="right")) - 1
@@ -195,11 +205,10 @@ class BasketReader:
         return values[lo : offsets[b]], offsets[a : b + 1] - lo
 
     def close(self) -> None:
-        """Close the file (it is opened again if read again)."""
+        """Close the file (a read after is :class:`Unsupported`: uproot's to answer)."""
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            self._fd = None
+            self._closer()
 
 
 def _unpack(raw: bytes, branch: _Branch, entries: int, inflate: Inflate) -> tuple[np.ndarray, np.ndarray | None]:
@@ -225,12 +234,12 @@ def _unpack(raw: bytes, branch: _Branch, entries: int, inflate: Inflate) -> tupl
             raise Unsupported(msg)
         return data.view(branch.source), None
     # after the numbers: the number of offsets stored (entries + 1), then each entry's first byte counted
-    # from the key, then one more, not the numbers' end
-    stored = data[border : border + 4 * (entries + 2)]
-    if border % itemsize or len(stored) < 4 * (entries + 2):
-        msg = f"branch {branch.name!r}: a jagged basket without its entries' offsets"
+    # from the key, then one more, not the numbers' end; and nothing else (no displacements)
+    stored = data[border:].view(_OFFSETS) if (len(data) - border) % 4 == 0 else None
+    if border % itemsize or stored is None or len(stored) != entries + 2 or stored[0] != entries + 1:
+        msg = f"branch {branch.name!r}: a jagged basket without its entries' offsets alone after its numbers"
         raise Unsupported(msg)
-    offsets = stored.view(_OFFSETS)[1:] - np.int32(keylen)  # native int32 now
+    offsets = stored[1:] - np.int32(keylen)  # native int32 now
     offsets[-1] = border  # the last offset is not stored: the numbers end at the border
     if offsets[0] != 0 or np.any(offsets % itemsize) or np.any(offsets[1:] < offsets[:-1]):
         msg = f"branch {branch.name!r}: a basket's offsets do not fit its numbers"
@@ -256,8 +265,8 @@ def _inflate(body: memoryview, size: int, name: str, inflate: Inflate) -> bytes:
             raise Unsupported(msg)
         blocks.append(block)
         done, pos = done + unpacked, pos + _BLOCK + packed
-    if done != size:
-        msg = f"branch {name!r}: a basket inflated to {done} bytes, not {size}"
+    if done != size or pos != len(body):
+        msg = f"branch {name!r}: a basket inflated to {done} bytes, not {size}, or bytes after its blocks"
         raise Unsupported(msg)
     return blocks[0] if len(blocks) == 1 else b"".join(blocks)
 
