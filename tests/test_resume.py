@@ -38,7 +38,7 @@ def test_a_state_resumes_at_its_place_reading_from_its_chunk(two_files):
     first = [_uids(seq, seq[i]) for i in range(12)]  # 12 batches of epoch 1, then the process dies
     state = json.loads(json.dumps(seq.state_dict()))  # JSON types only
     assert (state["epoch"], state["position"]) == (1, 12) and state["batches"] == len(seq) == BATCHES
-    fresh = _sequence(two_files)
+    fresh = _sequence(two_files, prefetch=0)  # no reading ahead into the next epoch: only what the epoch needs
     fresh.load_state_dict(state)
     assert fresh.epoch == 1 and fresh.num_batches == BATCHES - 12 and len(fresh) == BATCHES
     rest = [_uids(fresh, fresh[i]) for i in range(fresh.num_batches)]

@@ -201,9 +201,10 @@ class Options:
         Flattened chunks kept in memory once served (the current one and the one before, by default), in each
         process that reads.
     prefetch : int
-        Chunks read ahead, 0 for none, in two background threads: one reads the chunk after next while the other
+        Chunks read ahead (3), 0 for none, in two background threads: one reads the chunks after next while the other
         flattens the next one, and near the end of an epoch they read the next epoch's first chunks. Only the next
-        chunk is flattened ahead; the others wait as read, several times smaller than flattened.
+        chunk is flattened ahead; the others wait as read, several times smaller than flattened. With worker
+        processes, each chunk ahead is flattened into a shared buffer of its own.
     shard_index : int
         RootSequence only (RootDataset shards by its ``rank``): the shard served, in ``[0, num_shards)``.
     num_shards : int
@@ -273,7 +274,7 @@ class Options:
     use_multiprocessing: bool = field(default=False, metadata=_SEQUENCE_ONLY)
     max_queue_size: int = field(default=10, metadata=_SEQUENCE_ONLY)
     cache_chunks: int = 2
-    prefetch: int = 2
+    prefetch: int = 3
     shard_index: int = field(default=0, metadata=_SEQUENCE_ONLY)
     num_shards: int = field(default=1, metadata=_SEQUENCE_ONLY)
     files_per_chunk: int | None = None
