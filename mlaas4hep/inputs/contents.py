@@ -39,7 +39,7 @@ def describe_file(source: FileSource, table: Table) -> FileInfo:
     """The :class:`FileInfo` of ``source``, opened by :func:`~mlaas4hep.inputs.formats.open_table` as ``table``."""
     size = mtime = identity = None
     if not source.is_remote:
-        stat = os.stat(source.path.removeprefix("file://"))  # at every read: no Path.resolve, which lstats each part
+        stat = os.stat(source.local_path)
         size, mtime, identity = stat.st_size, stat.st_mtime, (stat.st_dev, stat.st_ino)
     return FileInfo(source, table.entries, tuple(table.branches()), size, mtime, table.uuid, identity)
 
@@ -63,7 +63,7 @@ def check_unchanged(before: FileInfo) -> None:
     if source.is_remote:
         return
     try:
-        stat = os.stat(source.path.removeprefix("file://"))  # at every read: no Path.resolve, which lstats each part
+        stat = os.stat(source.local_path)  # at every read: not location's Path.resolve, an lstat per part
     except FileNotFoundError as err:
         msg = f"{source} was removed or moved after the sequence was made; make the sequence again"
         raise FileAccessError(msg) from err

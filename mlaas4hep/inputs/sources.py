@@ -148,11 +148,16 @@ class FileSource:
         return bool(_REMOTE.match(self.path)) and not self.path.startswith("file://")
 
     @property
+    def local_path(self) -> str:
+        """The path of a local file as given (``file://`` dropped), for the OS to open or stat; for a URL, the URL."""
+        return self.path if self.is_remote else self.path.removeprefix("file://")
+
+    @property
     def location(self) -> str:
         """The URL, or the absolute path of a local file (how specs record it)."""
         if self.is_remote:
             return self.path
-        return str(Path(self.path.removeprefix("file://")).resolve())
+        return str(Path(self.local_path).resolve())
 
     @property
     def what(self) -> str:

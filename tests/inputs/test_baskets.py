@@ -128,6 +128,15 @@ def test_any_tree_uproot_writes_reads_the_same(
         table.close()
 
 
+def _refused(table: RootTable, name: str, stop: int, why: str) -> BasketReader:
+    """The table's reader, which takes branch ``name`` and then refuses its entries ``[0, stop)`` for ``why``."""
+    reader = table.baskets
+    assert reader is not None and reader.supports(name)
+    with pytest.raises(Unsupported, match=why):
+        reader.read(name, 0, stop)
+    return reader
+
+
 def test_lz4_baskets_are_left_to_uproot(tmp_path: Path) -> None:
     big = tmp_path / "big.root"
     _write(
@@ -139,10 +148,7 @@ def test_lz4_baskets_are_left_to_uproot(tmp_path: Path) -> None:
     )
     table = _table(big)
     try:
-        reader = table.baskets
-        assert reader is not None and reader.supports("f_float32")
-        with pytest.raises(Unsupported, match="'L4'"):
-            reader.read("f_float32", 0, 10)
+        reader = _refused(table, "f_float32", 10, "'L4'")
         _same(table, ["f_float32", "c_float32"], 0, 2500)
         assert not reader.supports("f_float32")  # once seen, left to uproot
     finally:
@@ -168,10 +174,7 @@ def test_a_basket_whose_key_disagrees_is_read_by_uproot(tmp_path: Path) -> None:
         f.write(struct.pack(">i", 39))
     table = _table(bad)
     try:
-        reader = table.baskets
-        assert reader is not None and reader.supports("MET_pt")
-        with pytest.raises(Unsupported, match="holds 39 entries, not 40"):
-            reader.read("MET_pt", 0, 40)
+        reader = _refused(table, "MET_pt", 40, "holds 39 entries, not 40")
         with pytest.raises(ValueError, match="MET_pt has the wrong number of entries"):
             table.arrays(["MET_pt", "nPV"], 0, 40)
         assert not reader.supports("MET_pt") and reader.supports("nPV")

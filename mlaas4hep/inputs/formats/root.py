@@ -65,7 +65,7 @@ def open_file(source: FileSource, timeout: float = DEFAULT_TIMEOUT) -> Any:
         msg = f"{source.path!r} is not a readable ROOT file: {type(err).__name__}: {err}"
         raise FileAccessError(msg) from err
     if not source.is_remote:  # a cut file still opens: its header says where it should end
-        size = os.path.getsize(source.path.removeprefix("file://"))
+        size = os.path.getsize(source.local_path)
         end = int(getattr(file.file, "fEND", 0) or 0)
         if end > size:
             file.close()
@@ -219,7 +219,7 @@ class RootTable(Table):
         self.tree = tree
         self.baskets: BasketReader | None = None
         if not source.is_remote and isinstance(tree, uproot.TTree) and _reader() == "baskets":
-            self.baskets = BasketReader(source.path.removeprefix("file://"), tree)
+            self.baskets = BasketReader(source.local_path, tree)
         self._top: dict[str, int] | None = None  # the tree's top-level branches, in its order
 
     @classmethod

@@ -171,7 +171,7 @@ def no_branches(n: int) -> ak.Array:
 def check_local(source: FileSource) -> Path:
     """The path of a local ``source``, raising :class:`FileAccessError` if it is missing or a directory."""
     kind = KINDS.get(source.format, source.format)
-    path = Path(source.path.removeprefix("file://"))
+    path = Path(source.local_path)
     if path.is_dir():
         msg = f"{source.path!r} is a directory, not a {kind} file"
         raise FileAccessError(msg)
