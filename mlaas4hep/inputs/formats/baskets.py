@@ -172,8 +172,8 @@ class BasketReader:
         if branch is None or not 0 <= start < stop <= min(int(branch.entries[-1]), self._entries):
             msg = f"branch {name!r}, entries {start}-{stop}: not read here"
             raise Unsupported(msg)
-        first = int(np.searchsorted(branch.entries, start, side="right")) - 1
-        last = int(np.searchsorted(branch.entries, stop, side="left"))
+        first = int(branch.entries.searchsorted(start, side="right")) - 1
+        last = int(branch.entries.searchsorted(stop, side="left"))
         inflate = inflater()
         seconds = [0.0]
 
@@ -241,10 +241,13 @@ def _unpack(raw: bytes, branch: _Branch, entries: int, inflate: Inflate) -> tupl
         raise Unsupported(msg)
     offsets = stored[1:] - np.int32(keylen)  # native int32 now
     offsets[-1] = border  # the last offset is not stored: the numbers end at the border
-    if offsets[0] != 0 or np.any(offsets % itemsize) or np.any(offsets[1:] < offsets[:-1]):
+    shift = itemsize.bit_length() - 1  # itemsize is 1, 2, 4 or 8: bit operations instead of % and //
+    if offsets[0] != 0 or (shift and (offsets & (itemsize - 1)).any()) or (offsets[1:] < offsets[:-1]).any():
         msg = f"branch {branch.name!r}: a basket's offsets do not fit its numbers"
         raise Unsupported(msg)
-    return data[:border].view(branch.source), offsets // itemsize
+    if shift:
+        offsets >>= shift
+    return data[:border].view(branch.source), offsets
 
 
 def _inflate(body: memoryview, size: int, name: str, inflate: Inflate) -> bytes:
