@@ -246,8 +246,12 @@ def test_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert table.baskets is not None
     table.close()
     monkeypatch.setenv(READER, "uprot")
+    opened: list[object] = []
+    monkeypatch.setattr(uproot, "open", lambda *args, **kw: opened.append(args))
     with pytest.raises(ParameterError, match="MLAAS4HEP_READER='uprot': must be 'baskets'"):
         _table(SHARED_DATA / "uproot-HZZ.root", "events")
+    assert not opened  # refused before the file is opened
+    monkeypatch.undo()
     monkeypatch.setenv(READER, "uproot")
     table = _table(SHARED_DATA / "uproot-HZZ.root", "events")
     try:

@@ -40,8 +40,9 @@ import importlib
 import logging
 import os
 import threading
+import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import uproot.compression
 
@@ -93,9 +94,10 @@ def zlib_library() -> str:
 def inflater() -> Callable[[Any, int], bytes]:
     """A function inflating one ZLIB stream (bytes-like, with its header) of a known size, with :func:`zlib_library`.
 
-    It is what uproot would call for the stream in this process: mlaas4hep's
-    own basket reads (:mod:`~mlaas4hep.inputs.formats.baskets`) use the same
-    library, so that :func:`use_zlib` and :data:`ENVIRONMENT` hold for them too.
+    It is uproot's own (the object its ZLIB reads call, which follows
+    :func:`use_zlib` and :data:`ENVIRONMENT`), so that mlaas4hep's basket reads
+    (:mod:`~mlaas4hep.inputs.formats.baskets`) inflate with the same library;
+    the standard library's ``zlib`` where this uproot has no such object.
 
     Examples
     --------
@@ -103,13 +105,10 @@ def inflater() -> Callable[[Any, int], bytes]:
     >>> inflater()(zlib.compress(b"abc" * 3), 9)
     b'abcabcabc'
     """
-    library = zlib_library()
-    module: Any = importlib.import_module(_MODULES.get(library, "zlib"))
-    if library == "isal":
-        return lambda data, size: bytes(module.decompress(data, bufsize=max(size, 1)))
-    if library == "deflate":
-        return lambda data, size: bytes(module.zlib_decompress(data, size))
-    return lambda data, size: bytes(module.decompress(data, 15, max(size, 1)))
+    decompressor = _decompressor()
+    if decompressor is None:
+        return lambda data, size: zlib.decompress(data, 15, max(size, 1))
+    return cast("Callable[[Any, int], bytes]", decompressor.decompress)
 
 
 def use_zlib(library: str) -> None:

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 READER = "MLAAS4HEP_READER"
 """Environment variable: ``uproot`` has uproot read every branch (no :class:`BasketReader`); ``baskets``, or
-unset, the default. Another value is a :class:`~mlaas4hep.errors.ParameterError` at the first file opened."""
+unset, the default. Another value is a :class:`~mlaas4hep.errors.ParameterError` before the first file is opened."""
 
 _TREES = ("TTree", "ROOT::RNTuple", "ROOT::Experimental::RNTuple")
 
@@ -213,20 +213,21 @@ class RootTable(Table):
     (two threads).
     """
 
-    def __init__(self, source: FileSource, file: Any, tree: Any) -> None:
+    def __init__(self, source: FileSource, file: Any, tree: Any, *, reader: str = "uproot") -> None:
         super().__init__(source)
         self.file = file
         self.tree = tree
         self.baskets: BasketReader | None = None
-        if not source.is_remote and isinstance(tree, uproot.TTree) and _reader() == "baskets":
+        if reader == "baskets" and not source.is_remote and isinstance(tree, uproot.TTree):
             self.baskets = BasketReader(source.local_path, tree)
         self._top: dict[str, int] | None = None  # the tree's top-level branches, in its order
 
     @classmethod
     def open(cls, source: FileSource, timeout: float = DEFAULT_TIMEOUT) -> RootTable:
-        """Open ``source``'s tree (see :func:`open_tree` for the errors)."""
+        """Open ``source``'s tree (see :func:`open_tree` for the errors; :data:`READER` is checked first)."""
+        reader = _reader()
         file, tree = open_tree(source, timeout)
-        return cls(source, file, tree)
+        return cls(source, file, tree, reader=reader)
 
     @property
     def entries(self) -> int:
