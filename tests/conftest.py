@@ -87,6 +87,21 @@ def make_tree():
     return write_tree
 
 
+@pytest.fixture
+def count_buffers(monkeypatch: pytest.MonkeyPatch):
+    """A function that starts counting the chunk buffers made in this process and returns the growing list."""
+
+    def start() -> list[int]:
+        from mlaas4hep.stream import buffers
+
+        made: list[int] = []
+        mapped = buffers.mapped
+        monkeypatch.setattr(buffers, "mapped", lambda *args, **kw: made.append(1) or mapped(*args, **kw))
+        return made
+
+    return start
+
+
 @pytest.fixture(scope="session")
 def two_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two files of different sizes (1200 and 1800 entries), labels 1 and 0."""

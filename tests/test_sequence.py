@@ -11,8 +11,6 @@ keras = pytest.importorskip("keras")
 from conftest import keras_probe  # noqa: E402
 
 from mlaas4hep import LoaderStats, ParameterError, RootSequence  # noqa: E402
-from mlaas4hep.stream import buffers  # noqa: E402
-from mlaas4hep.stream.buffers import mapped  # noqa: E402
 
 TENSORFLOW = keras.backend.backend() == "tensorflow"
 
@@ -217,7 +215,7 @@ def test_three_way_split_is_disjoint_and_complete(two_files):
         _make(two_files, subset="training", validation_split=0.6, test_split=0.5)
 
 
-def test_batches_are_views_that_stay_intact_while_kept(two_files, monkeypatch):
+def test_batches_are_views_that_stay_intact_while_kept(two_files, count_buffers):
     """Batches are views of a chunk's buffer; a buffer is reused only once no batch looks into it."""
     kw = {"batch_size": 50, "chunk_size": 300, "seed": 3, "cache_chunks": 1, "prefetch": 1}
     seq, reference = _make(two_files, **kw), _make(two_files, **kw)
@@ -227,8 +225,7 @@ def test_batches_are_views_that_stay_intact_while_kept(two_files, monkeypatch):
     with pytest.raises(ValueError, match="read-only"):  # the buffer is reused: not to be changed in place
         kept[0][0][0, 0] = 1.0
     assert not seq.pipeline.buffers.free  # no buffer went back to the pool while its batches are held
-    made = []  # the buffers made from now on (the first epoch's are all held)
-    monkeypatch.setattr(buffers, "mapped", lambda *args, **kw: made.append(1) or mapped(*args, **kw))
+    made = count_buffers()  # the buffers made from now on (the first epoch's are all held)
     for i in range(len(seq)):  # the second epoch, its batches dropped at once: buffers are reused
         np.testing.assert_array_equal(seq[i][0], expected[len(seq) + i][0])
     # its 10 chunks took a new buffer only while the ones before were cached or being flattened ahead
